@@ -1,0 +1,22 @@
+"""symbp: symbolic derivation and verification of backpropagation.
+
+SymPy builds the MLP loss symbolically, derives per-element partials and assembles them into
+denominator-layout matrices, then lambdifies the results to NumPy so they can be checked against a
+numeric engine and exported as LaTeX derivation documents.
+
+>>> import symbp
+>>> net = symbp.MLP([4, 5, 3, 3], hidden="relu", output="softmax", loss="cross_entropy")
+>>> grads = symbp.derive(net)
+>>> grads["W2"].shape
+(3, 5)
+"""
+
+from .derive import Gradients, derive
+from .errors import SymbpError
+from .network import MLP
+from .numeric import lambdify
+from .registry import custom_activation
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__"]

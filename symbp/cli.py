@@ -1,0 +1,165 @@
+"""The command line: parses arguments, calls the public API, prints. Nothing else lives here.
+
+Exit codes: 0 all is well, 1 a claim or a check fails, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+from .errors import SymbpError
+
+CONVENTIONS = """\
+conventions:
+  sizes [n0, n1, ..., nL] give L weight layers ("3 layers" = [n0, n1, n2, n3]).
+  one example: column vectors, z_l = W_l a_(l-1) + b_l, a_l = f_l(z_l), a0 = x, W_l is (n_l, n_(l-1)).
+  batch of N: rows are examples, z_l = a_(l-1) W_l^T + 1_N b_l^T; the loss is the mean (or sum) over rows.
+  denominator layout: dL/dV has the shape of V, entry (i, j) is dL/dV_ij (numerator layout on request).
+  relu'(0) = 0 (PyTorch, micrograd); leaky_relu slope 0.01; softplus(z) = log(1 + exp(z)).
+  cross_entropy sums over classes; binary_cross_entropy and mse average over output units.
+  dL/dz_L = a_L - y for softmax + cross-entropy holds only when every target row sums to 1.
+  printed indices are 1-based; JSON indices are 0-based, as in NumPy."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``"4,5,3,3"`` (or ``"[4, 5, 3, 3]"``) -> ``[4, 5, 3, 3]``; the network checks the values.
+
+    >>> parse_sizes("[4, 5, 3, 3]")
+    [4, 5, 3, 3]
+    """
+    parts = [p.strip() for p in text.strip().strip("[]").split(",")]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise SymbpError(f"sizes {text!r}: '{bad}' is not a whole number (write e.g. 4,5,3,3)") from None
+
+
+def _emit(args, payload: dict, text: str) -> None:
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
+# --------------------------------------------------------------------------- derive
+
+
+def _add_derive(sub):
+    p = sub.add_parser("derive", help="derive every dL/dV_ij of an MLP and check the numbers",
+                       description="Derive every per-element partial of an MLP's loss with SymPy, assemble "
+                       "them into matrices, and check them numerically.\n\n" + CONVENTIONS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sizes", help="layer widths, e.g. 4,5,3,3")
+    p.add_argument("--hidden", default="relu",
+                   help="hidden activation: relu, leaky_relu, sigmoid, tanh, softplus, identity, an expression "
+                   "in x such as 'x*sigmoid(x)', or one per hidden layer separated by ';' (default relu)")
+    p.add_argument("--output", default="softmax", help="softmax, sigmoid or identity (default softmax)")
+    p.add_argument("--loss", default="cross_entropy",
+                   help="cross_entropy, binary_cross_entropy or mse (default cross_entropy)")
+    p.add_argument("--batch", type=int, default=0, help="batch size N (rows are examples); 0: one example")
+    p.add_argument("--reduction", default="mean", help="mean or sum over the batch (default mean)")
+    p.add_argument("--no-bias", action="store_true", help="layers without biases")
+    p.add_argument("--residual", action="store_true", help="skip connections a_l = a_(l-1) + f(z_l)")
+    p.add_argument("--method", default="chain", help="chain (default) or expand")
+    p.add_argument("--layout", default="denominator", help="denominator (default) or numerator")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random check point")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_derive)
+
+
+def network_from_args(args):
+    from .network import MLP
+
+    hidden = args.hidden.split(";") if ";" in args.hidden else args.hidden
+    return MLP(parse_sizes(args.sizes), hidden=hidden, output=args.output, loss=args.loss,
+               bias=not args.no_bias, batch=_batch(args.batch), reduction=args.reduction,
+               residual=args.residual)
+
+
+def _batch(value):
+    if value < 0:
+        raise SymbpError(f"--batch {value}: the batch size must be positive (or 0 for one example)")
+    return value or None
+
+
+def _run_derive(args):
+    from . import numeric
+    from .derive import derive
+
+    net = network_from_args(args)
+    grads = derive(net, method=args.method, layout=args.layout)
+    values = numeric.random_values(net, args.seed)
+    got = numeric.lambdify(net, grads)(**values)
+    if args.layout == "numerator":
+        got = {n: v.T for n, v in got.items()}
+    reference_error = numeric.max_abs_error(got, numeric.reference_gradients(net, values))
+    fd_error = None
+    if net.n_params <= FD_LIMIT:
+        fd_error = numeric.max_abs_error(got, numeric.finite_differences(net, values).gradients)
+    payload = {
+        "sizes": list(net.sizes),
+        "network": net.describe(),
+        "method": grads.method,
+        "layout": grads.layout,
+        "seconds": round(grads.seconds, 3),
+        "params": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.params},
+        "intermediates": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.intermediates},
+        "checks": {"numeric_max_abs_error": reference_error, "engine": "numpy reference backprop",
+                   "finite_difference_max_abs_error": fd_error},
+        "output": None,
+    }
+    lines = [net.describe(),
+             f"{grads.layout} layout (dL/dV {'has the shape of V' if grads.layout == 'denominator' else 'is transposed'}); "
+             "relu'(0) = 0; indices 1-based",
+             f"derived by the {grads.method} method in {grads.seconds:.2f} s: {net.n_params} parameters",
+             ""]
+    width = max(len(n) for n in net.names)
+    for name in net.params + net.intermediates:
+        r, c = grads[name].shape
+        lines.append(f"  {name:<{width}}  {f'{r}x{c}':>7}  {grads.text(name)}")
+    fd = f", {fd_error:.1e} vs central differences" if fd_error is not None else \
+        f" (central differences skipped above {FD_LIMIT} parameters)"
+    lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
+              f"vs NumPy reference backprop{fd}"]
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+FD_LIMIT = 2000
+
+# --------------------------------------------------------------------------- main
+
+COMMANDS = [_add_derive]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="symbp", description="Symbolic derivation and verification of backpropagation.\n\n"
+                     + CONVENTIONS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"symbp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SymbpError as exc:
+        print(f"symbp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

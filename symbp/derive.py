@@ -1,0 +1,224 @@
+"""Per-element partials dL/dV_ij, assembled into matrices shaped like V (denominator layout).
+
+How it works, for the two methods:
+
+``expand``
+    ``sympy.diff`` of the fully written-out loss, one entry at a time. For an intermediate ``V`` the
+    loss is written out from ``V`` onwards, differentiated, and ``V`` is then written out too. Slow
+    (the written-out loss grows with every layer) and as independent as it gets: the ground truth.
+
+``chain``
+    Reverse mode, entry by entry. Walking the stages ``aL, zL, ..., a1, z1`` backwards, each stage's
+    entries get their gradient as the sum of the contributions pushed to them (the multivariable chain
+    rule, with ``+=`` as in micrograd); each is named by a symbol ``dV_i_j``, and its contribution to
+    every symbol ``s`` in its local definition is ``dV_i_j * diff(term, s)`` for each term of that
+    definition containing ``s``. Every local derivative comes from ``sympy.diff``; nothing like
+    ``a - y`` is written by hand. The cost grows with the number of edges of the network (about twice
+    the number of parameters), not with the size of the written-out loss.
+
+The result, :class:`Gradients`, maps every parameter and intermediate to a ``sympy.Matrix``. For
+``chain`` its entries are compact (``dL/dW1_ij = dz1_i * x_j``) and :attr:`Gradients.definitions`
+holds the error terms in the order they are computed; :meth:`Gradients.written_out` substitutes
+everything to ``x, y, W*, b*``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+
+import sympy as sp
+
+from .errors import SymbpError
+from .names import TextPrinter
+from .network import MLP
+
+METHODS = ("chain", "expand")
+LAYOUTS = ("denominator", "numerator")
+
+
+class Gradients(Mapping):
+    """dL/dV for every parameter and intermediate ``V`` of a network, as SymPy matrices.
+
+    ``grads[name]`` is in the requested layout (denominator: shaped like ``V``; numerator: its
+    transpose).
+
+    >>> import symbp
+    >>> net = symbp.MLP([2, 2], output="identity", loss="mse")
+    >>> grads = symbp.derive(net)
+    >>> grads["W1"][0, 1]
+    dz1_0_0*x_1_0
+    >>> grads.written_out("W1")[0, 1]
+    x_1_0*(W1_0_0*x_0_0 + W1_0_1*x_1_0 + b1_0_0 - y_0_0)
+    """
+
+    def __init__(self, net: MLP, matrices: dict, *, method: str, layout: str = "denominator",
+                 definitions=(), seconds: float = 0.0):
+        self.net, self.method, self.layout, self.seconds = net, method, layout, seconds
+        self._matrices = matrices  # denominator layout
+        self.definitions = list(definitions)  # (dV_i_j, expression), in the order computed
+
+    def __getitem__(self, name):
+        if name not in self._matrices:
+            raise KeyError(name)
+        M = self._matrices[name]
+        return M.T if self.layout == "numerator" else M
+
+    def __iter__(self):
+        return iter(self._matrices)
+
+    def __len__(self):
+        return len(self._matrices)
+
+    def with_layout(self, layout: str) -> "Gradients":
+        _check_layout(layout)
+        return Gradients(self.net, self._matrices, method=self.method, layout=layout,
+                         definitions=self.definitions, seconds=self.seconds)
+
+    def resolved(self) -> dict:
+        """Each error-term symbol -> its value in the forward symbols (no ``d`` symbols left)."""
+        if not hasattr(self, "_resolved"):
+            resolved = {}
+            for symbol, expression in self.definitions:
+                resolved[symbol] = expression.xreplace(resolved)
+            self._resolved = resolved
+        return self._resolved
+
+    def written_out(self, name: str) -> sp.Matrix:
+        """``grads[name]`` with every error term and intermediate substituted: in ``x, y, W*, b*`` only."""
+        return self[name].xreplace(self.resolved()).xreplace(self.net.forward_env())
+
+    def text(self, name: str, i: int = 0, j: int = 0) -> str:
+        """One entry as plain text with 1-based indices, e.g. ``dL/dW1[1,1] = dz1[1]*x[1]``."""
+        printer = TextPrinter(self.net.columns)
+        label = printer.doprint(self.net.symbols(name)[i, j] if self.layout == "denominator"
+                                else self.net.symbols(name)[j, i])
+        return f"dL/d{label} = {printer.doprint(self[name][i, j])}"
+
+    def _repr_latex_(self):
+        from sympy import latex
+
+        rows = [rf"\frac{{\partial L}}{{\partial {n}}} &= {latex(self[n])}" for n in self.net.params]
+        return r"$\displaystyle \begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}$"
+
+    def __repr__(self):
+        return f"Gradients({self.net!r}, method={self.method!r}, layout={self.layout!r}, names={list(self)})"
+
+
+def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", progress=None) -> Gradients:
+    """Every dL/dV_ij of ``net``, assembled into matrices.
+
+    ``method`` is ``"chain"`` (fast; compact entries in named error terms) or ``"expand"`` (diff of the
+    written-out loss). ``progress`` prints stage timings to stderr (default: only on a terminal, for
+    derivations that take more than a second).
+
+    >>> import symbp
+    >>> net = symbp.MLP([1, 1], hidden=[], output="sigmoid", loss="binary_cross_entropy")
+    >>> symbp.derive(net, method="expand")["z1"]
+    Matrix([[-y_0_0 + sigmoid(W1_0_0*x_0_0 + b1_0_0)]])
+    """
+    if not isinstance(net, MLP):
+        raise SymbpError(f"derive: expected a symbp.MLP, got {type(net).__name__}")
+    if method not in METHODS:
+        raise SymbpError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    _check_layout(layout)
+    start = time.perf_counter()
+    report = _Progress(progress)
+    if method == "expand":
+        matrices, definitions = _expand(net, report), []
+    else:
+        matrices, definitions = _chain(net, report)
+    report.done()
+    return Gradients(net, matrices, method=method, layout=layout, definitions=definitions,
+                     seconds=time.perf_counter() - start)
+
+
+def _check_layout(layout):
+    if layout not in LAYOUTS:
+        raise SymbpError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
+class _Progress:
+    """Stage-by-stage timings on stderr, only when asked or on a terminal after the first second."""
+
+    def __init__(self, wanted):
+        self.wanted = wanted if wanted is not None else sys.stderr.isatty()
+        self.start = time.perf_counter()
+        self.shown = False
+
+    def step(self, label):
+        elapsed = time.perf_counter() - self.start
+        if self.wanted and (elapsed > 1.0 or self.shown or self.wanted is True and not sys.stderr.isatty()):
+            self.shown = True
+            print(f"\rsymbp derive: {label} ({elapsed:.1f} s)\033[K" if sys.stderr.isatty()
+                  else f"symbp derive: {label} ({elapsed:.1f} s)", end="" if sys.stderr.isatty() else "\n",
+                  file=sys.stderr, flush=True)
+
+    def done(self):
+        if self.shown and sys.stderr.isatty():
+            print(file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- expand
+
+def _expand(net, report):
+    matrices = {}
+    env = net.forward_env()
+    for name in reversed(net.intermediates):
+        report.step(f"expand {name}")
+        loss = net.loss_from(name)
+        V = net.symbols(name)
+        matrices[name] = V.applyfunc(lambda v: sp.diff(loss, v)).xreplace(env)
+    loss = net.loss
+    for name in reversed(net.params):
+        report.step(f"expand {name}")
+        matrices[name] = net.symbols(name).applyfunc(lambda v: sp.diff(loss, v))
+    return {n: matrices[n] for n in net.params + net.intermediates}
+
+
+# --------------------------------------------------------------------------- chain
+
+class _Accumulator:
+    """Contributions to each symbol's gradient, pushed term by term (``grad += upstream * local``)."""
+
+    def __init__(self, tracked):
+        self.tracked = tracked
+        self.parts = defaultdict(list)
+
+    def push(self, expression, upstream):
+        for term in sp.Add.make_args(expression):
+            for s in term.free_symbols & self.tracked:
+                self.parts[s].append(upstream * sp.diff(term, s))
+
+    def gradient(self, M: sp.Matrix) -> sp.Matrix:
+        return M.applyfunc(lambda s: sp.Add(*self.parts.pop(s, ())))
+
+
+def _chain(net, report):
+    tracked = set()
+    for name in net.params + net.intermediates:
+        tracked.update(net.symbols(name))
+    acc = _Accumulator(tracked)
+    matrices, definitions = {}, []
+    last = f"a{net.L}"
+    if net.loss_stage != last:
+        # dL/da_L is a side branch when the loss is written in the logits: the loss's own derivative.
+        side = _Accumulator(tracked)
+        side.push(net.output_loss, sp.S.One)
+        matrices[last] = side.gradient(net.symbols(last))
+    acc.push(net.local_loss, sp.S.One)
+    for stage in reversed(net.stages):
+        if stage.name in matrices:
+            continue
+        report.step(f"chain {stage.name}")
+        G = acc.gradient(stage.symbols)
+        matrices[stage.name] = G
+        upstream = net.grad_symbols(stage.name)
+        for u, g, local in zip(upstream, G, stage.local):
+            definitions.append((u, g))
+            acc.push(local, u)
+    for name in net.params:
+        matrices[name] = acc.gradient(net.symbols(name))
+    return {n: matrices[n] for n in net.params + net.intermediates}, definitions

@@ -1,0 +1,310 @@
+"""The symbolic network: symbols, shapes, forward expressions and the loss.
+
+How it works: every entry of every variable is its own SymPy symbol (see :mod:`symbp.names`). The
+forward pass is a list of *stages* ``z1, a1, z2, a2, ..., zL, aL``; each stage holds a matrix of symbols
+and a matrix of *local* expressions giving each entry in terms of the symbols of earlier stages and the
+parameters (``z1_0_0 = W1_0_0*x_0_0 + ... + b1_0_0``, ``a1_0_0 = relu(z1_0_0)``). Substituting the local
+expressions into one another writes the whole network out (:meth:`MLP.written_out`), which is what the
+``expand`` method differentiates; the ``chain`` method works on the local expressions instead.
+
+Conventions (see the README): single example (``batch=None``): column vectors, ``z_l = W_l a_{l-1} + b_l``;
+batch of ``N``: rows are examples, ``z_l = a_{l-1} W_l^T + 1_N b_l^T``, and the loss is the mean (or sum)
+of the per-example losses. With ``residual``, a hidden layer whose width equals its input's gets
+``a_l = a_{l-1} + f(z_l)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import sympy as sp
+
+from . import registry
+from .errors import SymbpError
+from .names import matrix_symbols
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One intermediate variable of the forward pass: its symbols and their local definitions."""
+
+    name: str  # "z2" or "a2"
+    layer: int  # 1-based
+    symbols: sp.Matrix
+    local: sp.Matrix  # each entry in terms of earlier stages' symbols and the parameters
+
+
+class MLP:
+    """A multilayer perceptron written symbolically, entry by entry.
+
+    >>> net = MLP([4, 5, 3, 3], hidden="relu", output="softmax", loss="cross_entropy")
+    >>> net.shape("W1"), net.shape("z3"), net.params
+    ((5, 4), (3, 1), ('W1', 'b1', 'W2', 'b2', 'W3', 'b3'))
+    >>> net.local("a1")[0]
+    relu(z1_0_0)
+    >>> MLP([2, 3], output="identity", loss="mse", batch=4).shape("z1")
+    (4, 3)
+    """
+
+    def __init__(self, sizes, *, hidden="relu", output="softmax", loss="cross_entropy", bias=True,
+                 batch=None, reduction="mean", residual=False):
+        self.sizes = _check_sizes(sizes)
+        self.L = len(self.sizes) - 1
+        self.hidden = _check_hidden(hidden, self.L)
+        self.output = registry.output(output)
+        self.loss_row = registry.loss(loss)
+        if self.loss_row.needs_unit_interval and not self.output.in_unit_interval:
+            raise SymbpError(f"loss '{loss}' takes the log of the outputs, which output '{output}' does not "
+                             "keep in (0, 1); use output 'softmax' or 'sigmoid', or loss 'mse'")
+        self.fused = registry.FUSED.get((self.output.name, self.loss_row.name))
+        if not isinstance(bias, bool):
+            raise SymbpError(f"bias: expected true or false, got {bias!r}")
+        self.bias = bias
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 0):
+            raise SymbpError(f"batch: expected a positive number of examples (or 0/None for one example), got {batch!r}")
+        self.batch = batch or None
+        if reduction not in ("mean", "sum"):
+            raise SymbpError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.residual_layers = _check_residual(residual, self.sizes)
+        self.stages = self._build_stages()
+        self._stage = {s.name: s for s in self.stages}
+
+    # ------------------------------------------------------------------ names and shapes
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        names = []
+        for l in range(1, self.L + 1):
+            names += [f"W{l}", f"b{l}"] if self.bias else [f"W{l}"]
+        return tuple(names)
+
+    @property
+    def intermediates(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return ("x", "y")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.inputs + self.params + self.intermediates
+
+    def shape(self, name: str) -> tuple[int, int]:
+        """The shape of variable ``name`` (``x, y, W1, b1, z1, a1, ...``; ``a0`` is ``x``)."""
+        if name == "a0":
+            name = "x"
+        kind, layer = name[:1], name[1:]
+        if name in ("x", "y"):
+            width = self.sizes[0] if name == "x" else self.sizes[-1]
+            return (self.batch, width) if self.batch else (width, 1)
+        if not layer.isdigit() or not 1 <= int(layer) <= self.L or kind not in "Wbza" or \
+                (kind == "b" and not self.bias):
+            raise SymbpError(f"unknown variable '{name}'; this network has {', '.join(self.names)}")
+        l = int(layer)
+        if kind == "W":
+            return (self.sizes[l], self.sizes[l - 1])
+        if kind == "b":
+            return (self.sizes[l], 1)
+        return (self.batch, self.sizes[l]) if self.batch else (self.sizes[l], 1)
+
+    def symbols(self, name: str) -> sp.Matrix:
+        """The matrix of symbols of ``name``, shaped like it."""
+        if name == "a0":
+            name = "x"
+        return self._symbols(name, self.shape(name))
+
+    def grad_symbols(self, name: str) -> sp.Matrix:
+        """The symbols ``dV_i_j`` that stand for the upstream gradients dL/dV_ij."""
+        return self._symbols("d" + name, self.shape(name))
+
+    def _symbols(self, name, shape):
+        cache = self.__dict__.setdefault("_symbol_cache", {})
+        if name not in cache:
+            cache[name] = matrix_symbols(name, shape)
+        return cache[name]
+
+    @property
+    def columns(self) -> set[str]:
+        """Names of the variables that are column vectors (for printing one index)."""
+        single = {"x", "y"} | set(self.intermediates) if not self.batch else set()
+        return single | {f"b{l}" for l in range(1, self.L + 1)}
+
+    @property
+    def n_params(self) -> int:
+        return sum(r * c for r, c in map(self.shape, self.params))
+
+    def activation(self, layer: int):
+        """The registry row of hidden layer ``layer`` (1-based), or the output row for the last."""
+        return self.output if layer == self.L else self.hidden[layer - 1]
+
+    # ------------------------------------------------------------------ forward
+
+    def local(self, name: str) -> sp.Matrix:
+        """The local definition of an intermediate: entries in earlier symbols and the parameters."""
+        if name not in self._stage:
+            raise SymbpError(f"'{name}' is not an intermediate; intermediates: {', '.join(self.intermediates)}")
+        return self._stage[name].local
+
+    def _examples(self, M):
+        """The rows of examples of a (batch) matrix, or the one column of a single example."""
+        if self.batch:
+            return [list(M.row(n)) for n in range(M.rows)]
+        return [list(M.col(0))]
+
+    def _from_examples(self, rows, shape):
+        if self.batch:
+            return sp.Matrix(rows)
+        return sp.Matrix(shape[0], 1, rows[0])
+
+    def _build_stages(self):
+        stages = []
+        prev = self.symbols("x")
+        for l in range(1, self.L + 1):
+            W = self.symbols(f"W{l}")
+            b = self.symbols(f"b{l}") if self.bias else None
+            shape = self.shape(f"z{l}")
+
+            def entry(n, i, prev=prev, W=W, b=b):
+                terms = [W[i, j] * (prev[n, j] if self.batch else prev[j, 0]) for j in range(W.cols)]
+                return sp.Add(*terms, *([b[i, 0]] if b is not None else []))
+
+            if self.batch:
+                z_local = sp.Matrix(shape[0], shape[1], lambda n, i: entry(n, i))
+            else:
+                z_local = sp.Matrix(shape[0], 1, lambda i, _: entry(0, i))
+            z = self.symbols(f"z{l}")
+            stages.append(Stage(f"z{l}", l, z, z_local))
+            if l < self.L:
+                f = self.hidden[l - 1].sympy
+                a_local = z.applyfunc(f)
+                if l in self.residual_layers:
+                    a_local = a_local + prev
+            else:
+                a_local = self._from_examples([self.output.sympy(ex) for ex in self._examples(z)], shape)
+            a = self.symbols(f"a{l}")
+            stages.append(Stage(f"a{l}", l, a, a_local))
+            prev = a
+        return stages
+
+    def _reduce(self, per_example):
+        total = sp.Add(*per_example)
+        if self.batch and self.reduction == "mean":
+            return total / self.batch
+        return total
+
+    @cached_property
+    def output_loss(self) -> sp.Expr:
+        """The loss as a function of the outputs ``a_L`` (and ``y``): what dL/da_L differentiates."""
+        a, y = self.symbols(f"a{self.L}"), self.symbols("y")
+        return self._reduce([self.loss_row.sympy(ak, yk) for ak, yk in zip(self._examples(a), self._examples(y))])
+
+    @cached_property
+    def local_loss(self) -> sp.Expr:
+        """The loss as a function of the last stage it needs: ``z_L`` when the output/loss pair is
+        written in the logits (softmax + cross-entropy: log-sum-exp), else ``a_L``."""
+        if not self.fused:
+            return self.output_loss
+        z, y = self.symbols(f"z{self.L}"), self.symbols("y")
+        return self._reduce([self.fused.sympy(zk, yk) for zk, yk in zip(self._examples(z), self._examples(y))])
+
+    @property
+    def loss_stage(self) -> str:
+        """The stage :attr:`local_loss` is written in: ``zL`` (fused pair) or ``aL``."""
+        return f"z{self.L}" if self.fused else f"a{self.L}"
+
+    def forward_env(self, start: str | None = None) -> dict:
+        """Symbol -> written-out expression for every stage after ``start`` (all stages if ``None``).
+
+        The stage ``start`` itself and everything not downstream of it stay as symbols.
+        """
+        env = {}
+        after = start is None
+        for stage in self.stages:
+            if after:
+                written = stage.local.xreplace(env)
+                env.update(zip(stage.symbols, written))
+            after = after or stage.name == start
+        return env
+
+    def written_out(self, name: str) -> sp.Matrix:
+        """Intermediate ``name`` written out in ``x`` and the parameters."""
+        env = self.forward_env()
+        return self.symbols(name).xreplace(env)
+
+    @cached_property
+    def loss(self) -> sp.Expr:
+        """The scalar loss written out in ``x, y, W*, b*``."""
+        return self.local_loss.xreplace(self.forward_env())
+
+    def loss_from(self, name: str) -> sp.Expr:
+        """The loss written out as a function of intermediate ``name`` (and what is not downstream of it)."""
+        if name == f"a{self.L}":
+            return self.output_loss
+        env = self.forward_env(start=name)
+        return self.local_loss.xreplace(env)
+
+    # ------------------------------------------------------------------ presentation
+
+    def describe(self) -> str:
+        """One line: sizes, activations, loss, batch convention.
+
+        >>> MLP([4, 5, 3, 3]).describe()
+        'MLP [4, 5, 3, 3]: hidden relu, relu; output softmax; loss cross_entropy; one example (column vectors); with biases'
+        """
+        hidden = ", ".join(a.name for a in self.hidden) or "none"
+        batch = (f"batch of {self.batch} (rows are examples, {self.reduction} over the batch)"
+                 if self.batch else "one example (column vectors)")
+        text = (f"MLP {list(self.sizes)}: hidden {hidden}; output {self.output.name}; loss {self.loss_row.name}; "
+                f"{batch}; {'with' if self.bias else 'no'} biases")
+        if self.residual_layers:
+            text += f"; residual layers {', '.join(map(str, self.residual_layers))}"
+        return text
+
+    def __repr__(self):
+        hidden = [a.name for a in self.hidden]
+        hidden = hidden[0] if len(set(hidden)) == 1 else hidden
+        extra = f", batch={self.batch}, reduction={self.reduction!r}" if self.batch else ""
+        extra += "" if self.bias else ", bias=False"
+        extra += f", residual={list(self.residual_layers)}" if self.residual_layers else ""
+        return (f"MLP({list(self.sizes)}, hidden={hidden!r}, output={self.output.name!r}, "
+                f"loss={self.loss_row.name!r}{extra})")
+
+
+def _check_sizes(sizes):
+    if isinstance(sizes, str) or not hasattr(sizes, "__iter__"):
+        raise SymbpError(f"sizes: expected a list of layer widths such as [4, 5, 3, 3], got {sizes!r}")
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise SymbpError(f"sizes {sizes}: need at least two widths (input and output)")
+    for k, n in enumerate(sizes):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise SymbpError(f"sizes {sizes}: width n{k} = {n!r} must be a positive integer")
+    return tuple(sizes)
+
+
+def _check_hidden(hidden, L):
+    if isinstance(hidden, (list, tuple)):
+        if len(hidden) != L - 1:
+            raise SymbpError(f"hidden: {len(hidden)} activations given for {L - 1} hidden layer(s)")
+        return tuple(registry.activation(h) for h in hidden)
+    return tuple([registry.activation(hidden)] * (L - 1))
+
+
+def _check_residual(residual, sizes):
+    qualify = [l for l in range(1, len(sizes) - 1) if sizes[l] == sizes[l - 1]]
+    if residual is False or residual is None:
+        return ()
+    if residual is True:
+        if not qualify:
+            raise SymbpError(f"residual: no hidden layer of {list(sizes)} has the width of its input "
+                             "(a_l = a_(l-1) + f(z_l) needs n_l = n_(l-1))")
+        return tuple(qualify)
+    layers = list(residual)
+    for l in layers:
+        if l not in qualify:
+            raise SymbpError(f"residual: layer {l} cannot have a skip connection in {list(sizes)} "
+                             f"(layers that can: {', '.join(map(str, qualify)) or 'none'})")
+    return tuple(sorted(set(layers)))

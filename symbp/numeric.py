@@ -1,0 +1,316 @@
+"""Numbers: the derived gradients lambdified to NumPy, and two independent engines to check them.
+
+How it works:
+
+* :func:`lambdify` turns a :class:`~symbp.derive.Gradients` into one generated NumPy function. Its
+  body is the forward pass (each stage's local definitions) followed by the error terms, passed to
+  ``sympy.lambdify`` through its ``cse`` hook, so the named intermediates become the generated code's
+  assignments. Softmax logits are shifted by their maximum right after they are computed: everything
+  that uses them afterwards (softmax, the log-sum-exp loss and its derivatives) is invariant under that
+  shift, so large logits cannot overflow.
+* :func:`reference_gradients` is a plain NumPy backprop written from the conventions, matrix by matrix;
+  it never looks at SymPy.
+* :func:`finite_differences` perturbs one entry at a time (central differences with one Richardson
+  step, step chosen per entry) of the NumPy forward pass, and reports any entry whose perturbation
+  crosses a kink of ReLU-like activations instead of trusting it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import sympy as sp
+
+from .derive import Gradients
+from .errors import SymbpError
+from .network import MLP
+from .registry import NUMPY_FUNCTIONS
+
+# --------------------------------------------------------------------------- values
+
+
+def check_values(net: MLP, values: dict, names=None) -> dict:
+    """``values`` as float64 arrays, each checked against the network's shape for that name."""
+    names = names or net.inputs + net.params
+    out = {}
+    for name in names:
+        if name not in values:
+            raise SymbpError(f"missing value for '{name}' (expected shape {net.shape(name)})")
+        array = np.asarray(values[name], dtype=float)
+        if array.ndim == 1 and net.shape(name)[1] == 1:
+            array = array.reshape(-1, 1)
+        if array.shape != net.shape(name):
+            raise SymbpError(f"{name}: expected shape {net.shape(name)}, got {array.shape}")
+        out[name] = array
+    return out
+
+
+def random_values(net: MLP, seed=0, *, margin: float = 0.05) -> dict:
+    """Random float64 inputs and parameters for ``net``, with every pre-activation of a kinked
+    activation at least ``margin`` away from its kink.
+
+    Targets fit the loss: rows of probabilities summing to 1 for cross-entropy, entries in (0, 1) for
+    binary cross-entropy, normal numbers for mse.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(200):
+        values = {name: rng.normal(size=net.shape(name)) for name in ("x",) + net.params}
+        for l in range(1, net.L + 1):
+            values[f"W{l}"] *= 1.0 / np.sqrt(net.sizes[l - 1])
+        values["y"] = _random_target(net, rng)
+        if min_kink_distance(net, values) >= margin:
+            return values
+    raise SymbpError("could not draw a point away from the kinks")  # pragma: no cover
+
+
+def _random_target(net, rng):
+    shape = net.shape("y")
+    rows = shape if net.batch else shape[::-1]
+    if net.loss_row.name == "cross_entropy":
+        y = rng.dirichlet(np.ones(rows[1]), size=rows[0])
+    elif net.loss_row.name == "binary_cross_entropy":
+        y = rng.uniform(0.05, 0.95, size=rows)
+    else:
+        y = rng.normal(size=rows)
+    return y if net.batch else y.T
+
+
+def min_kink_distance(net: MLP, values: dict) -> float:
+    """The smallest distance of a pre-activation to a kink of its activation (inf if none)."""
+    forward = forward_pass(net, values)
+    best = np.inf
+    for l in range(1, net.L):
+        for kink in net.hidden[l - 1].kinks:
+            best = min(best, float(np.min(np.abs(forward[f"z{l}"] - kink))))
+    return best
+
+
+# --------------------------------------------------------------------------- lambdify
+
+
+class GradientFunction:
+    """The lambdified gradients: call with keyword arrays ``x, y, W1, b1, ...``; get ``{name: ndarray}``.
+
+    ``source`` is the generated code.
+    """
+
+    def __init__(self, net, names, layout, fn, source, args):
+        self.net, self.names, self.layout = net, names, layout
+        self._fn, self.source, self._args = fn, source, args
+
+    def __call__(self, **values):
+        arrays = check_values(self.net, values)
+        flat = []
+        for name in self._args:
+            flat.extend(arrays[name].ravel())
+        results = self._fn(*flat)
+        out = {}
+        for name, result in zip(self.names, results):
+            shape = self.net.shape(name)
+            array = np.array(result, dtype=float).reshape(shape)
+            out[name] = array.T if self.layout == "numerator" else array
+        return out
+
+    def __repr__(self):
+        return f"GradientFunction({self.net!r}, names={self.names})"
+
+
+def _program(net: MLP, grads: Gradients, shift: bool):
+    """The assignments of the generated function: forward stages, the logit shift, the error terms."""
+    program = []
+    for stage in net.stages:
+        program.extend(zip(stage.symbols, stage.local))
+        if stage.name == f"z{net.L}" and shift:
+            for n, row in enumerate(net._examples(stage.symbols)):
+                top = sp.Symbol(f"_zmax_{n}")
+                program.append((top, sp.Max(*row)))
+                program.extend((z, z - top) for z in row)
+    return program + list(grads.definitions)
+
+
+def _restage(net: MLP, expressions):
+    """Replace written-out forward subexpressions (from ``expand``) by the stage symbols."""
+    written = {}
+    for symbol, expr in net.forward_env().items():
+        if not expr.is_Atom:
+            written[expr] = symbol
+            written[-expr] = -symbol  # as in exp(-z), which diff produces from 1/softmax
+    return [e.xreplace(written) for e in expressions]
+
+
+def _all_logits_staged(net, outputs):
+    """Whether no ``exp`` of a written-out last-layer logit is left (``expand`` results are restaged
+    only as far as their forms match); the logit shift is safe only then."""
+    last = {s for name in (f"W{net.L}", f"b{net.L}") if name in net.params for s in net.symbols(name)}
+    return not any(e.args[0].free_symbols & last for M in outputs for entry in M for e in entry.atoms(sp.exp))
+
+
+def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
+    """A NumPy function computing the derived gradients ``names`` (default: all) from raw arrays.
+
+    >>> import symbp
+    >>> net = symbp.MLP([2, 2], output="softmax", loss="cross_entropy")
+    >>> fn = symbp.lambdify(net, symbp.derive(net))
+    >>> g = fn(x=[[1.0], [2.0]], y=[[0.0], [1.0]], W1=np.eye(2), b1=[[1000.0], [999.0]])
+    >>> g["z1"].ravel().tolist()  # logits 1001 and 1001: softmax 1/2 each, a - y
+    [0.5, -0.5]
+    """
+    if not isinstance(grads, Gradients) or grads.net is not net:
+        raise SymbpError("lambdify: grads must come from symbp.derive of this network")
+    names = list(names or grads)
+    for name in names:
+        if name not in grads:
+            raise SymbpError(f"lambdify: no gradient named '{name}'; have {', '.join(grads)}")
+    args = list(net.inputs + net.params)
+    arg_symbols = [s for name in args for s in net.symbols(name)]
+    outputs = [grads._matrices[name] for name in names]
+    if grads.method == "expand":
+        outputs = [M.applyfunc(lambda e: _restage(net, [e])[0]) for M in outputs]
+    program = _program(net, grads, net.output.name == "softmax" and _all_logits_staged(net, outputs))
+    flat_outputs = [list(M) for M in outputs]
+    fn = sp.lambdify(arg_symbols, flat_outputs, modules=[NUMPY_FUNCTIONS, "numpy"],
+                     cse=lambda exprs: (program, exprs), docstring_limit=0)
+    import inspect
+
+    return GradientFunction(net, names, grads.layout, fn, inspect.getsource(fn), args)
+
+
+# --------------------------------------------------------------------------- NumPy engines
+
+
+def _rows(net, array):
+    """Single examples are columns; the engines work on rows (examples) throughout."""
+    return array if net.batch else array.T
+
+
+def forward_pass(net: MLP, values: dict, perturb: dict | None = None) -> dict:
+    """The NumPy forward pass: ``{z1, a1, ..., zL, aL, "L": loss}``; ``perturb`` adds to intermediates
+    (in the network's own shapes) as they are computed, for finite differences."""
+    perturb = perturb or {}
+    a = _rows(net, np.asarray(values["x"], dtype=float))
+    out = {}
+    for l in range(1, net.L + 1):
+        z = a @ np.asarray(values[f"W{l}"]).T
+        if net.bias:
+            z = z + np.asarray(values[f"b{l}"]).T
+        z = z + _rows(net, perturb.get(f"z{l}", 0.0) * np.ones(net.shape(f"z{l}")))
+        if l < net.L:
+            new = net.hidden[l - 1].numpy(z)
+            if l in net.residual_layers:
+                new = new + a
+        else:
+            new = net.output.numpy(z)
+        a = new + _rows(net, perturb.get(f"a{l}", 0.0) * np.ones(net.shape(f"a{l}")))
+        out[f"z{l}"], out[f"a{l}"] = z, a
+    y = _rows(net, np.asarray(values["y"], dtype=float))
+    if net.fused and f"a{net.L}" not in perturb:
+        per_example = net.fused.numpy(out[f"z{net.L}"], y)
+    else:
+        per_example = net.loss_row.numpy(out[f"a{net.L}"], y)
+    total = per_example.sum()
+    out["L"] = total / per_example.size if net.batch and net.reduction == "mean" else total
+    for name in net.intermediates:
+        out[name] = _rows(net, out[name])
+    return out
+
+
+def reference_gradients(net: MLP, values: dict) -> dict:
+    """Plain NumPy backprop, matrix by matrix, in denominator layout: ``{name: ndarray}``."""
+    values = check_values(net, values)
+    fwd = forward_pass(net, values)
+    rows = {k: _rows(net, v) for k, v in fwd.items() if k != "L"}
+    rows["a0"] = _rows(net, values["x"])
+    y = _rows(net, values["y"])
+    scale = 1.0 / y.shape[0] if net.batch and net.reduction == "mean" else 1.0
+    L = net.L
+    aL, zL = rows[f"a{L}"], rows[f"z{L}"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # -y/a is out of range where a underflows
+        grads = {f"a{L}": scale * net.loss_row.numpy_grad(aL, y)}
+    if net.fused:
+        dz = scale * net.fused.numpy_dz(zL, aL, y)
+    else:
+        dz = net.output.numpy_vjp(aL, grads[f"a{L}"])
+    for l in range(L, 0, -1):
+        grads[f"z{l}"] = dz
+        grads[f"W{l}"] = dz.T @ rows[f"a{l - 1}"]
+        if net.bias:
+            grads[f"b{l}"] = dz.sum(axis=0, keepdims=True).T
+        if l == 1:
+            break
+        da = dz @ np.asarray(values[f"W{l}"])
+        if l in net.residual_layers:
+            da = da + grads[f"a{l}"]
+        grads[f"a{l - 1}"] = da
+        dz = da * net.hidden[l - 2].numpy_derivative(rows[f"z{l - 1}"])
+    for name in net.intermediates:
+        grads[name] = _rows(net, grads[name])
+    return {name: grads[name] for name in net.params + net.intermediates}
+
+
+@dataclass
+class FiniteDifferences:
+    """Central-difference gradients, and the entries whose perturbation crossed a kink."""
+
+    gradients: dict
+    kink_crossings: list = field(default_factory=list)  # (name, (i, j))
+
+
+def _kink_pattern(net, fwd):
+    return [fwd[f"z{l}"] > k for l in range(1, net.L) for k in net.hidden[l - 1].kinks]
+
+
+def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
+    """dL/dV by central differences of :func:`forward_pass`, one entry at a time.
+
+    The step is ``h = 1e-3 * max(0.01, |v|)`` (relative to the entry), refined once by Richardson extrapolation
+    (``(4 D(h/2) - D(h)) / 3``, error O(h^4)). An entry whose perturbation moves a pre-activation across
+    a kink is listed in ``kink_crossings`` (its number is then not a derivative).
+    """
+    values = check_values(net, values)
+    names = list(names or net.params + net.intermediates)
+    base = forward_pass(net, values)
+    pattern = _kink_pattern(net, base)
+    result = FiniteDifferences({})
+    for name in names:
+        is_param = name in net.params
+        point = values[name] if is_param else base[name]
+        grad = np.zeros(net.shape(name))
+        for index in np.ndindex(*grad.shape):
+            h = 1e-3 * max(1e-2, abs(point[index]))
+
+            def loss_at(step):
+                delta = np.zeros(grad.shape)
+                delta[index] = step
+                if is_param:
+                    moved = dict(values, **{name: values[name] + delta})
+                    fwd = forward_pass(net, moved)
+                else:
+                    fwd = forward_pass(net, values, perturb={name: delta})
+                crossed = any(np.any(p != q) for p, q in zip(pattern, _kink_pattern(net, fwd)))
+                return fwd["L"], crossed
+
+            samples = {s: loss_at(s) for s in (h, -h, h / 2, -h / 2)}
+            if any(crossed for _, crossed in samples.values()):
+                result.kink_crossings.append((name, index))
+            d1 = (samples[h][0] - samples[-h][0]) / (2 * h)
+            d2 = (samples[h / 2][0] - samples[-h / 2][0]) / h
+            grad[index] = (4 * d2 - d1) / 3
+        result.gradients[name] = grad
+    return result
+
+
+def max_abs_error(a: dict, b: dict, names=None) -> float:
+    """The largest entry-wise difference over the gradients both dicts have."""
+    names = names or [n for n in a if n in b]
+    return max((float(np.max(np.abs(np.asarray(a[n]) - np.asarray(b[n])))) for n in names), default=0.0)
+
+
+def max_rel_error(got: dict, truth: dict, names=None) -> float:
+    """The largest difference relative to the size of the true gradient (per variable, max norm)."""
+    names = names or [n for n in got if n in truth]
+    worst = 0.0
+    for n in names:
+        scale = max(float(np.max(np.abs(truth[n]))), 1e-300)
+        worst = max(worst, float(np.max(np.abs(np.asarray(got[n]) - truth[n]))) / scale)
+    return worst

@@ -1,0 +1,289 @@
+"""Activations, outputs and losses: one small frozen row each, in one table per kind.
+
+How it works: a row carries everything the rest of symbp needs to know about one rule: its SymPy form
+(used to build the network symbolically), its NumPy form and derivative (used by the independent
+reference backprop, which never looks at SymPy), its LaTeX name, and its conventions. The tests
+parametrize over these tables, so a new row is tested by adding it. A user-defined activation, built
+from an expression in ``x`` by :func:`custom_activation`, is a row like any other.
+
+Conventions written here and nowhere else:
+
+* ``relu'(0) = 0`` and ``leaky_relu'(0) = 0.01`` (PyTorch), through ``Heaviside(z, 0)``.
+* ``softplus(z) = log(1 + exp(z))``; ``leaky_relu`` has PyTorch's slope 0.01.
+* Per-example losses follow PyTorch: ``cross_entropy = -sum_k y_k log a_k`` (summed over classes);
+  ``binary_cross_entropy`` and ``mse`` are averaged over the output units.
+* Where an output feeds a log (softmax or sigmoid into a cross-entropy), the loss is written in the
+  logits (log-sum-exp, softplus): the same function, numerically stable, with simpler derivatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import sympy as sp
+
+from . import functions as F
+from .errors import SymbpError, closest
+from .expression import parse_scalar
+
+
+# --------------------------------------------------------------------------- NumPy forms
+
+def np_sigmoid(z):
+    """A sigmoid that never overflows: ``exp`` only ever sees ``-|z|``."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def np_softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def np_step(z):
+    return np.heaviside(z, 0.0)
+
+
+def np_relu(z):
+    return np.maximum(z, 0.0)
+
+
+def np_leaky_relu(z):
+    return np.where(z > 0, z, 0.01 * z)
+
+
+def np_softmax(z):
+    """Softmax of each row (rows are examples), shifted by the row maximum so it cannot overflow."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_logsumexp(z):
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+#: What ``lambdify`` maps symbp's SymPy functions to (added before "numpy" in ``modules``).
+NUMPY_FUNCTIONS = {
+    "relu": np_relu,
+    "leaky_relu": np_leaky_relu,
+    "sigmoid": np_sigmoid,
+    "softplus": np_softplus,
+    "Heaviside": lambda z, h0=0.0: np.heaviside(z, h0),
+}
+
+
+# --------------------------------------------------------------------------- rows
+
+@dataclass(frozen=True)
+class Activation:
+    """An element-wise hidden activation ``a = f(z)``."""
+
+    name: str
+    latex: str  # LaTeX for the function's name, e.g. r"\operatorname{ReLU}"
+    sympy: Callable[[sp.Expr], sp.Expr]
+    numpy: Callable[[np.ndarray], np.ndarray]
+    numpy_derivative: Callable[[np.ndarray], np.ndarray]
+    kinks: tuple = ()  # points where f' jumps; numeric checks keep away from them
+    note: str = ""  # the derivative convention, stated in documents
+    expression: str = ""  # the user's text, for a custom activation
+
+
+@dataclass(frozen=True)
+class Output:
+    """The output layer's activation, applied to one example's logits at once."""
+
+    name: str
+    latex: str
+    sympy: Callable[[list], list]  # one example: logits z_1..z_n -> outputs a_1..a_n
+    numpy: Callable[[np.ndarray], np.ndarray]  # rows are examples
+    numpy_vjp: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (a, dL/da) -> dL/dz
+    in_unit_interval: bool  # every output lies in (0, 1): a log of it is defined
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A per-example loss of the outputs ``a`` and the target ``y`` of one example."""
+
+    name: str
+    latex: str  # the per-example formula in a, y, n (number of output units)
+    sympy: Callable[[list, list], sp.Expr]
+    numpy: Callable[[np.ndarray, np.ndarray], np.ndarray]  # rows -> one loss per row
+    numpy_grad: Callable[[np.ndarray, np.ndarray], np.ndarray]  # d loss / d a, per row
+    needs_unit_interval: bool  # takes logs of the outputs
+
+
+@dataclass(frozen=True)
+class Fused:
+    """An output/loss pair written directly in the logits ``z`` (same function, stable form)."""
+
+    output: str
+    loss: str
+    latex: str
+    sympy: Callable[[list, list], sp.Expr]
+    numpy: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    numpy_dz: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (z, a, y) -> d loss / d z
+    side_condition: str | None = None  # under which the textbook simplification holds
+    simplified: str | None = None  # that simplification, in the formula language, per example
+
+
+def _activation(name, latex, sym, fn, dfn, kinks=(), note=""):
+    return Activation(name, latex, sym, fn, dfn, tuple(kinks), note)
+
+
+ACTIVATIONS: Mapping[str, Activation] = {
+    row.name: row
+    for row in [
+        _activation("relu", r"\operatorname{ReLU}", F.relu, np_relu, np_step, [0.0],
+                    r"\operatorname{ReLU}'(0) = 0 (as PyTorch and micrograd)"),
+        _activation("leaky_relu", r"\operatorname{LeakyReLU}", F.leaky_relu, np_leaky_relu,
+                    lambda z: np.where(z > 0, 1.0, 0.01), [0.0],
+                    r"slope 0.01 for z \le 0; derivative 0.01 at 0 (as PyTorch)"),
+        _activation("sigmoid", r"\sigma", F.sigmoid, np_sigmoid,
+                    lambda z: np_sigmoid(z) * (1 - np_sigmoid(z))),
+        _activation("tanh", r"\tanh", sp.tanh, np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+        _activation("softplus", r"\operatorname{softplus}", F.softplus, np_softplus, np_sigmoid,
+                    note=r"\operatorname{softplus}(z) = \log(1 + e^{z})"),
+        _activation("identity", r"\operatorname{id}", lambda z: z, lambda z: z + 0.0,
+                    lambda z: np.ones_like(z)),
+    ]
+}
+
+
+def _softmax_sym(z):
+    exps = [sp.exp(v) for v in z]
+    total = sp.Add(*exps)
+    return [e / total for e in exps]
+
+
+OUTPUTS: Mapping[str, Output] = {
+    row.name: row
+    for row in [
+        Output("softmax", r"\operatorname{softmax}", _softmax_sym, np_softmax,
+               lambda a, g: a * (g - (a * g).sum(axis=1, keepdims=True)), True),
+        Output("sigmoid", r"\sigma", lambda z: [F.sigmoid(v) for v in z], np_sigmoid,
+               lambda a, g: g * a * (1 - a), True),
+        Output("identity", r"\operatorname{id}", lambda z: list(z), lambda z: z + 0.0,
+               lambda a, g: g, False),
+    ]
+}
+
+
+def _mean(terms):
+    return sp.Add(*terms) / len(terms)
+
+
+LOSSES: Mapping[str, Loss] = {
+    row.name: row
+    for row in [
+        Loss("cross_entropy", r"-\sum_{k} y_{k} \log a_{k}",
+             lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
+             lambda a, y: -(y * np.log(a)).sum(axis=1),
+             lambda a, y: -y / a, True),
+        Loss("binary_cross_entropy",
+             r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
+             lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
+             lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
+             lambda a, y: (-(y / a) + (1 - y) / (1 - a)) / a.shape[1], True),
+        Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
+             lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
+             lambda a, y: ((a - y) ** 2).mean(axis=1),
+             lambda a, y: 2 * (a - y) / a.shape[1], False),
+    ]
+}
+
+
+def _ce_softmax_logits(z, y):
+    lse = sp.log(sp.Add(*[sp.exp(v) for v in z]))
+    return -sp.Add(*[yk * (zk - lse) for zk, yk in zip(z, y)])
+
+
+FUSED: Mapping[tuple, Fused] = {
+    (row.output, row.loss): row
+    for row in [
+        Fused("softmax", "cross_entropy",
+              r"-\sum_{k} y_{k} \Bigl( z_{k} - \log \sum_{j} e^{z_{j}} \Bigr)",
+              _ce_softmax_logits,
+              lambda z, y: y.sum(axis=1) * np_logsumexp(z) - (y * z).sum(axis=1),
+              lambda z, a, y: a * y.sum(axis=1, keepdims=True) - y,
+              side_condition="every target row sums to 1",
+              simplified="a - y"),
+        Fused("sigmoid", "binary_cross_entropy",
+              r"\frac{1}{n} \sum_{k} \bigl( \operatorname{softplus}(z_{k}) - y_{k} z_{k} \bigr)",
+              lambda z, y: _mean([F.softplus(zk) - yk * zk for zk, yk in zip(z, y)]),
+              lambda z, y: (np_softplus(z) - y * z).mean(axis=1),
+              lambda z, a, y: (a - y) / z.shape[1],
+              simplified="(a - y) / n"),
+        Fused("sigmoid", "cross_entropy",
+              r"\sum_{k} y_{k} \operatorname{softplus}(-z_{k})",
+              lambda z, y: sp.Add(*[yk * F.softplus(-zk) for zk, yk in zip(z, y)]),
+              lambda z, y: (y * np_softplus(-z)).sum(axis=1),
+              lambda z, a, y: -y * (1 - a)),
+    ]
+}
+
+
+# --------------------------------------------------------------------------- look-ups
+
+_X = sp.Symbol("x", real=True)
+
+
+def custom_activation(expression: str, *, name: str | None = None, latex: str | None = None) -> Activation:
+    """An activation from a SymPy-syntax expression in ``x``, parsed by the whitelist parser.
+
+    >>> swish = custom_activation("x*sigmoid(x)", name="swish")
+    >>> z = sp.Symbol("z", real=True)
+    >>> swish.sympy(z)
+    z*sigmoid(z)
+    >>> float(swish.numpy_derivative(np.array(0.0)))
+    0.5
+    """
+    body = parse_scalar(expression, {"x": _X}, what="activation")
+    if _X not in body.free_symbols:
+        raise SymbpError(f"activation {expression!r}: does not depend on x")
+    derivative = sp.diff(body, _X)
+    modules = [NUMPY_FUNCTIONS, "numpy"]
+    fn = sp.lambdify([_X], body, modules=modules)
+    dfn = sp.lambdify([_X], derivative, modules=modules)
+    smooth = not body.has(F.relu, F.leaky_relu, sp.Max, sp.Min, sp.Abs, sp.Heaviside)
+    return Activation(
+        name=name or expression,
+        latex=latex or r"f",
+        sympy=lambda z: body.xreplace({_X: z}),
+        numpy=lambda z: np.asarray(fn(z), dtype=float) + np.zeros_like(z),
+        numpy_derivative=lambda z: np.asarray(dfn(z), dtype=float) + np.zeros_like(z),
+        kinks=() if smooth else (0.0,),
+        note=f"f(x) = {expression}",
+        expression=expression,
+    )
+
+
+def activation(spec) -> Activation:
+    """The registry row for ``spec``: a name, an :class:`Activation`, or an expression in ``x``.
+
+    >>> activation("relu").name, activation("x**2/2").name
+    ('relu', 'x**2/2')
+    """
+    if isinstance(spec, Activation):
+        return spec
+    if not isinstance(spec, str):
+        raise SymbpError(f"activation: expected a name or an expression in x, got {spec!r}")
+    if spec in ACTIVATIONS:
+        return ACTIVATIONS[spec]
+    if spec.isidentifier() and spec != "x":
+        raise SymbpError(f"unknown activation '{spec}'{closest(spec, ACTIVATIONS)}; known: "
+                         f"{', '.join(ACTIVATIONS)}, or an expression in x such as 'x*sigmoid(x)'")
+    return custom_activation(spec)
+
+
+def output(name) -> Output:
+    if name not in OUTPUTS:
+        raise SymbpError(f"unknown output '{name}'{closest(str(name), OUTPUTS)}; known: {', '.join(OUTPUTS)}")
+    return OUTPUTS[name]
+
+
+def loss(name) -> Loss:
+    if name not in LOSSES:
+        raise SymbpError(f"unknown loss '{name}'{closest(str(name), LOSSES)}; known: {', '.join(LOSSES)}")
+    return LOSSES[name]

@@ -1,0 +1,113 @@
+"""Per-element partials: the chain method equals sympy.diff of the written-out loss, exactly."""
+
+import random
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbp
+from symbp.errors import SymbpError
+from symbp.exact import frozen_zero, numeric_value, random_rational
+
+from conftest import config_id, configurations, make
+
+
+def exactly_equal(a, b, net, rng):
+    """Zero as a rational function of frozen applications, or else equal at exact rational points
+    (kinks make symbolic comparison of relu networks unhelpful: Heaviside(z, 0) of a symbolic z)."""
+    if frozen_zero(a - b):
+        return True
+    symbols = set()
+    for name in net.inputs + net.params:
+        symbols.update(net.symbols(name))
+    for _ in range(3):
+        point = {s: random_rational(rng) for s in symbols}
+        if abs(numeric_value((a - b).xreplace(point))) > 1e-40:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("config", configurations(), ids=config_id)
+def test_chain_equals_expand(config):
+    net = make(config)
+    chain, expand = symbp.derive(net, method="chain"), symbp.derive(net, method="expand")
+    assert list(chain) == list(expand) == list(net.params + net.intermediates)
+    rng = random.Random(7)
+    for name in chain:
+        written = chain.written_out(name)
+        assert written.shape == expand[name].shape == net.shape(name)
+        for a, b in zip(written, expand[name]):
+            assert exactly_equal(a, b, net, rng), (name, a, b)
+
+
+def test_chain_entries_are_the_per_element_chain_rule():
+    # seed 001: dW3 = delta3 a2^T, db3 = delta3, delta2 = (W3^T delta3) * relu'(z2), entry by entry
+    net = symbp.MLP([4, 5, 3, 3])
+    g = symbp.derive(net)
+    dz3, a2, W3 = net.grad_symbols("z3"), net.symbols("a2"), net.symbols("W3")
+    assert g["W3"] == dz3 * a2.T
+    assert g["b3"] == dz3
+    assert g["a2"] == W3.T * dz3
+    da2, z2 = net.grad_symbols("a2"), net.symbols("z2")
+    assert list(g["z2"]) == [da2[i] * sp.Heaviside(z2[i], 0) for i in range(3)]
+
+
+def test_softmax_cross_entropy_output_error_is_derived_not_written():
+    # dL/dz3 comes from sympy.diff of the log-sum-exp loss: -y_i + (sum_k y_k) softmax_i, which is
+    # a - y only when the targets sum to 1 (the side condition)
+    net = symbp.MLP([2, 3])
+    g = symbp.derive(net)
+    z, y = net.symbols("z1"), net.symbols("y")
+    softmax = [sp.exp(z[i]) / sum(sp.exp(v) for v in z) for i in range(3)]
+    general = [-y[i] + sum(y) * softmax[i] for i in range(3)]
+    assert all(frozen_zero(a - b) for a, b in zip(g["z1"], general))
+    difference = g["z1"][0] - (softmax[0] - y[0])
+    assert not frozen_zero(difference)
+    assert frozen_zero(difference.xreplace({y[2]: 1 - y[0] - y[1]}))
+
+
+def test_batch_mean_divides_by_n_and_sums_over_rows():
+    net = symbp.MLP([2, 2], output="identity", loss="mse", batch=3)
+    g = symbp.derive(net)
+    a, y = net.symbols("a1"), net.symbols("y")
+    assert g["a1"][2, 1] == (2 * a[2, 1] - 2 * y[2, 1]) / 6  # mse: mean over 2 units, then 1/N, N = 3
+    dz, x = net.grad_symbols("z1"), net.symbols("x")
+    assert g["W1"][1, 0] == sum(dz[n, 1] * x[n, 0] for n in range(3))
+    assert g["b1"][1, 0] == sum(dz[n, 1] for n in range(3))
+    total = symbp.derive(symbp.MLP([2, 2], output="identity", loss="mse", batch=3, reduction="sum"))
+    assert total["a1"][2, 1] == (2 * a[2, 1] - 2 * y[2, 1]) / 2
+
+
+def test_relu_derivative_is_zero_at_the_kink():
+    net = symbp.MLP([1, 1, 1], output="identity", loss="mse")
+    g = symbp.derive(net, method="expand")
+    point = {s: sp.Integer(v) for s, v in zip(
+        [net.symbols(n)[0] for n in ("x", "y", "W1", "b1", "W2", "b2")], [1, 0, 2, -2, 1, 0])}
+    assert g["W1"][0].xreplace(point) == 0  # z1 = 2*1 - 2 = 0 exactly: relu'(0) = 0
+    point[net.symbols("b1")[0]] = sp.Integer(-1)
+    assert g["W1"][0].xreplace(point) == 2  # z1 = 1 > 0: dL/dW1 = 2 (a2 - y) W2 x = 2
+
+
+def test_numerator_layout_is_the_transpose():
+    net = symbp.MLP([3, 2, 2])
+    g = symbp.derive(net)
+    n = symbp.derive(net, layout="numerator")
+    assert n["W1"] == g["W1"].T and n["W1"].shape == (3, 2)
+    assert n["z1"].shape == (1, 2)
+    assert g.with_layout("numerator")["W2"] == n["W2"]
+
+
+def test_latex_display_for_notebooks():
+    g = symbp.derive(symbp.MLP([2, 2], output="identity", loss="mse"))
+    latex = g._repr_latex_()
+    assert latex.startswith("$") and r"\frac{\partial L}{\partial W1}" in latex
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="magic"), "method: expected one of chain, expand"),
+    (dict(layout="sideways"), "layout: expected one of denominator, numerator"),
+])
+def test_bad_options(kwargs, message):
+    with pytest.raises(SymbpError, match=message):
+        symbp.derive(symbp.MLP([2, 2]), **kwargs)
