@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -49,15 +50,23 @@ class SymbpLatexPrinter(LatexPrinter):
         super().__init__(settings or {})
         self.columns = set(columns)
 
-    def base(self, var: str) -> str:
-        """``W1`` -> ``W^{(1)}``; ``x`` -> ``x``."""
+    def base(self, var: str, sup: str = "") -> str:
+        """``W1`` -> ``W^{(1)}``; ``x`` -> ``x``; ``sup`` joins the superscript (``W^{(1)\\top}``)."""
         match = re.match(r"^([A-Za-z]+)(\d+)$", var)
         if not match:
-            return var
+            return f"{var}^{{{sup}}}" if sup else var
         letter, layer = match.groups()
         if letter == "a" and layer == "0":
-            return "x"
-        return f"{letter}^{{({layer})}}"
+            return f"x^{{{sup}}}" if sup else "x"
+        return f"{letter}^{{({layer}){sup}}}"
+
+    def grad_base(self, var: str, sup: str = "") -> str:
+        """The name of dL/dV as a whole: ``z2`` -> ``\\delta^{(2)}``, ``a1`` -> ``\\bar{a}^{(1)}``."""
+        letter, layer = re.match(r"^([A-Za-z]+)(\d*)$", var).groups()
+        letter = r"\delta" if letter == "z" else rf"\bar{{{letter}}}"
+        if layer or sup:
+            return f"{letter}^{{{f'({layer})' if layer else ''}{sup}}}"
+        return letter
 
     def entry(self, var: str, i: int, j: int) -> str:
         index = f"{i + 1}" if var in self.columns else f"{i + 1},{j + 1}"
@@ -71,11 +80,7 @@ class SymbpLatexPrinter(LatexPrinter):
         if not grad:
             return self.entry(var, i, j)
         index = f"{i + 1}" if var in self.columns else f"{i + 1},{j + 1}"
-        letter, layer = re.match(r"^([A-Za-z]+)(\d*)$", var).groups()
-        layer = f"^{{({layer})}}" if layer else ""
-        if letter == "z":
-            return rf"\delta{layer}_{{{index}}}"
-        return rf"\bar{{{letter}}}{layer}_{{{index}}}"
+        return f"{self.grad_base(var)}_{{{index}}}"
 
     def _function(self, name, expr, exp=None):
         arg = self._print(expr.args[0])
@@ -105,6 +110,196 @@ def latex(expr, *, columns=(), **settings) -> str:
     '\\\\left[\\\\begin{matrix}x_{1}\\\\\\\\x_{2}\\\\end{matrix}\\\\right]'
     """
     return SymbpLatexPrinter(columns=columns, settings=settings).doprint(expr)
+
+
+# --------------------------------------------------------------------------- formulas (claims) as LaTeX
+
+#: LaTeX names of the formula language's element-wise functions.
+FUNCTION_NAMES = {
+    "relu": r"\operatorname{ReLU}",
+    "leaky_relu": r"\operatorname{LeakyReLU}",
+    "step": r"\operatorname{step}",
+    "sigmoid": r"\sigma",
+    "tanh": r"\tanh",
+    "softplus": r"\operatorname{softplus}",
+    "exp": r"\exp",
+    "log": r"\log",
+}
+
+# Binding strength of each op: a child binding weaker than its parent gets parentheses.
+_PRECEDENCE = {"add": 1, "sub": 1, "neg": 2, "mul": 3, "div": 3, "matmul": 4, "outer": 4, "sum": 4,
+               "pow": 5, "transpose": 5}
+
+
+def formula_latex(node, *, printer: SymbpLatexPrinter | None = None) -> str:
+    r"""A parsed claim (a :mod:`symbp.formula` ``Node`` tree) in LaTeX, in the documents' notation.
+
+    ``@`` is juxtaposition, element-wise ``*`` is ``\odot``, ``.T`` a superscript ``\top``, ``dz2`` is
+    ``\delta^{(2)}`` and ``da1`` is ``\bar{a}^{(1)}``, ``sum(X, axis=0)`` is ``\mathbf{1}^\top X``.
+    Only the node's ``op``, ``args``, ``shape`` and ``value`` are read.
+
+    >>> from types import SimpleNamespace as N
+    >>> dz, a = N(op="name", value="dz3", args=(), shape=(3, 1)), N(op="name", value="a2", args=(), shape=(3, 1))
+    >>> formula_latex(N(op="matmul", args=(dz, N(op="transpose", args=(a,), value=None, shape=(1, 3))),
+    ...                 value=None, shape=(3, 3)))
+    '\\delta^{(3)} a^{(2)\\top}'
+    """
+    printer = printer or SymbpLatexPrinter()
+    return _formula(node, printer)
+
+
+def _wrap(child, parent_op, printer, *, right=False):
+    tex = _formula(child, printer)
+    mine = _PRECEDENCE.get(child.op, 9)
+    theirs = _PRECEDENCE[parent_op]
+    if mine < theirs or (right and mine == theirs and parent_op in ("sub", "div", "matmul")
+                         and child.op != parent_op) or (right and parent_op == "sub" and mine == theirs):
+        return rf"\left({tex}\right)"
+    return tex
+
+
+def _name(value, printer, sup=""):
+    if value == "N":
+        return f"N^{{{sup}}}" if sup else "N"
+    if value.startswith("d") and len(value) > 1:
+        return printer.grad_base(value[1:], sup)
+    return printer.base(value, sup)
+
+
+def _formula(node, printer) -> str:
+    op, args = node.op, node.args
+    if op == "name":
+        return _name(node.value, printer)
+    if op == "number":
+        return printer.doprint(sp.Rational(node.value.numerator, node.value.denominator))
+    if op == "neg":
+        return "-" + _wrap(args[0], "neg", printer)
+    if op in ("add", "sub"):
+        sign = " + " if op == "add" else " - "
+        return _wrap(args[0], op, printer) + sign + _wrap(args[1], op, printer, right=True)
+    if op == "mul":
+        return _wrap(args[0], op, printer) + r" \odot " + _wrap(args[1], op, printer, right=True)
+    if op == "div":
+        if tuple(args[1].shape) == (1, 1):
+            return rf"\frac{{{_formula(args[0], printer)}}}{{{_formula(args[1], printer)}}}"
+        return _wrap(args[0], op, printer) + r" \oslash " + _wrap(args[1], op, printer, right=True)
+    if op == "pow":
+        exponent = printer.doprint(sp.Rational(node.value.numerator, node.value.denominator))
+        return rf"\left({_formula(args[0], printer)}\right)^{{{exponent}}}"
+    if op == "matmul":
+        return _wrap(args[0], op, printer) + " " + _wrap(args[1], op, printer, right=True)
+    if op == "transpose":
+        inner = args[0]
+        if inner.op == "name":
+            return _name(inner.value, printer, r"\top")
+        return rf"\left({_formula(inner, printer)}\right)^{{\top}}"
+    if op == "func":
+        return rf"{FUNCTION_NAMES[node.value]}\left({_formula(args[0], printer)}\right)"
+    if op == "softmax":
+        return rf"\operatorname{{softmax}}\left({_formula(args[0], printer)}\right)"
+    if op == "sum":
+        rows, cols = args[0].shape
+        inner = _wrap(args[0], "sum", printer)
+        if node.value == 0:
+            return rf"\mathbf{{1}}_{{{rows}}}^{{\top}} {inner}"
+        if node.value == 1:
+            return rf"{inner} \mathbf{{1}}_{{{cols}}}"
+        return rf"\mathbf{{1}}_{{{rows}}}^{{\top}} {inner} \mathbf{{1}}_{{{cols}}}"
+    if op == "ones":
+        r, c = node.value
+        return rf"\mathbf{{1}}_{{{r} \times {c}}}"
+    if op == "diag":
+        return rf"\operatorname{{diag}}\left({_formula(args[0], printer)}\right)"
+    if op == "outer":
+        u, v = args
+        right = _name(v.value, printer, r"\top") if v.op == "name" else rf"\left({_formula(v, printer)}\right)^{{\top}}"
+        return _wrap(u, "outer", printer) + " " + right
+    raise SymbpError(f"formula_latex: unknown op {op!r}")  # pragma: no cover
+
+
+def products(node) -> list[tuple]:
+    """The shape check of a formula: ``(left shape, right shape, result shape)`` of every ``@``.
+
+    >>> from types import SimpleNamespace as N
+    >>> d, a = N(op="name", args=(), shape=(3, 1)), N(op="name", args=(), shape=(1, 5))
+    >>> products(N(op="matmul", args=(d, a), shape=(3, 5)))
+    [((3, 1), (1, 5), (3, 5))]
+    """
+    found = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.op in ("matmul", "outer"):
+            left, right = (tuple(a.shape) for a in n.args)
+            if n.op == "outer":
+                left, right = (left[0] * left[1], 1), (1, right[0] * right[1])
+            found.append((left, right, tuple(n.shape)))
+        stack.extend(reversed(n.args))
+    return found
+
+
+# --------------------------------------------------------------------------- matrices, elided
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a displayed matrix: LaTeX of an entry, or a run of dots (``dots`` is ``cdots``,
+    ``vdots`` or ``ddots``: the LaTeX command's name)."""
+
+    tex: str = ""
+    dots: str = ""
+
+
+def _keep(n, limit):
+    """Indices to show of ``n``: all when ``n <= limit``, else the first ``limit - 2``, a gap (None), the last."""
+    if n <= limit:
+        return list(range(n))
+    return list(range(limit - 2)) + [None, n - 1]
+
+
+def visible_width(tex: str) -> int:
+    """A rough count of the characters a piece of math occupies when typeset (for fitting a page).
+
+    >>> visible_width(r"W^{(3)}_{1,2} \\delta^{(3)}_{1}")
+    5
+    """
+    tex = re.sub(r"\^\{\([0-9]+\)[^{}]*\}", "", tex)  # layer superscripts sit above the subscripts
+    tex = re.sub(r"_\{([^{}]*)\}", lambda m: " " + "x" * max(1, (len(m.group(1)) + 1) // 2), tex)
+    tex = re.sub(r"\\(left|right|operatorname|mathrm|,|;|quad)", "", tex)
+    tex = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", lambda m: "x" * max(len(m.group(1)), len(m.group(2))), tex)
+    tex = re.sub(r"\\[A-Za-z]+", "x", tex)
+    return len(re.sub(r"[{}\s]", "", tex))
+
+
+def elided(M, *, printer: SymbpLatexPrinter, max_rows: int = 5, max_cols: int = 5, width: int = 64):
+    """``M`` (a SymPy matrix) as rows of :class:`Cell`: at most ``max_rows`` by ``max_cols`` shown,
+    fewer columns when the entries would not fit ``width`` characters, the rest elided with dots.
+
+    >>> rows = elided(sp.Matrix(7, 1, lambda i, j: sp.Symbol(f"z1_{i}_0")), printer=SymbpLatexPrinter({"z1"}))
+    >>> [r[0].tex or r[0].dots for r in rows]
+    ['z^{(1)}_{1}', 'z^{(1)}_{2}', 'z^{(1)}_{3}', 'vdots', 'z^{(1)}_{7}']
+    """
+    rows = _keep(M.rows, max_rows)
+    texts = {(i, j): printer.doprint(M[i, j]) for i in rows if i is not None for j in _keep(M.cols, max_cols) if j is not None}
+    limit = max_cols
+    while limit > 3:
+        cols = [j for j in _keep(M.cols, limit) if j is not None]
+        widest = [max(visible_width(texts[i, j]) for i in rows if i is not None) for j in cols]
+        if sum(widest) + 2 * len(cols) + (3 if len(cols) < M.cols else 0) <= width:
+            break
+        limit -= 1
+    out = []
+    for i in rows:
+        row = []
+        for j in _keep(M.cols, limit):
+            if i is None:
+                row.append(Cell(dots="ddots" if j is None else "vdots"))
+            elif j is None:
+                row.append(Cell(dots="cdots"))
+            else:
+                row.append(Cell(tex=texts[i, j]))
+        out.append(row)
+    return out
 
 
 _ESCAPES = {
