@@ -46,9 +46,41 @@ class SymbpLatexPrinter(LatexPrinter):
     '\\\\operatorname{step}\\\\left(z^{(2)}_{1}\\\\right)'
     """
 
-    def __init__(self, columns=(), settings=None):
+    def __init__(self, columns=(), settings=None, *, max_terms=None):
         super().__init__(settings or {})
         self.columns = set(columns)
+        self.max_terms = max_terms  # longer sums print as t1 + t2 + ... + tn
+
+    def _print_Mul(self, expr):
+        # Gradients first, as the textbooks write them: delta_i a_j, delta_k W_kj, abar_j step(z_j).
+        factors = list(expr.args)
+        first = [f for f in factors if _is_gradient(f)]
+        if not first or len(first) == len(factors) or not expr.is_commutative or factors[0].is_Number:
+            return super()._print_Mul(expr)
+        rest = [f for f in factors if not _is_gradient(f)]
+        saved = self._settings["order"]
+        self._settings["order"] = "none"
+        try:
+            return super()._print_Mul(sp.Mul(*first, *rest, evaluate=False))
+        finally:
+            self._settings["order"] = saved
+
+    def _print_Add(self, expr, order=None):
+        terms = self._as_ordered_terms(expr, order=order)
+        if self.max_terms is None or len(terms) <= self.max_terms:
+            return super()._print_Add(expr, order=order)
+        keep = max(self.max_terms - 2, 1)
+        tex = ""
+        for k, term in enumerate(terms[:keep] + [None] + terms[-2:]):
+            if term is None:
+                tex += r" + \cdots"
+                continue
+            piece = self._print(term)
+            if k and piece.startswith("-"):
+                tex += " - " + piece[1:].lstrip()
+            else:
+                tex += (" + " if k else "") + piece
+        return tex
 
     def base(self, var: str, sup: str = "") -> str:
         """``W1`` -> ``W^{(1)}``; ``x`` -> ``x``; ``sup`` joins the superscript (``W^{(1)\\top}``)."""
@@ -101,6 +133,12 @@ class SymbpLatexPrinter(LatexPrinter):
 
     def _print_Heaviside(self, expr, exp=None):
         return self._function(r"\operatorname{step}", expr, exp)
+
+
+def _is_gradient(factor) -> bool:
+    base = factor.base if factor.is_Pow else factor
+    parsed = parse(base) if base.is_Symbol else None
+    return bool(parsed and parsed[0])
 
 
 def latex(expr, *, columns=(), **settings) -> str:

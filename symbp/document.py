@@ -1,0 +1,527 @@
+"""Derivation documents: a network and its gradients, typeset step by step (the "render" step).
+
+How it works: :func:`context` gathers everything a document shows into plain dicts and lists: the
+network's conventions and notation, the forward pass, and for each layer from the output back the
+per-element chain rule, the derived entries (:func:`symbp.derive`'s compact entries), their assembly
+into a matrix (elided with dots beyond a few rows and columns), the closed form with a shape check of
+every product, and how it was verified. Every piece of mathematics in it is printed by
+:class:`symbp.latex.SymbpLatexPrinter` from SymPy expressions or parsed formulas; the layout, the prose
+and the generic index notation live in the templates (``templates/derivation.tex.j2``).
+:func:`render` fills the template; :func:`write` writes the ``.tex`` atomically and, on request,
+compiles the PDF next to it. :func:`gallery` regenerates the curated documents of ``derivations/``.
+
+Determinism: the same network gives byte-identical LaTeX. Nothing depends on the date, on dict or set
+order, or on floating-point noise: the worked example is computed exactly (or with 30 significant
+digits for exp, tanh, ...) and every number is formatted explicitly; the numeric check is printed as
+a power-of-ten bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+
+import sympy as sp
+
+from . import __version__
+from . import latex as tex
+from .derive import Gradients, derive
+from .errors import SymbpError
+from .network import MLP
+
+#: The worked numeric example is included by default when every width is at most this ...
+EXAMPLE_MAX_WIDTH = 6
+#: ... and the batch (if any) at most this.
+EXAMPLE_MAX_BATCH = 4
+#: Digits after the decimal point in the worked example.
+DIGITS = 4
+#: Sums with more terms print as ``t1 + t2 + ... + tn``.
+MAX_TERMS = 5
+#: Numeric errors are printed as a bound ``< 10^k``, never below this ``k``.
+ERROR_FLOOR = -12
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def render(net: MLP, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None,
+           template: str = "derivation.tex.j2", template_dir=None, verification=None) -> str:
+    """The LaTeX source of the derivation document of ``net``.
+
+    ``example``: include the worked numeric example (default: when the network is small).
+    ``verification``: ``"auto"`` (default) uses :func:`symbp.verify` on :func:`symbp.textbook` when
+    available, else the numeric check.
+
+    >>> import symbp
+    >>> source = render(symbp.MLP([2, 2], output="softmax", loss="cross_entropy"), title="A & B")
+    >>> source.startswith("\\\\documentclass"), "A \\\\& B" in source
+    (True, True)
+    """
+    ctx = context(net, grads=grads, title=title, example=example)
+    return tex.render(template, user_dir=template_dir, **ctx)
+
+
+def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, title: str | None = None,
+          example: bool | None = None, template_dir=None) -> dict:
+    """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
+    ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
+    path = Path(path)
+    if path.suffix != ".tex":
+        raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
+    if not path.parent.is_dir():
+        raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
+    pdf_path = None
+    if pdf:  # compile first: a LaTeX error leaves neither file behind
+        pdf_path = tex.compile_pdf(source, path.with_suffix(".pdf"))
+    tex.write_atomic(path, source)
+    return {"tex": path, "pdf": pdf_path}
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    """One curated document of ``derivations/``."""
+
+    name: str  # file name without extension
+    config: dict  # keyword arguments of MLP, with "sizes"
+    title: str | None = None
+
+    def network(self) -> MLP:
+        config = dict(self.config)
+        return MLP(config.pop("sizes"), **config)
+
+
+#: The gallery: the seeds' 3-layer ReLU/softmax net (as ``symbp derive 4,5,3,3`` writes it), its batch
+#: version, sigmoid + binary cross-entropy, a deep tanh net, and a residual net.
+GALLERY = (
+    GalleryEntry("mlp-4-5-3-3", dict(sizes=[4, 5, 3, 3])),
+    GalleryEntry("mlp-4-5-3-3-batch", dict(sizes=[4, 5, 3, 3], batch=3),
+                 "A batch of 3 examples: rows are examples, the loss is the mean"),
+    GalleryEntry("sigmoid-bce", dict(sizes=[3, 4, 2], hidden="sigmoid", output="sigmoid",
+                                     loss="binary_cross_entropy"),
+                 "Sigmoid layers and binary cross-entropy"),
+    GalleryEntry("deep-tanh", dict(sizes=[3, 3, 3, 3, 3, 2], hidden="tanh"),
+                 "A deep tanh network: four hidden layers"),
+    GalleryEntry("residual", dict(sizes=[3, 3, 3, 2], hidden="relu", residual=True),
+                 "A residual network: the identity path"),
+)
+
+
+def gallery(out_dir, *, pdf: bool = True, entries=GALLERY) -> list[Path]:
+    """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per entry. Returns the paths."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise SymbpError(f"gallery: folder {str(out_dir)!r} does not exist")
+    written = []
+    for entry in entries:
+        done = write(entry.network(), out_dir / f"{entry.name}.tex", pdf=pdf, title=entry.title)
+        written += [p for p in (done["tex"], done["pdf"]) if p is not None]
+    return written
+
+
+# --------------------------------------------------------------------------- the context
+
+
+def default_title(net: MLP) -> str:
+    """The title when none is given: ``Backpropagation through the MLP [4, 5, 3, 3]``."""
+    return f"Backpropagation through the MLP {list(net.sizes)}"
+
+
+def context(net: MLP, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None) -> dict:
+    """Everything the derivation template shows, as plain data (LaTeX strings from the printer)."""
+    if not isinstance(net, MLP):
+        raise SymbpError(f"document: expected a symbp.MLP, got {type(net).__name__}")
+    layout = "denominator"
+    if grads is None:
+        grads = derive(net)
+    else:
+        layout = grads.layout
+        grads = grads.with_layout("denominator")
+    printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
+    if example is None:
+        example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
+    checks = verification(net, grads)
+    worked = worked_example(net, grads, printer) if example else None
+    return {
+        "title": title if title is not None else default_title(net),
+        "author": f"symbp {__version__}",
+        "versions": {"symbp": __version__, "sympy": sp.__version__},
+        "net": _network(net, layout),
+        "names": {"aL": printer.base(f"a{net.L}"), "zL": printer.base(f"z{net.L}"),
+                  "deltaL": printer.grad_base(f"z{net.L}")},
+        "symbols": _symbols(net, printer),
+        "forward": _forward(net, printer),
+        "backward": _backward(net, grads, printer, checks),
+        "output": _output(net, grads, printer),
+        "checks": checks["summary"],
+        "example": worked,
+        "flow": _flow(net, worked),
+    }
+
+
+def _shape(shape) -> dict:
+    return {"rows": shape[0], "cols": shape[1]}
+
+
+def _network(net: MLP, layout: str) -> dict:
+    hidden = [{"layer": l, "name": a.name, "tex": a.latex, "expression": a.expression}
+              for l, a in enumerate(net.hidden, start=1)]
+    kinked = sorted({a.name for a in net.hidden if a.kinks})
+    return {
+        "sizes": list(net.sizes),
+        "L": net.L,
+        "batch": net.batch,
+        "reduction": net.reduction,
+        "bias": net.bias,
+        "layout": layout,
+        "hidden": hidden,
+        "hidden_names": sorted({a.name for a in net.hidden}),
+        "kinked": kinked,
+        "relu": any(a.name == "relu" for a in net.hidden),
+        "leaky_relu": any(a.name == "leaky_relu" for a in net.hidden),
+        "softplus": any(a.name == "softplus" for a in net.hidden),
+        "custom": [h for h in hidden if h["expression"]],
+        "output": {"name": net.output.name, "tex": net.output.latex},
+        "loss": {"name": net.loss_row.name, "tex": net.loss_row.latex},
+        "fused": None if not net.fused else {
+            "tex": net.fused.latex,
+            "side_condition": net.fused.side_condition,
+            "simplified": net.fused.simplified,
+        },
+        "residual": list(net.residual_layers),
+        "n_params": net.n_params,
+        "description": net.describe(),
+    }
+
+
+def _symbols(net: MLP, printer) -> list[dict]:
+    rows = [{"kind": "x", "tex": "x", "shape": _shape(net.shape("x")), "layer": 0},
+            {"kind": "y", "tex": "y", "shape": _shape(net.shape("y")), "layer": net.L}]
+    for l in range(1, net.L + 1):
+        names = [f"W{l}"] + ([f"b{l}"] if net.bias else []) + [f"z{l}", f"a{l}"]
+        for name in names:
+            rows.append({"kind": name[0], "tex": printer.base(name), "shape": _shape(net.shape(name)), "layer": l})
+        for name in (f"z{l}", f"a{l}"):
+            rows.append({"kind": "d" + name[0], "tex": printer.grad_base(name), "of": printer.base(name),
+                         "shape": _shape(net.shape(name)), "layer": l})
+    return rows
+
+
+def _entry(net, M, symbols, printer, i=0, j=0) -> dict:
+    return {"lhs": printer.doprint(symbols[i, j]), "rhs": printer.doprint(M[i, j])}
+
+
+def _forward(net: MLP, printer) -> list[dict]:
+    layers = []
+    for l in range(1, net.L + 1):
+        row = net.activation(l)
+        layers.append({
+            "l": l,
+            "W": printer.base(f"W{l}"),
+            "W_T": printer.base(f"W{l}", r"\top"),
+            "b": printer.base(f"b{l}") if net.bias else None,
+            "b_T": printer.base(f"b{l}", r"\top") if net.bias else None,
+            "z": printer.base(f"z{l}"),
+            "a": printer.base(f"a{l}"),
+            "prev": printer.base(f"a{l - 1}"),
+            "f": row.latex,
+            "fname": row.name,
+            "output": l == net.L,
+            "residual": l in net.residual_layers,
+            "z_shape": _shape(net.shape(f"z{l}")),
+            "z_entry": _entry(net, net.local(f"z{l}"), net.symbols(f"z{l}"), printer),
+            "a_entry": _entry(net, net.local(f"a{l}"), net.symbols(f"a{l}"), printer),
+        })
+    return layers
+
+
+def _samples(shape) -> list[tuple[int, int]]:
+    """Which entries to show one by one: the first, and the last when there is more than one."""
+    last = (shape[0] - 1, shape[1] - 1)
+    return [(0, 0)] if last == (0, 0) else [(0, 0), last]
+
+
+def _target(net, grads, name, printer, checks) -> dict:
+    M = grads[name]
+    rows = tex.elided(M, printer=printer)
+    fits = all(tex.visible_width(c.tex) <= 40 for r in rows for c in r)
+    return {
+        "name": name,
+        "kind": name[0],
+        "layer": int(name[1:]),
+        "tex": printer.base(name),
+        "grad_tex": printer.grad_base(name) if name[0] in "za" else None,
+        "shape": _shape(net.shape(name)),
+        "entries": [_entry(net, M, net.symbols(name), printer, i, j) for i, j in _samples(M.shape)],
+        "matrix": rows if fits else None,
+        "elided": M.rows > len(rows) or M.cols > len(rows[0]),
+        "closed": checks["closed"].get(name),
+        "mark": checks["marks"].get(name),
+    }
+
+
+def _backward(net: MLP, grads, printer, checks) -> list[dict]:
+    layers = []
+    for l in range(net.L, 0, -1):
+        targets = {"z": _target(net, grads, f"z{l}", printer, checks),
+                   "W": _target(net, grads, f"W{l}", printer, checks),
+                   "b": _target(net, grads, f"b{l}", printer, checks) if net.bias else None,
+                   "a": _target(net, grads, f"a{l - 1}", printer, checks) if l > 1 else None}
+        layers.append({
+            "l": l,
+            "output": l == net.L,
+            "f": net.activation(l).latex,
+            "fname": net.activation(l).name,
+            "n": net.sizes[l],
+            "n_prev": net.sizes[l - 1],
+            "n_next": net.sizes[l + 1] if l < net.L else None,
+            "prev": printer.base(f"a{l - 1}"),
+            "prev_grad": printer.grad_base(f"a{l - 1}") if l > 1 else None,
+            "W": printer.base(f"W{l}"),
+            "z": printer.base(f"z{l}"),
+            "a": printer.base(f"a{l}"),
+            "delta": printer.grad_base(f"z{l}"),
+            "abar": printer.grad_base(f"a{l}"),
+            "W_next": printer.base(f"W{l + 1}") if l < net.L else None,
+            "delta_next": printer.grad_base(f"z{l + 1}") if l < net.L else None,
+            "abar_next": printer.grad_base(f"a{l + 1}") if l < net.L else None,
+            "residual_next": (l + 1) in net.residual_layers,
+            "residual": l in net.residual_layers,
+            "targets": targets,
+        })
+    return layers
+
+
+# --------------------------------------------------------------------------- the output layer
+
+
+def _in_outputs(net: MLP, expr):
+    """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L`` (softmax, sigmoid)."""
+    z, a = net.symbols(f"z{net.L}"), net.symbols(f"a{net.L}")
+    rows = net._examples(z)
+    outs = net._examples(a)
+    if net.output.name == "softmax":
+        for zs, As in zip(rows, outs):
+            total = sp.Add(*[sp.exp(v) for v in zs])
+            for zk, ak in zip(zs, As):
+                expr = expr.subs(sp.exp(zk) / total, ak)
+                expr = expr.subs(sp.exp(2 * zk) / total**2, ak**2)
+            for (k, zk), (m, zm) in ((p, q) for p in enumerate(zs) for q in enumerate(zs) if p[0] < q[0]):
+                expr = expr.subs(sp.exp(zk) * sp.exp(zm) / total**2, As[k] * As[m])
+    elif net.output.name == "sigmoid":
+        from .functions import sigmoid
+
+        expr = expr.xreplace({sigmoid(zk): ak for zs, As in zip(rows, outs) for zk, ak in zip(zs, As)})
+    return expr
+
+
+def _output(net: MLP, grads, printer) -> dict:
+    """The output layer's error term, entry (1, 1): as derived, in the outputs, and simplified."""
+    name = f"z{net.L}"
+    derived = grads[name][0, 0]
+    steps = [derived]
+    in_a = _in_outputs(net, derived)
+    a11 = net.symbols(f"a{net.L}")[0, 0]
+    if in_a != derived:
+        steps.append(sp.collect(sp.expand(in_a), a11) if not in_a.has(net.grad_symbols(f"a{net.L}")[0, 0])
+                     else sp.collect(sp.expand(in_a), list(net.grad_symbols(f"a{net.L}"))))
+    simplified, condition = None, None
+    if net.fused and net.fused.simplified:
+        y = net.symbols("y")
+        y_row = net._examples(y)[0]
+        candidate = steps[-1]
+        if net.fused.side_condition:
+            condition = sp.Eq(sp.Add(*y_row), 1)
+            candidate = candidate.xreplace({sp.Add(*y_row): sp.S.One})
+        scale = sp.S.One / net.batch if net.batch and net.reduction == "mean" else sp.S.One
+        if net.fused.simplified == "(a - y) / n":
+            scale = scale / net.sizes[-1]
+        expected = scale * (a11 - y[0, 0])
+        if sp.expand(candidate - expected) == 0:
+            simplified = expected
+    a_grad = grads[f"a{net.L}"][0, 0]
+    return {
+        "fused": net.fused is not None,
+        "entry": printer.doprint(net.grad_symbols(name)[0, 0]),
+        "z11": printer.doprint(net.symbols(name)[0, 0]),
+        "a11": printer.doprint(a11),
+        "abar11": printer.doprint(net.grad_symbols(f"a{net.L}")[0, 0]),
+        "abar_entry": printer.doprint(a_grad),
+        "steps": [printer.doprint(s) for s in steps],
+        "condition": printer.doprint(condition) if condition is not None else None,
+        "condition_text": net.fused.side_condition if net.fused else None,
+        "simplified": printer.doprint(simplified) if simplified is not None else None,
+        "softmax": net.output.name == "softmax",
+        "sigmoid": net.output.name == "sigmoid",
+        "identity": net.output.name == "identity",
+        "n": net.sizes[-1],
+    }
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verification(net: MLP, grads) -> dict:
+    """How each gradient was established: ``{"closed": {name: ...}, "marks": {name: ...}, "summary": ...}``.
+
+    Closed forms and verdicts come from :func:`symbp.verify` of :func:`symbp.textbook` when that is
+    available; the numeric check (lambdified gradients against the independent NumPy backprop at a
+    random point away from the kinks) is always made and printed as a bound.
+    """
+    from . import numeric
+
+    values = numeric.random_values(net, 0)
+    got = numeric.lambdify(net, grads)(**values)
+    reference = numeric.reference_gradients(net, values)
+    marks, closed = {}, {}
+    errors = {}
+    for name in net.params + net.intermediates:
+        errors[name] = numeric.max_abs_error({name: got[name]}, {name: reference[name]})
+        marks[name] = {"verdict": "holds" if errors[name] < 1e-8 else "fails", "method": "numeric",
+                       "bound": error_exponent(errors[name]), "detail": ""}
+    worst = max(errors.values())
+    summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8, "verify": False}
+    return {"closed": closed, "marks": marks, "summary": summary}
+
+
+def error_exponent(error: float) -> int:
+    """The smallest ``k >= ERROR_FLOOR`` with ``error < 10^k``: how numeric errors are printed.
+
+    >>> error_exponent(3.1e-16), error_exponent(0.002)
+    (-12, -2)
+    """
+    if error <= 0:
+        return ERROR_FLOOR
+    return max(ERROR_FLOOR, math.floor(math.log10(error)) + 1)
+
+
+# --------------------------------------------------------------------------- worked example
+
+
+def _sequence(seed: int):
+    """A tiny deterministic pseudo-random sequence (a fixed LCG), the same on every platform."""
+    state = seed
+    while True:
+        state = (state * 1103515245 + 12345) % 2**31
+        yield state >> 16
+
+
+def example_values(net: MLP) -> dict:
+    """Small exact inputs for the worked example: integers in x, W, b; a one-hot or 0/1 target.
+
+    >>> example_values(MLP([2, 2], output="identity", loss="mse"))["W1"]
+    Matrix([
+    [-1, 2],
+    [-1, 1]])
+    """
+    draw = _sequence(7)
+    pick = lambda choices: choices[next(draw) % len(choices)]  # noqa: E731
+    half = sp.Rational(1, 2)
+    values = {"x": sp.Matrix(*net.shape("x"), lambda i, j: pick([-1, 1, 2, 0, -2, 1]))}
+    for l in range(1, net.L + 1):
+        values[f"W{l}"] = sp.Matrix(*net.shape(f"W{l}"), lambda i, j: pick([-half, half, 1, 0, -1, half]))
+        if net.bias:
+            values[f"b{l}"] = sp.Matrix(*net.shape(f"b{l}"), lambda i, j: pick([0, 1, -1]))
+    r, c = net.shape("y")
+    n = net.sizes[-1]
+    if net.loss_row.name == "cross_entropy":
+        hot = lambda example, k: int(k == (example + 1) % n)  # noqa: E731
+    elif net.loss_row.name == "binary_cross_entropy":
+        hot = lambda example, k: (example + k + 1) % 2  # noqa: E731
+    else:
+        hot = lambda example, k: pick([0, 1, -1, 2])  # noqa: E731
+    values["y"] = sp.Matrix(r, c, lambda i, j: hot(i, j) if net.batch else hot(0, i))
+    return values
+
+
+def _exact(expr):
+    """An exact rational stays exact; anything else (exp, tanh, ...) becomes a 30-digit Float."""
+    value = sp.sympify(expr)
+    if value.is_Rational:
+        return value
+    return sp.Float(sp.N(value, 30), 30)
+
+
+def number_tex(value, digits: int = DIGITS) -> str:
+    """A number as the worked example prints it: integers as they are, else ``digits`` decimals,
+    rounded half to even, trailing zeros dropped.
+
+    >>> number_tex(sp.Integer(-3)), number_tex(sp.Rational(1, 3)), number_tex(sp.Float("0.5"))
+    ('-3', '0.3333', '0.5')
+    """
+    value = sp.sympify(value)
+    if value.is_Integer:
+        return str(int(value))
+    text = sp.N(value, 30) if not value.is_Rational else sp.N(value, 30)
+    rounded = Decimal(str(text)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_EVEN)
+    if rounded == 0:
+        return "0"
+    out = format(rounded, "f").rstrip("0").rstrip(".")
+    return out
+
+
+def worked_example(net: MLP, grads, printer) -> dict:
+    """Every cell of the forward and backward pass at :func:`example_values`, computed exactly."""
+    values = example_values(net)
+    env = {}
+    for name, M in values.items():
+        env.update(zip(net.symbols(name), M))
+    for stage in net.stages:
+        for symbol, local in zip(stage.symbols, stage.local):
+            env[symbol] = _exact(local.xreplace(env))
+    loss = _exact(net.local_loss.xreplace(env))
+    for symbol, expression in grads.definitions:
+        env[symbol] = _exact(expression.xreplace(env))
+    computed = {name: grads[name].xreplace(env).applyfunc(_exact) for name in net.params + net.intermediates}
+
+    def cells(M):
+        return [[tex.Cell(tex=number_tex(v)) for v in M.row(i)] for i in range(M.rows)]
+
+    forward = []
+    for l in range(1, net.L + 1):
+        z = net.symbols(f"z{l}").xreplace(env)
+        a = net.symbols(f"a{l}").xreplace(env)
+        forward.append({"l": l, "W": cells(values[f"W{l}"]),
+                        "b": cells(values[f"b{l}"]) if net.bias else None,
+                        "z": cells(z), "a": cells(a)})
+    backward = []
+    for l in range(net.L, 0, -1):
+        slope = None
+        if l < net.L:
+            zs = sp.Dummy("z")
+            derivative = sp.diff(net.hidden[l - 1].sympy(zs), zs)
+            slope = net.symbols(f"z{l}").xreplace(env).applyfunc(lambda v: _exact(derivative.xreplace({zs: v})))
+        backward.append({
+            "l": l,
+            "delta": cells(computed[f"z{l}"]),
+            "abar": cells(computed[f"a{l}"]) if l < net.L else None,
+            "slope": cells(slope) if slope is not None else None,
+            "W": cells(computed[f"W{l}"]),
+            "b": cells(computed[f"b{l}"]) if net.bias else None,
+        })
+    norms = [{"l": l, "W": number_tex(_frobenius(computed[f"W{l}"]), 3),
+              "a": number_tex(_frobenius(computed[f"a{l}"]), 3) if l < net.L else None}
+             for l in range(1, net.L + 1)]
+    return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
+            "loss": number_tex(loss), "norms": norms}
+
+
+def _frobenius(M):
+    return sp.sqrt(sum((v**2 for v in M), sp.S.Zero)).evalf(30)
+
+
+# --------------------------------------------------------------------------- gradient flow
+
+
+def _flow(net: MLP, worked) -> dict:
+    hidden = [a.name for a in net.hidden]
+    return {
+        "depth": net.L,
+        "sigmoid": "sigmoid" in hidden,
+        "tanh": "tanh" in hidden,
+        "relu": "relu" in hidden or "leaky_relu" in hidden,
+        "residual": list(net.residual_layers),
+        "norms": worked["norms"] if worked else None,
+    }
