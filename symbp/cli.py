@@ -71,6 +71,12 @@ def _add_derive(sub):
     p.add_argument("--method", default="chain", help="chain (default) or expand")
     p.add_argument("--layout", default="denominator", help="denominator (default) or numerator")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check point")
+    p.add_argument("--title", default=None, help="title of the document (with -o)")
+    p.add_argument("-o", dest="out", metavar="FILE.tex", default=None,
+                   help="write the step-by-step LaTeX derivation to FILE.tex (atomically)")
+    p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex (needs pdflatex)")
+    p.add_argument("--template-dir", default=None, metavar="DIR",
+                   help="a folder of your own templates, looked up before symbp's (e.g. derivation.tex.j2)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_derive)
 
@@ -94,6 +100,10 @@ def _run_derive(args):
     from . import numeric
     from .derive import derive
 
+    if args.out is None:
+        for flag, value in (("--pdf", args.pdf), ("--title", args.title), ("--template-dir", args.template_dir)):
+            if value:
+                raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
     net = network_from_args(args)
     grads = derive(net, method=args.method, layout=args.layout)
     values = numeric.random_values(net, args.seed)
@@ -116,6 +126,13 @@ def _run_derive(args):
                    "finite_difference_max_abs_error": fd_error},
         "output": None,
     }
+    if args.out is not None:
+        from . import document
+
+        written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
+                                 template_dir=args.template_dir)
+        payload["output"] = str(written["tex"])
+        payload["pdf"] = str(written["pdf"]) if written["pdf"] else None
     lines = [net.describe(),
              f"{grads.layout} layout (dL/dV {'has the shape of V' if grads.layout == 'denominator' else 'is transposed'}); "
              "relu'(0) = 0; indices 1-based",
@@ -129,15 +146,38 @@ def _run_derive(args):
         f" (central differences skipped above {FD_LIMIT} parameters)"
     lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
               f"vs NumPy reference backprop{fd}"]
+    if args.out is not None:
+        lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
     _emit(args, payload, "\n".join(lines))
     return 0
 
 
 FD_LIMIT = 2000
 
+# --------------------------------------------------------------------------- gallery
+
+
+def _add_gallery(sub):
+    p = sub.add_parser("gallery", help="regenerate the curated derivation documents (derivations/)",
+                       description="Write the gallery of derivation documents (.tex and .pdf): the seeds' "
+                       "3-layer ReLU/softmax network, its batch version, sigmoid + binary cross-entropy, a deep "
+                       "tanh network and a residual network.")
+    p.add_argument("--out", default="derivations", metavar="DIR", help="folder to write to (default derivations/)")
+    p.add_argument("--no-pdf", action="store_true", help="write the .tex files only")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_gallery)
+
+
+def _run_gallery(args):
+    from . import document
+
+    written = document.gallery(args.out, pdf=not args.no_pdf)
+    _emit(args, {"written": [str(p) for p in written]}, "\n".join(f"wrote {p}" for p in written))
+    return 0
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_derive]
+COMMANDS = [_add_derive, _add_gallery]
 
 
 def build_parser() -> argparse.ArgumentParser:

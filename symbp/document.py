@@ -112,8 +112,9 @@ GALLERY = (
 def gallery(out_dir, *, pdf: bool = True, entries=GALLERY) -> list[Path]:
     """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per entry. Returns the paths."""
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise SymbpError(f"gallery: folder {str(out_dir)!r} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SymbpError(f"gallery: {str(out_dir)!r} is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for entry in entries:
         done = write(entry.network(), out_dir / f"{entry.name}.tex", pdf=pdf, title=entry.title)
@@ -298,18 +299,25 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
 
 
 def _in_outputs(net: MLP, expr):
-    """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L`` (softmax, sigmoid)."""
+    """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L`` (softmax, sigmoid).
+
+    Softmax: ``exp(z_k) = a_k T`` with ``T`` the row's sum of exponentials, which then cancels because
+    the outputs of a row sum to 1 (an identity of softmax, not an assumption).
+    """
     z, a = net.symbols(f"z{net.L}"), net.symbols(f"a{net.L}")
-    rows = net._examples(z)
-    outs = net._examples(a)
+    rows, outs = net._examples(z), net._examples(a)
     if net.output.name == "softmax":
-        for zs, As in zip(rows, outs):
-            total = sp.Add(*[sp.exp(v) for v in zs])
-            for zk, ak in zip(zs, As):
-                expr = expr.subs(sp.exp(zk) / total, ak)
-                expr = expr.subs(sp.exp(2 * zk) / total**2, ak**2)
-            for (k, zk), (m, zm) in ((p, q) for p in enumerate(zs) for q in enumerate(zs) if p[0] < q[0]):
-                expr = expr.subs(sp.exp(zk) * sp.exp(zm) / total**2, As[k] * As[m])
+        T = sp.Dummy("T", positive=True)
+        table = {zk: ak * T for zs, As in zip(rows, outs) for zk, ak in zip(zs, As)}
+
+        def power(e):
+            coeff, rest = e.args[0].as_coeff_Mul()
+            return table[rest] ** coeff if rest in table and coeff.is_Integer else e
+
+        expr = expr.xreplace({sp.Add(*[sp.exp(v) for v in zs]): T for zs in rows})
+        expr = sp.cancel(expr.replace(lambda e: isinstance(e, sp.exp), power))
+        if expr.has(T):
+            return None
     elif net.output.name == "sigmoid":
         from .functions import sigmoid
 
@@ -324,23 +332,26 @@ def _output(net: MLP, grads, printer) -> dict:
     steps = [derived]
     in_a = _in_outputs(net, derived)
     a11 = net.symbols(f"a{net.L}")[0, 0]
-    if in_a != derived:
-        steps.append(sp.collect(sp.expand(in_a), a11) if not in_a.has(net.grad_symbols(f"a{net.L}")[0, 0])
-                     else sp.collect(sp.expand(in_a), list(net.grad_symbols(f"a{net.L}"))))
+    # The loss's constant factor (1/N for a batch mean, 1/n for a mean over output units) kept outside.
+    # (Only for a fused pair: otherwise the factor sits in the upstream gradients of a_L.)
+    scale = sp.S.One / net.batch if net.fused and net.batch and net.reduction == "mean" else sp.S.One
+    if net.fused and net.loss_row.name == "binary_cross_entropy":
+        scale = scale / net.sizes[-1]
+    inner = None
+    if in_a is not None and in_a != derived:
+        upstream = [s for s in net.grad_symbols(f"a{net.L}") if in_a.has(s)]
+        inner = sp.collect(sp.expand(in_a / scale), upstream or [a11])
+        steps.append(sp.Mul(scale, inner, evaluate=False) if scale != 1 else inner)
     simplified, condition = None, None
-    if net.fused and net.fused.simplified:
+    if net.fused and net.fused.simplified and inner is not None:
         y = net.symbols("y")
         y_row = net._examples(y)[0]
-        candidate = steps[-1]
+        candidate = inner
         if net.fused.side_condition:
             condition = sp.Eq(sp.Add(*y_row), 1)
             candidate = candidate.xreplace({sp.Add(*y_row): sp.S.One})
-        scale = sp.S.One / net.batch if net.batch and net.reduction == "mean" else sp.S.One
-        if net.fused.simplified == "(a - y) / n":
-            scale = scale / net.sizes[-1]
-        expected = scale * (a11 - y[0, 0])
-        if sp.expand(candidate - expected) == 0:
-            simplified = expected
+        if sp.expand(candidate - (a11 - y[0, 0])) == 0:
+            simplified = sp.Mul(scale, a11 - y[0, 0], evaluate=False) if scale != 1 else a11 - y[0, 0]
     a_grad = grads[f"a{net.L}"][0, 0]
     return {
         "fused": net.fused is not None,

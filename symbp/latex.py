@@ -39,9 +39,12 @@ from .names import parse
 class SymbpLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with symbp's names: 1-based indices, layers as superscripts.
 
+    In a product, gradients come first, as textbooks write them (delta_i a_j); ``max_terms`` elides
+    long sums (t1 + t2 + ... + tn).
+
     >>> p = SymbpLatexPrinter(columns={"z2", "x"})
     >>> p.doprint(sp.Symbol("W1_0_2") * sp.Symbol("dz2_1_0"))
-    'W^{(1)}_{1,3} \\\\delta^{(2)}_{2}'
+    '\\\\delta^{(2)}_{2} W^{(1)}_{1,3}'
     >>> p.doprint(sp.Heaviside(sp.Symbol("z2_0_0"), 0))
     '\\\\operatorname{step}\\\\left(z^{(2)}_{1}\\\\right)'
     """
@@ -54,6 +57,8 @@ class SymbpLatexPrinter(LatexPrinter):
     def _print_Mul(self, expr):
         # Gradients first, as the textbooks write them: delta_i a_j, delta_k W_kj, abar_j step(z_j).
         factors = list(expr.args)
+        if factors[0] is sp.S.NegativeOne and len(factors) > 2:
+            return "- " + self._print_Mul(sp.Mul(*factors[1:], evaluate=False))
         first = [f for f in factors if _is_gradient(f)]
         if not first or len(first) == len(factors) or not expr.is_commutative or factors[0].is_Number:
             return super()._print_Mul(expr)
@@ -289,10 +294,11 @@ class Cell:
 
 
 def _keep(n, limit):
-    """Indices to show of ``n``: all when ``n <= limit``, else the first ``limit - 2``, a gap (None), the last."""
+    """Indices to show of ``n``: all when ``n <= limit``, else the first ``limit - 2`` (at least one),
+    a gap (None), the last."""
     if n <= limit:
         return list(range(n))
-    return list(range(limit - 2)) + [None, n - 1]
+    return list(range(max(limit - 2, 1))) + [None, n - 1]
 
 
 def visible_width(tex: str) -> int:
@@ -309,7 +315,7 @@ def visible_width(tex: str) -> int:
     return len(re.sub(r"[{}\s]", "", tex))
 
 
-def elided(M, *, printer: SymbpLatexPrinter, max_rows: int = 5, max_cols: int = 5, width: int = 64):
+def elided(M, *, printer: SymbpLatexPrinter, max_rows: int = 5, max_cols: int = 5, width: int = 50):
     """``M`` (a SymPy matrix) as rows of :class:`Cell`: at most ``max_rows`` by ``max_cols`` shown,
     fewer columns when the entries would not fit ``width`` characters, the rest elided with dots.
 
@@ -320,7 +326,7 @@ def elided(M, *, printer: SymbpLatexPrinter, max_rows: int = 5, max_cols: int = 
     rows = _keep(M.rows, max_rows)
     texts = {(i, j): printer.doprint(M[i, j]) for i in rows if i is not None for j in _keep(M.cols, max_cols) if j is not None}
     limit = max_cols
-    while limit > 3:
+    while limit > 2:
         cols = [j for j in _keep(M.cols, limit) if j is not None]
         widest = [max(visible_width(texts[i, j]) for i in rows if i is not None) for j in cols]
         if sum(widest) + 2 * len(cols) + (3 if len(cols) < M.cols else 0) <= width:
@@ -421,6 +427,8 @@ def write_atomic(path, data) -> Path:
     mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode an ordinary new file would get.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": "\n"})) as f:
             f.write(data)
         os.replace(tmp, path)
