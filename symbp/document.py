@@ -39,6 +39,8 @@ EXAMPLE_MAX_BATCH = 4
 DIGITS = 4
 #: Sums with more terms print as ``t1 + t2 + ... + tn``.
 MAX_TERMS = 5
+#: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
+MATRIX_WIDTH = 50
 #: Numeric errors are printed as a bound ``< 10^k``, never below this ``k``.
 ERROR_FLOOR = -12
 
@@ -246,8 +248,8 @@ def _samples(shape) -> list[tuple[int, int]]:
 
 def _target(net, grads, name, printer, checks) -> dict:
     M = grads[name]
-    rows = tex.elided(M, printer=printer)
-    fits = all(tex.visible_width(c.tex) <= 40 for r in rows for c in r)
+    rows = tex.elided(M, printer=printer, width=MATRIX_WIDTH)
+    fits = tex.matrix_width(rows) <= MATRIX_WIDTH
     return {
         "name": name,
         "kind": name[0],
@@ -516,7 +518,7 @@ def worked_example(net: MLP, grads, printer) -> dict:
               "a": number_tex(_frobenius(computed[f"a{l}"]), 3) if l < net.L else None}
              for l in range(1, net.L + 1)]
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
-            "loss": number_tex(loss), "norms": norms}
+            "loss": number_tex(loss), "norms": norms, "side_by_side": not net.batch}
 
 
 def _frobenius(M):

@@ -315,6 +315,12 @@ def visible_width(tex: str) -> int:
     return len(re.sub(r"[{}\s]", "", tex))
 
 
+def matrix_width(rows) -> int:
+    """The estimated width of a displayed matrix of :class:`Cell` rows (characters, as :func:`visible_width`)."""
+    columns = zip(*rows)
+    return sum(max(visible_width(c.tex) if not c.dots else 2 for c in col) + 2 for col in columns)
+
+
 def elided(M, *, printer: SymbpLatexPrinter, max_rows: int = 5, max_cols: int = 5, width: int = 50):
     """``M`` (a SymPy matrix) as rows of :class:`Cell`: at most ``max_rows`` by ``max_cols`` shown,
     fewer columns when the entries would not fit ``width`` characters, the rest elided with dots.
@@ -448,8 +454,21 @@ def first_error(log: str) -> str:
     return "LaTeX failed (no error line in the log)"
 
 
-def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180) -> Path:
-    """Compile LaTeX source ``tex`` into ``pdf_path``; nothing is written unless it succeeds."""
+def _reproducible_env() -> dict:
+    """The environment for pdflatex: a fixed date (``SOURCE_DATE_EPOCH``, 0 unless the caller set one)
+    so that the same source gives a byte-identical PDF."""
+    env = dict(os.environ)
+    env.setdefault("SOURCE_DATE_EPOCH", "0")
+    env.setdefault("FORCE_SOURCE_DATE", "1")
+    return env
+
+
+def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180, log_path=None) -> Path:
+    """Compile LaTeX source ``tex`` into ``pdf_path``; nothing is written unless it succeeds.
+
+    ``log_path``: also keep LaTeX's log there (written whether or not the compile succeeds), e.g. to
+    look for "Overfull \\hbox" warnings.
+    """
     pdflatex = shutil.which("pdflatex")
     if pdflatex is None:
         raise SymbpError("pdflatex not found: install TeX (Debian: texlive-latex-base texlive-latex-recommended "
@@ -467,11 +486,13 @@ def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180) -> P
         for command in commands:
             try:
                 done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL)
+                                      stdin=subprocess.DEVNULL, env=_reproducible_env())
             except subprocess.TimeoutExpired:
                 raise SymbpError(f"LaTeX did not finish within {timeout:.0f} s") from None
-            log_path = Path(work) / "doc.log"
-            log = log_path.read_text(errors="replace") if log_path.exists() else done.stdout
+            log_file = Path(work) / "doc.log"
+            log = log_file.read_text(errors="replace") if log_file.exists() else done.stdout
+            if log_path is not None:
+                write_atomic(log_path, log)
             if done.returncode != 0 or not (Path(work) / "doc.pdf").exists():
                 raise SymbpError(f"LaTeX error: {first_error(log)}")
         return write_atomic(pdf_path, (Path(work) / "doc.pdf").read_bytes())
