@@ -57,6 +57,14 @@ def test_entries_are_the_derived_ones(seed_context):
     assert z2["entries"][0]["rhs"] == r"\bar{a}^{(2)}_{1} \operatorname{step}\left(z^{(2)}_{1}\right)"
 
 
+def test_residual_entries_carry_the_identity_term():
+    """Seed 001: dL/dx = dL/dH (dF/dx + 1); here a2 = a1 + tanh(z2), so abar1_j gains abar2_j."""
+    net = symbp.MLP([2, 2, 2, 2], hidden="tanh", residual=True)
+    a1 = document.context(net, example=False)["backward"][1]["targets"]["a"]
+    assert a1["entries"][0]["rhs"] == (r"\delta^{(2)}_{1} W^{(2)}_{1,1} + \delta^{(2)}_{2} W^{(2)}_{2,1} + "
+                                       r"\bar{a}^{(2)}_{1}")
+
+
 def test_assembly_is_the_matrix_of_entries(seed_context):
     W3 = seed_context["backward"][0]["targets"]["W"]
     assert W3["shape"] == {"rows": 3, "cols": 3} and not W3["elided"]
