@@ -157,7 +157,7 @@ def parse(text: str, net, *, what: str = "formula") -> Node:
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
-        column = exc.offset or 0
+        column = exc.offset if exc.offset and exc.offset > 0 else len(source) + 1  # 0: at the end
         raise FormulaError(f"{what} {text!r}, column {column}: syntax error", column=column) from None
     except (ValueError, MemoryError, RecursionError, OverflowError):
         raise FormulaError(f"{what} {text!r}: cannot be parsed") from None
