@@ -50,7 +50,7 @@ import sympy as sp
 
 from . import functions as F
 from .derive import Gradients, derive
-from .errors import SymbpError
+from .errors import SymbpError, closest
 from .exact import frozen_zero
 from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
@@ -539,16 +539,8 @@ class _Judge:
 
     # ---- judging
 
-    def judge(self, target, text):
+    def judge(self, target, claim_text, node):
         net = self.net
-        claim_text = text if isinstance(text, str) else repr(text)
-        if target not in self.grads:
-            known = ", ".join(self.grads)
-            return Result(target, claim_text, "error", detail=f"no gradient named '{target}'; targets: {known}")
-        try:
-            node = parse(text, net, what=f"claim for {target}")
-        except FormulaError as exc:
-            return Result(target, claim_text, "error", detail=str(exc))
         expected_shape = net.shape(target)
         if node.shape != expected_shape:
             return self.diagnose(target, claim_text, node, None)
@@ -1009,12 +1001,22 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -
     else:
         if not hasattr(claims, "items"):
             raise SymbpError(f"verify: claims must be a dict {{target: formula}} or a function, got {type(claims).__name__}")
-        judge = _Judge(net, grads, seed)
+        parsed = []
         for target, text in claims.items():
             if callable(text):
+                parsed.append((target, text, None))
+                continue
+            target = str(target)
+            if target not in grads:
+                raise SymbpError(f"claims: no gradient named '{target}'{closest(target, grads)}; "
+                                 f"targets: {', '.join(grads)}")
+            parsed.append((target, text, parse(text, net, what=f"claim for {target}")))
+        judge = _Judge(net, grads, seed)
+        for target, text, node in parsed:
+            if node is None:
                 results.extend(_judge_code(net, grads, text, seed))
             else:
-                results.append(judge.judge(str(target), text))
+                results.append(judge.judge(target, text, node))
     assumptions = []
     for r in results:
         for a in r.assumptions:
