@@ -439,9 +439,12 @@ class _Judge:
         """``kind``: "unit" (targets' rows sum to 1), "general", or "float"."""
         if kind not in self._points:
             points = []
-            if kind == "float":
+            if kind in ("float", "float-general"):
                 for k in range(2):
-                    points.append(_Point(self.net, self.grads, FloatField(), _float_base(self.net, self.seed + 7 * k)))
+                    base = _float_base(self.net, self.seed + 7 * k)
+                    if kind == "float-general":  # targets whose rows no longer sum to 1
+                        base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+                    points.append(_Point(self.net, self.grads, FloatField(), base))
             else:
                 rng = random.Random(f"{self.seed}-{kind}")
                 while len(points) < (EXACT_POINTS if kind == "unit" or not self.side else EXACT_POINTS):
@@ -486,8 +489,8 @@ class _Judge:
             return False
         return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
 
-    def numeric_close(self, node, target):
-        for point in self.points("float"):
+    def numeric_close(self, node, target, kind="float"):
+        for point in self.points(kind):
             got = self.values(node, point)
             if got is None:
                 return False
@@ -558,8 +561,10 @@ class _Judge:
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
         if self.numeric_close(node, target):
-            return Result(target, claim_text, "holds", "numeric",
-                          detail="equal in float64 at random points only (not proved exactly)")
+            assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
+            detail = "equal in float64 at random points only (not proved exactly)"
+            return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
+                          detail=f"{detail}; assuming {assumption}" if assumption else detail)
         return self.diagnose(target, claim_text, node, mismatch)
 
     # ---- diagnosis
@@ -595,6 +600,10 @@ class _Judge:
         if shape[0] == shape[1] and shape != (1, 1):
             yield "transposed", Node("transpose", (node,), shape), "the transpose holds", None
         yield "sign", Node("neg", (node,), shape), "the negative holds (sign flipped)", None
+        for path, sub in _subtrees(node):
+            if sub.op == "name" and sub.shape[0] == sub.shape[1] and sub.shape != (1, 1):
+                fixed = _replace(node, path, Node("transpose", (sub,), sub.shape))
+                yield "transposed", fixed, f"with {sub.value}.T in place of {sub.value} it holds", None
         factor = self.ratio(node, target)
         if factor is not None and factor not in (0, 1, -1):
             scaled = Node("mul", (Node("number", value=factor), node), shape)
@@ -943,29 +952,35 @@ def _judge_array(net, name, label, gots, truths, points):
         result.detail = "no usual mistake explains it"
         if layer is not None:
             result.diagnosis = "missing-activation-derivative"
-            result.detail = f"it equals the backward pass without f'(z{layer})"
+            result.detail = f"it equals the backward pass without {layer}"
     result.detail += f"; at {name}[{index[0] + 1},{index[1] + 1}]: expected {result.expected}, got {result.got}"
     return result
 
 
 def _mask_layer(net, name, gots, points):
-    """The hidden layer whose activation derivative, left out of the backward pass, gives ``gots``."""
-    for layer in range(1, net.L):
-        if all(_close(got, _backprop_without(net, values, layer).get(name, np.full(got.shape, np.nan)))
-               for got, values in zip(gots, points)):
-            return layer
+    """The hidden layers whose activation derivatives, left out of the backward pass, give ``gots``
+    (as text: "f'(z2)", "f'(z1), f'(z2)"), or None."""
+    import itertools
+
+    layers = range(1, net.L)
+    for count in range(1, min(len(layers), 4) + 1):
+        for skip in itertools.combinations(layers, count):
+            if all(_close(got, _backprop_without(net, values, skip).get(name, np.full(got.shape, np.nan)))
+                   for got, values in zip(gots, points)):
+                return ", ".join(f"f'(z{l})" for l in skip)
     return None
 
 
 def _backprop_without(net, values, skip):
-    """NumPy backprop with hidden layer ``skip``'s derivative taken as 1 (the forgotten mask)."""
+    """NumPy backprop with the derivatives of hidden layers ``skip`` taken as 1 (forgotten masks)."""
     import copy
     import dataclasses
 
     from .numeric import reference_gradients
 
     hidden = list(net.hidden)
-    hidden[skip - 1] = dataclasses.replace(hidden[skip - 1], numpy_derivative=np.ones_like)
+    for layer in skip:
+        hidden[layer - 1] = dataclasses.replace(hidden[layer - 1], numpy_derivative=np.ones_like)
     twin = copy.copy(net)  # a shallow copy with one row replaced; the network itself is untouched
     twin.hidden = tuple(hidden)
     return reference_gradients(twin, values)
