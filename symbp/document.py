@@ -145,7 +145,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
-    checks = verification(net, grads)
+    checks = verification(net, grads, printer)
     worked = worked_example(net, grads, printer) if example else None
     return {
         "title": title if title is not None else default_title(net),
@@ -376,26 +376,44 @@ def _output(net: MLP, grads, printer) -> dict:
 # --------------------------------------------------------------------------- verification
 
 
-def verification(net: MLP, grads) -> dict:
+def verification(net: MLP, grads, printer=None) -> dict:
     """How each gradient was established: ``{"closed": {name: ...}, "marks": {name: ...}, "summary": ...}``.
 
-    Closed forms and verdicts come from :func:`symbp.verify` of :func:`symbp.textbook` when that is
-    available; the numeric check (lambdified gradients against the independent NumPy backprop at a
-    random point away from the kinks) is always made and printed as a bound.
+    The closed forms are :func:`symbp.textbook`'s claims, parsed by :mod:`symbp.formula` and printed
+    with their shape checks; :func:`symbp.verify` judges each against the derived entries (symbolic
+    proof, exact random points, or float agreement). Independently, the lambdified gradients are
+    compared with the NumPy reference backprop at a random point away from the kinks; that error is
+    printed as a power-of-ten bound (so the document does not depend on floating-point noise).
     """
     from . import numeric
+    from .formula import parse
+    from .verify import textbook, verify
 
+    printer = printer or tex.SymbpLatexPrinter(columns=net.columns)
     values = numeric.random_values(net, 0)
     got = numeric.lambdify(net, grads)(**values)
     reference = numeric.reference_gradients(net, values)
-    marks, closed = {}, {}
-    errors = {}
-    for name in net.params + net.intermediates:
-        errors[name] = numeric.max_abs_error({name: got[name]}, {name: reference[name]})
-        marks[name] = {"verdict": "holds" if errors[name] < 1e-8 else "fails", "method": "numeric",
-                       "bound": error_exponent(errors[name]), "detail": ""}
+    errors = {name: numeric.max_abs_error({name: got[name]}, {name: reference[name]})
+              for name in net.params + net.intermediates}
+    claims = textbook(net)
+    report = verify(net, claims, grads=grads)
+    closed, marks = {}, {}
+    for result in report.results:
+        node = parse(result.claim, net)
+        closed[result.target] = {"claim": result.claim, "tex": tex.formula_latex(node, printer=printer),
+                                 "products": tex.products(node)}
+        marks[result.target] = {"verdict": result.verdict, "method": result.method,
+                                "detail": result.detail if result.method != "numeric" else "",
+                                "bound": error_exponent(errors[result.target])}
+    for name, error in errors.items():
+        marks.setdefault(name, {"verdict": "holds" if error < 1e-8 else "fails", "method": "numeric",
+                                "detail": "", "bound": error_exponent(error)})
+    for mark in marks.values():
+        mark["numeric_ok"] = mark["bound"] <= -8
     worst = max(errors.values())
-    summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8, "verify": False}
+    summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8, "verify": True,
+               "ok": report.ok, "assumptions": list(report.assumptions),
+               "methods": sorted({r.method for r in report.results if r.method})}
     return {"closed": closed, "marks": marks, "summary": summary}
 
 

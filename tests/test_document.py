@@ -57,6 +57,48 @@ def test_entries_are_the_derived_ones(seed_context):
     assert z2["entries"][0]["rhs"] == r"\bar{a}^{(2)}_{1} \operatorname{step}\left(z^{(2)}_{1}\right)"
 
 
+def test_closed_forms_are_the_textbook_claims_typeset_with_shape_checks(seed_context):
+    layer3 = seed_context["backward"][0]["targets"]
+    assert layer3["W"]["closed"] == {"claim": "dz3 @ a2.T", "tex": r"\delta^{(3)} a^{(2)\top}",
+                                     "products": [((3, 1), (1, 3), (3, 3))]}
+    assert layer3["a"]["closed"]["tex"] == r"W^{(3)\top} \delta^{(3)}"
+    assert layer3["a"]["closed"]["products"] == [((3, 3), (3, 1), (3, 1))]
+    W1 = seed_context["backward"][2]["targets"]["W"]["closed"]
+    assert W1["products"] == [((5, 1), (1, 4), (5, 4))]  # (n_1 x 1)(1 x n_0) = n_1 x n_0, seed 001
+    z2 = seed_context["backward"][1]["targets"]["z"]["closed"]
+    assert z2["tex"] == r"\bar{a}^{(2)} \odot \operatorname{step}\left(z^{(2)}\right)"
+
+
+def test_marks_say_how_each_gradient_was_established(seed_context):
+    marks = {t["name"]: t["mark"] for layer in seed_context["backward"] for t in layer["targets"].values() if t}
+    assert set(marks) == {"z3", "W3", "b3", "a2", "z2", "W2", "b2", "a1", "z1", "W1", "b1"}
+    assert all(m["verdict"] == "holds" and m["method"] == "symbolic" for m in marks.values())
+    assert marks["z3"]["detail"] == "assuming every target row sums to 1"
+    assert all(m["bound"] <= -12 for m in marks.values())
+    assert seed_context["checks"]["assumptions"] == ["every target row sums to 1"]
+
+
+def test_batch_closed_forms_sum_over_the_rows():
+    net = symbp.MLP([4, 5, 3, 3], batch=3)
+    layer3 = document.context(net, example=False)["backward"][0]["targets"]
+    assert layer3["W"]["closed"]["tex"] == r"\delta^{(3)\top} a^{(2)}"
+    assert layer3["W"]["closed"]["products"] == [((3, 3), (3, 3), (3, 3))]
+    assert layer3["b"]["closed"]["tex"] == r"\left(\mathbf{1}_{3}^{\top} \delta^{(3)}\right)^{\top}"
+    assert layer3["z"]["closed"]["tex"] == r"\frac{a^{(3)} - y}{N}"
+
+
+@pytest.mark.parametrize("config", __import__("conftest").configurations(), ids=__import__("conftest").config_id)
+def test_every_configuration_renders(config):
+    from conftest import make
+
+    net = make(config)
+    source = document.render(net, example=False)
+    for l in range(1, net.L + 1):
+        assert f"\\subsection{{Layer {l}: " in source
+    # one mark per gradient shown: every parameter and intermediate but a_L (folded into the output layer)
+    assert source.count("\\holds{") == len(net.params) + len(net.intermediates) - 1
+
+
 def test_residual_entries_carry_the_identity_term():
     """Seed 001: dL/dx = dL/dH (dF/dx + 1); here a2 = a1 + tanh(z2), so abar1_j gains abar2_j."""
     net = symbp.MLP([2, 2, 2, 2], hidden="tanh", residual=True)
