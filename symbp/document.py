@@ -440,12 +440,13 @@ def _sequence(seed: int):
 
 
 def example_values(net: MLP) -> dict:
-    """Small exact inputs for the worked example: integers in x, W, b; a one-hot or 0/1 target.
+    """Small exact inputs for the worked example: integers in x and b, halves and integers in W (so
+    that softmax does not saturate), a one-hot (cross-entropy) or 0/1 (binary cross-entropy) target.
 
     >>> example_values(MLP([2, 2], output="identity", loss="mse"))["W1"]
     Matrix([
-    [-1, 2],
-    [-1, 1]])
+    [  1, -1/2],
+    [1/2,  1/2]])
     """
     draw = _sequence(7)
     pick = lambda choices: choices[next(draw) % len(choices)]  # noqa: E731

@@ -325,7 +325,9 @@ def check_parts(net, text):
     flat = " ".join(text.split())
     for part in ("Conventions.", "Layout: denominator", "Kinks: ReLU′ (0) = 0", "SymPy " + sp.__version__,
                  "Notation", "Forward pass", "Backward pass, layer by layer", "Gradient flow",
-                 "How this was checked", "numeric: float64 values at a random point agree"):
+                 "How this was checked", "judged each against the derived per-element entries: all hold",
+                 "Closed form (", "shape check: ",
+                 "Numeric check: the lambdified derivation agrees with an independent NumPy backprop"):
         assert part in flat, part
     for l in range(1, net.L + 1):
         assert f"Layer {l}: {'output' if l == net.L else 'hidden'}" in flat
