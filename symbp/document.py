@@ -39,6 +39,8 @@ EXAMPLE_MAX_BATCH = 4
 DIGITS = 4
 #: Sums with more terms print as ``t1 + t2 + ... + tn``.
 MAX_TERMS = 5
+#: Wider per-element sums are split between their terms over several lines (characters).
+LINE_WIDTH = 46
 #: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
 MATRIX_WIDTH = 50
 #: Numeric errors are printed as a bound ``< 10^k``, never below this ``k``.
@@ -213,7 +215,8 @@ def _symbols(net: MLP, printer) -> list[dict]:
 
 
 def _entry(net, M, symbols, printer, i=0, j=0) -> dict:
-    return {"lhs": printer.doprint(symbols[i, j]), "rhs": printer.doprint(M[i, j])}
+    return {"lhs": printer.doprint(symbols[i, j]), "rhs": printer.doprint(M[i, j]),
+            "lines": printer.lines(M[i, j], width=LINE_WIDTH)}
 
 
 def _forward(net: MLP, printer) -> list[dict]:
@@ -362,7 +365,7 @@ def _output(net: MLP, grads, printer) -> dict:
         "a11": printer.doprint(a11),
         "abar11": printer.doprint(net.grad_symbols(f"a{net.L}")[0, 0]),
         "abar_entry": printer.doprint(a_grad),
-        "steps": [printer.doprint(s) for s in steps],
+        "steps": [printer.lines(s, width=LINE_WIDTH) for s in steps],
         "condition": printer.doprint(condition) if condition is not None else None,
         "condition_text": net.fused.side_condition if net.fused else None,
         "simplified": printer.doprint(simplified) if simplified is not None else None,

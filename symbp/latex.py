@@ -70,22 +70,49 @@ class SymbpLatexPrinter(LatexPrinter):
         finally:
             self._settings["order"] = saved
 
-    def _print_Add(self, expr, order=None):
-        terms = self._as_ordered_terms(expr, order=order)
-        if self.max_terms is None or len(terms) <= self.max_terms:
-            return super()._print_Add(expr, order=order)
-        keep = max(self.max_terms - 2, 1)
-        tex = ""
-        for k, term in enumerate(terms[:keep] + [None] + terms[-2:]):
+    def _as_ordered_terms(self, expr, order=None):
+        # Terms of symbp's entries in natural index order (x_2 before x_10), SymPy's order otherwise.
+        terms = super()._as_ordered_terms(expr, order=order)
+        keys = [_natural_key(t) for t in terms]
+        if all(keys):
+            return [t for _, t in sorted(zip(keys, terms), key=lambda pair: pair[0])]
+        return terms
+
+    def add_pieces(self, expr) -> list[str]:
+        """The terms of a sum as printed, each with its sign (``"+ t"``, ``"- t"``; the first bare),
+        long sums elided to ``max_terms`` with a ``+ \\cdots`` piece."""
+        terms = self._as_ordered_terms(expr)
+        if self.max_terms is not None and len(terms) > self.max_terms:
+            terms = terms[: max(self.max_terms - 2, 1)] + [None] + terms[-2:]
+        pieces = []
+        for k, term in enumerate(terms):
             if term is None:
-                tex += r" + \cdots"
+                pieces.append(r"+ \cdots")
                 continue
-            piece = self._print(term)
-            if k and piece.startswith("-"):
-                tex += " - " + piece[1:].lstrip()
-            else:
-                tex += (" + " if k else "") + piece
-        return tex
+            sign = "+ "
+            if term.could_extract_minus_sign():
+                sign, term = "- ", -term
+            tex = self._print(term)
+            if self._needs_add_brackets(term):
+                tex = rf"\left({tex}\right)"
+            pieces.append((sign if k or sign == "- " else "") + tex)
+        return pieces
+
+    def _print_Add(self, expr, order=None):
+        return " ".join(self.add_pieces(expr))
+
+    def lines(self, expr, *, width: int) -> list[str]:
+        """``expr`` printed and, when it is a sum wider than ``width`` characters (see
+        :func:`visible_width`), split between its terms into lines of at most about ``width``."""
+        tex = self.doprint(expr)
+        if not expr.is_Add or visible_width(tex) <= width:
+            return [tex]
+        out = [""]
+        for piece in self.add_pieces(expr):
+            if out[-1] and visible_width(out[-1] + piece) > width:
+                out.append("")
+            out[-1] = f"{out[-1]} {piece}".strip()
+        return out
 
     def base(self, var: str, sup: str = "") -> str:
         """``W1`` -> ``W^{(1)}``; ``x`` -> ``x``; ``sup`` joins the superscript (``W^{(1)\\top}``)."""
@@ -138,6 +165,19 @@ class SymbpLatexPrinter(LatexPrinter):
 
     def _print_Heaviside(self, expr, exp=None):
         return self._function(r"\operatorname{step}", expr, exp)
+
+
+def _natural_key(term):
+    """``(var letter, layer, i, j)`` of the term's symbp symbols, sorted: a natural order of terms."""
+    found = []
+    for symbol in sorted(term.free_symbols, key=str):
+        parsed = parse(symbol)
+        if parsed is None:
+            return None
+        grad, var, i, j = parsed
+        letter, layer = re.match(r"^([A-Za-z]+)(\d*)$", var).groups()
+        found.append((letter, int(layer or 0), i, j, grad))
+    return tuple(sorted(found)) or None
 
 
 def _is_gradient(factor) -> bool:
