@@ -142,6 +142,9 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if grads is None:
         grads = derive(net)
     else:
+        if grads.method != "chain" or grads.net is not net:
+            raise SymbpError("document: grads must be symbp.derive(net, method='chain') of this network "
+                             "(the document shows the chain method's compact entries); or leave grads out")
         layout = grads.layout
         grads = grads.with_layout("denominator")
     printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
@@ -479,22 +482,25 @@ def _exact(expr):
     return sp.Float(sp.N(value, 30), 30)
 
 
-def number_tex(value, digits: int = DIGITS) -> str:
+def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
     """A number as the worked example prints it: integers as they are, else ``digits`` decimals,
-    rounded half to even, trailing zeros dropped.
+    rounded half to even, trailing zeros dropped (unless ``strip`` is false: a fixed column).
 
     >>> number_tex(sp.Integer(-3)), number_tex(sp.Rational(1, 3)), number_tex(sp.Float("0.5"))
     ('-3', '0.3333', '0.5')
+    >>> number_tex(sp.Float("0.19"), 3, strip=False)
+    '0.190'
     """
     value = sp.sympify(value)
-    if value.is_Integer:
+    if value.is_Integer and strip:
         return str(int(value))
-    text = sp.N(value, 30) if not value.is_Rational else sp.N(value, 30)
-    rounded = Decimal(str(text)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_EVEN)
+    rounded = Decimal(str(sp.N(value, 30))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_EVEN)
     if rounded == 0:
-        return "0"
-    out = format(rounded, "f").rstrip("0").rstrip(".")
-    return out
+        rounded = abs(rounded)  # never "-0"
+        if strip:
+            return "0"
+    out = format(rounded, "f")
+    return out.rstrip("0").rstrip(".") if strip else out
 
 
 def worked_example(net: MLP, grads, printer) -> dict:
@@ -536,8 +542,8 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
-    norms = [{"l": l, "W": number_tex(_frobenius(computed[f"W{l}"]), 3),
-              "a": number_tex(_frobenius(computed[f"a{l}"]), 3) if l < net.L else None}
+    norms = [{"l": l, "W": number_tex(_frobenius(computed[f"W{l}"]), 3, strip=False),
+              "a": number_tex(_frobenius(computed[f"a{l}"]), 3, strip=False) if l < net.L else None}
              for l in range(1, net.L + 1)]
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
             "loss": number_tex(loss), "norms": norms, "side_by_side": not net.batch}

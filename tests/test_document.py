@@ -257,6 +257,17 @@ def test_derive_writes_the_document_atomically(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.tex"]
 
 
+def test_derive_document_shows_the_chain_entries_and_states_the_layout(tmp_path):
+    out = tmp_path / "x.tex"
+    assert main(["derive", "2,3,2", "--method", "expand", "--layout", "numerator", "-o", str(out)]) == 0
+    source = out.read_text()
+    assert "Numerator layout was requested: it is the transpose of every matrix shown here." in source
+    assert r"\frac{\partial L}{\partial W^{(2)}_{1,1}} &= \delta^{(2)}_{1} a^{(1)}_{1}" in source
+    net = symbp.MLP([2, 2])
+    with pytest.raises(SymbpError, match="grads must be symbp.derive"):
+        document.render(net, grads=symbp.derive(net, method="expand"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["derive", "2,2", "--pdf"], "--pdf is an option of the document: add -o FILE.tex"),
     (["derive", "2,2", "--title", "x"], "--title is an option of the document: add -o FILE.tex"),

@@ -49,6 +49,12 @@ def test_the_readme_command_reproduces_the_first_gallery_document(tmp_path):
     assert out.read_bytes() == (GALLERY / "mlp-4-5-3-3.tex").read_bytes()
 
 
+def test_the_readme_first_command_writes_the_derivation_pdf():
+    blocks = re.findall(r"```sh\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) == 2, "the README keeps exactly two newcomer commands"
+    assert blocks[0].endswith("pip install . && symbp derive 4,5,3,3 --pdf -o derivations/mlp-4-5-3-3.tex")
+
+
 @pytest.fixture(scope="module")
 def gallery_pdfs(tmp_path_factory):
     """Every gallery document compiled once from the committed .tex: {name: (pdf text, log)}."""
