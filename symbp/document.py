@@ -545,8 +545,10 @@ def worked_example(net: MLP, grads, printer) -> dict:
     norms = [{"l": l, "W": number_tex(_frobenius(computed[f"W{l}"]), 3, strip=False),
               "a": number_tex(_frobenius(computed[f"a{l}"]), 3, strip=False) if l < net.L else None}
              for l in range(1, net.L + 1)]
+    first, last = _frobenius(computed["W1"]), _frobenius(computed[f"W{net.L}"])
+    ratio = number_tex(first / last, 3, strip=False) if last != 0 and net.L > 1 else None
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
-            "loss": number_tex(loss), "norms": norms, "side_by_side": not net.batch}
+            "loss": number_tex(loss), "norms": norms, "ratio": ratio, "side_by_side": not net.batch}
 
 
 def _frobenius(M):
@@ -565,4 +567,5 @@ def _flow(net: MLP, worked) -> dict:
         "relu": "relu" in hidden or "leaky_relu" in hidden,
         "residual": list(net.residual_layers),
         "norms": worked["norms"] if worked else None,
+        "ratio": worked["ratio"] if worked else None,
     }
