@@ -13,10 +13,11 @@ numeric engine and exported as LaTeX derivation documents.
 
 from .derive import Gradients, derive
 from .errors import SymbpError
+from .flow import flow
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__"]
+__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "flow", "lambdify", "__version__"]
