@@ -275,23 +275,31 @@ class FlowRun:
 
     def to_json(self) -> dict:
         return {"residual": self.residual, "layers": [layer.to_json() for layer in self.layers], "loss": self.loss,
-                "activation_ratio": self.activation_ratio, "weight_ratio": self.weight_ratio,
+                "activation_ratio": _finite_or_none(self.activation_ratio),
+                "weight_ratio": _finite_or_none(self.weight_ratio),
                 "reference_max_rel_error": self.reference_max_rel_error,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}
 
 
 def _ratio(a: float, b: float) -> float:
+    """``a / b``; ``inf`` for ``a / 0`` and ``nan`` for ``0 / 0`` (a saturated softmax can zero every gradient)."""
     if b == 0:
-        return math.inf if a else 1.0
+        return math.inf if a else math.nan
     return a / b
+
+
+def _finite_or_none(value: float):
+    return value if math.isfinite(value) else None
 
 
 def regime(ratio: float) -> str:
     """``"vanishes"`` below ``1/SPREAD``, ``"explodes"`` above ``SPREAD``, else ``"is kept"``.
 
-    >>> regime(6e-7), regime(3.2), regime(1e4)
-    ('vanishes', 'is kept', 'explodes')
+    >>> regime(6e-7), regime(3.2), regime(1e4), regime(float("nan"))
+    ('vanishes', 'is kept', 'explodes', 'is zero throughout')
     """
+    if math.isnan(ratio):
+        return "is zero throughout"
     if ratio < 1 / SPREAD:
         return "vanishes"
     if ratio > SPREAD:
@@ -313,11 +321,13 @@ def flow_network(*, depth: int, width: int, hidden: str = "tanh", classes: int =
         raise SymbpError(f"residual = {residual!r}: expected true or false")
     if isinstance(hidden, (list, tuple)):
         raise SymbpError("hidden: the flow network takes one activation for all its hidden layers")
+    n_params = depth * (width * width + width) + classes * width + classes
+    if n_params > MAX_PARAMS:
+        raise SymbpError(f"depth {depth}, width {width}: {n_params} parameters; the per-element derivation "
+                         f"is limited to {MAX_PARAMS} here (it takes minutes beyond); choose a smaller depth or width")
     net = MLP([width] * (depth + 1) + [classes], hidden=hidden, output="softmax", loss="cross_entropy",
               residual=residual)
-    if net.n_params > MAX_PARAMS:
-        raise SymbpError(f"depth {depth}, width {width}: {net.n_params} parameters; the per-element derivation "
-                         f"is limited to {MAX_PARAMS} here (it takes minutes beyond); choose a smaller depth or width")
+    assert net.n_params == n_params
     return net
 
 
@@ -416,6 +426,8 @@ class Flow:
     seed: int
     plain: FlowRun
     residual: FlowRun | None = None
+    #: the derived and lambdified networks, to measure again at other points without deriving again
+    models: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def main(self) -> FlowRun:
@@ -498,11 +510,12 @@ def flow(*, depth: int, width: int, hidden: str = "tanh", init_scale: float = 1.
     plain_model = FlowModel(depth=depth, width=width, hidden=hidden, classes=classes)
     values = initial_values(plain_model.net, init_scale=init_scale, seed=seed)
     plain = plain_model.measure(values)
-    resid = None
+    models, resid = {"plain": plain_model}, None
     if residual:
-        resid = FlowModel(depth=depth, width=width, hidden=hidden, classes=classes, residual=True).measure(values)
+        models["residual"] = FlowModel(depth=depth, width=width, hidden=hidden, classes=classes, residual=True)
+        resid = models["residual"].measure(values)
     return Flow(depth=depth, width=width, hidden=plain_model.net.hidden[0].name, init_scale=float(init_scale),
-                classes=classes, seed=seed, plain=plain, residual=resid)
+                classes=classes, seed=seed, plain=plain, residual=resid, models=models)
 
 
 # =========================================================================== the document
@@ -538,11 +551,13 @@ def _tex_number(value, digits: int = 2) -> str:
     """A float for LaTeX math mode with ``digits`` significant digits: ``88``, ``0.019``, and through
     SymPy's printer ``6.2 \\cdot 10^{-7}`` where Python would write an exponent.
 
-    >>> _tex_number(88.04), _tex_number(6.24e-7)
-    ('88', '6.2 \\cdot 10^{-7}')
+    >>> print(_tex_number(88.04), _tex_number(6.24e-7))
+    88 6.2 \\cdot 10^{-7}
     """
     if value is None:
         return "-"
+    if math.isnan(value):
+        return r"\text{undefined}"
     if not math.isfinite(value):
         return r"\infty"
     plain = f"{value:.{digits}g}"
