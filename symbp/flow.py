@@ -178,8 +178,9 @@ def network_identity(net: MLP, grads: Gradients | None = None, *, with_identity=
 
     One result per hidden layer ``l >= 2`` (``a_(l-1)`` must be a hidden activation). The ``+ dL/da_l``
     term is in the claim for the layers in ``with_identity`` (default: the network's residual layers,
-    which is the true statement). Both sides are written in the forward symbols (``z``, ``a``, ``W``,
-    ``y``): the derived side by substituting the error terms of ``grads``.
+    which is the true statement). For ``chain`` gradients both sides are written in the forward symbols
+    (``z``, ``a``, ``W``, ``y``), the derived side by substituting the error terms of ``grads``; for
+    ``expand`` gradients both are written out in ``x``, ``y`` and the parameters.
 
     >>> import symbp
     >>> net = symbp.MLP([2, 2, 2, 2], hidden="tanh", residual=True)
@@ -198,8 +199,7 @@ def network_identity(net: MLP, grads: Gradients | None = None, *, with_identity=
     env = net.forward_env() if grads.method == "expand" else {}
 
     def resolved(name):
-        M = grads[name].xreplace(grads.resolved())
-        return M
+        return grads[name].xreplace(grads.resolved())
 
     results = []
     for l in range(2, net.L):
@@ -487,8 +487,9 @@ class Flow:
             lines.append("  ".join(cells))
         lines.append("")
         lines += self.reading()
-        lines.append("check: derived gradients vs NumPy reference backprop, max relative error "
-                     f"{self.reference_max_rel_error:.1e}")
+        error = self.reference_max_rel_error
+        verdict = "agree" if error <= 1e-8 else "DISAGREE: do not trust these numbers"
+        lines.append(f"check: derived gradients vs NumPy reference backprop, max relative error {error:.1e} ({verdict})")
         return "\n".join(lines)
 
 
@@ -573,7 +574,7 @@ def _plot_page(pdf: Path, marker: str) -> int:
     raise SymbpError(f"{pdf}: no page contains {marker!r}")  # pragma: no cover
 
 
-PLOT_MARKER = "Gradient norms per layer"
+PLOT_MARKER = "Figure 1: Gradient norms per layer"
 
 
 def write_flow(result: Flow, tex_path, *, pdf: bool = False, title: str | None = None, user_dir=None) -> dict:
