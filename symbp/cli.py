@@ -246,7 +246,8 @@ def _add_gallery(sub):
     p = sub.add_parser("gallery", help="regenerate the curated derivation documents (derivations/)",
                        description="Write the gallery of derivation documents (.tex and .pdf): the seeds' "
                        "3-layer ReLU/softmax network, its batch version, sigmoid + binary cross-entropy, a deep "
-                       "tanh network and a residual network.")
+                       "tanh network and a residual network; and the gradient-flow document of a 20-layer tanh "
+                       "network, plain and residual (.tex, .pdf, .png).")
     p.add_argument("--out", default="derivations", metavar="DIR", help="folder to write to (default derivations/)")
     p.add_argument("--no-pdf", action="store_true", help="write the .tex files only")
     p.add_argument("--json", action="store_true", help="print JSON")

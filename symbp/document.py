@@ -113,8 +113,15 @@ GALLERY = (
 )
 
 
-def gallery(out_dir, *, pdf: bool = True, entries=GALLERY) -> list[Path]:
-    """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per entry. Returns the paths."""
+#: Gradient-flow documents of the gallery (:func:`symbp.flow.write_flow`): name -> ``symbp.flow`` options.
+FLOW_GALLERY = (
+    ("flow-tanh-depth20", dict(depth=20, width=16, hidden="tanh", init_scale=0.5, residual=True)),
+)
+
+
+def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY) -> list[Path]:
+    """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per derivation entry, and
+    the gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page). Returns the paths."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SymbpError(f"gallery: {str(out_dir)!r} is not a folder")
@@ -123,6 +130,12 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY) -> list[Path]:
     for entry in entries:
         done = write(entry.network(), out_dir / f"{entry.name}.tex", pdf=pdf, title=entry.title)
         written += [p for p in (done["tex"], done["pdf"]) if p is not None]
+    if flows:
+        from .flow import flow, write_flow
+
+        for name, options in flows:
+            done = write_flow(flow(**options), out_dir / f"{name}.tex", pdf=pdf)
+            written += [Path(done[k]) for k in ("tex", "pdf", "png") if done[k] is not None]
     return written
 
 

@@ -32,13 +32,25 @@ def test_gallery_has_the_curated_documents():
 
 def test_committed_tex_files_are_up_to_date(tmp_path):
     """Regenerate into a temporary folder and compare bytes: run `symbp gallery` if this fails."""
-    assert main(["gallery", "--out", str(tmp_path), "--no-pdf"]) == 0
+    written = document.gallery(tmp_path, pdf=False, flows=())
+    assert sorted(p.name for p in written) == sorted(f"{e.name}.tex" for e in document.GALLERY)
     for entry in document.GALLERY:
         fresh = (tmp_path / f"{entry.name}.tex").read_bytes()
         committed = GALLERY / f"{entry.name}.tex"
         assert committed.exists(), f"{committed} is missing: run `symbp gallery`"
         assert committed.read_bytes() == fresh, f"{committed.name} is out of date: run `symbp gallery`"
         assert (GALLERY / f"{entry.name}.pdf").exists(), f"{entry.name}.pdf is missing: run `symbp gallery`"
+
+
+@pytest.mark.slow
+def test_committed_flow_documents_are_up_to_date(tmp_path):
+    """The gallery's gradient-flow document (about 15 s: a 20-layer network derived and measured)."""
+    assert main(["gallery", "--out", str(tmp_path), "--no-pdf"]) == 0
+    for name, _ in document.FLOW_GALLERY:
+        committed = GALLERY / f"{name}.tex"
+        assert committed.read_bytes() == (tmp_path / f"{name}.tex").read_bytes(), \
+            f"{committed.name} is out of date: run `symbp gallery`"
+        assert (GALLERY / f"{name}.pdf").exists() and (GALLERY / f"{name}.png").exists()
 
 
 def test_the_readme_command_reproduces_the_first_gallery_document(tmp_path):
