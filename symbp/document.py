@@ -468,7 +468,7 @@ def example_values(net: MLP) -> dict:
     [1/2,  1/2]])
     """
     draw = _sequence(7)
-    pick = lambda choices: choices[next(draw) % len(choices)]  # noqa: E731
+    pick = lambda choices: choices[next(draw) % len(choices)]
     half = sp.Rational(1, 2)
     values = {"x": sp.Matrix(*net.shape("x"), lambda i, j: pick([-1, 1, 2, 0, -2, 1]))}
     for l in range(1, net.L + 1):
@@ -478,11 +478,11 @@ def example_values(net: MLP) -> dict:
     r, c = net.shape("y")
     n = net.sizes[-1]
     if net.loss_row.name == "cross_entropy":
-        hot = lambda example, k: int(k == (example + 1) % n)  # noqa: E731
+        hot = lambda example, k: int(k == (example + 1) % n)
     elif net.loss_row.name == "binary_cross_entropy":
-        hot = lambda example, k: (example + k + 1) % 2  # noqa: E731
+        hot = lambda example, k: (example + k + 1) % 2
     else:
-        hot = lambda example, k: pick([0, 1, -1, 2])  # noqa: E731
+        hot = lambda example, k: pick([0, 1, -1, 2])
     values["y"] = sp.Matrix(r, c, lambda i, j: hot(i, j) if net.batch else hot(0, i))
     return values
 
@@ -544,9 +544,7 @@ def worked_example(net: MLP, grads, printer) -> dict:
     for l in range(net.L, 0, -1):
         slope = None
         if l < net.L:
-            zs = sp.Dummy("z")
-            derivative = sp.diff(net.hidden[l - 1].sympy(zs), zs)
-            slope = net.symbols(f"z{l}").xreplace(env).applyfunc(lambda v: _exact(derivative.xreplace({zs: v})))
+            slope = net.symbols(f"z{l}").xreplace(env).applyfunc(_slope(net.hidden[l - 1]))
         backward.append({
             "l": l,
             "delta": cells(computed[f"z{l}"]),
@@ -562,6 +560,13 @@ def worked_example(net: MLP, grads, printer) -> dict:
     ratio = number_tex(first / last, 3, strip=False) if last != 0 and net.L > 1 else None
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
             "loss": number_tex(loss), "norms": norms, "ratio": ratio, "side_by_side": not net.batch}
+
+
+def _slope(activation):
+    """The derivative f' of an activation row, as a function of an exact number."""
+    z = sp.Dummy("z")
+    derivative = sp.diff(activation.sympy(z), z)
+    return lambda value: _exact(derivative.xreplace({z: value}))
 
 
 def _frobenius(M):

@@ -24,8 +24,8 @@ import re
 import shutil
 import subprocess
 import tempfile
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import jinja2

@@ -229,8 +229,8 @@ def test_user_templates_override_the_packaged_ones(tmp_path):
 
 
 def test_formula_latex_prints_the_closed_forms():
-    name = lambda v, shape: SimpleNamespace(op="name", value=v, args=(), shape=shape)  # noqa: E731
-    node = lambda op, *args, shape, value=None: SimpleNamespace(op=op, args=args, shape=shape, value=value)  # noqa: E731
+    name = lambda v, shape: SimpleNamespace(op="name", value=v, args=(), shape=shape)
+    node = lambda op, *args, shape, value=None: SimpleNamespace(op=op, args=args, shape=shape, value=value)
     W3, dz3, z2 = name("W3", (3, 3)), name("dz3", (3, 1)), name("z2", (3, 1))
     claim = node("mul", node("matmul", node("transpose", W3, shape=(3, 3)), dz3, shape=(3, 1)),
                  node("func", z2, shape=(3, 1), value="step"), shape=(3, 1))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import symbp
 from symbp import document
 from symbp import latex as L
 from symbp.cli import main
@@ -64,7 +63,7 @@ def test_the_readme_command_reproduces_the_first_gallery_document(tmp_path):
 def test_the_readme_first_command_writes_the_derivation_pdf():
     readme = (ROOT / "README.md").read_text()
     setup = readme[readme.index("## Set up"):readme.index("\n## ", readme.index("## Set up") + 1)]
-    blocks = re.findall(r"```sh\n(.*?)\n```", setup, re.S)
+    blocks = re.findall(r"```sh\n(.*?)\n```", setup, re.DOTALL)
     assert len(blocks) == 2, "the README keeps exactly two newcomer commands"
     assert blocks[0].endswith("pip install . && symbp derive 4,5,3,3 --pdf -o derivations/mlp-4-5-3-3.tex")
 
