@@ -243,3 +243,69 @@ def test_code_claims_that_break_are_error_results(function, message):
     report = verify(symbp.MLP(**SEED002), getattr(CODE, function))
     assert [r.verdict for r in report.results] == ["error"]
     assert message in report.results[0].detail
+
+
+# --------------------------------------------------------------------------- command line
+
+
+SPEC = """\
+[model]
+sizes = [4, 6, 5, 3]
+bias = false
+batch = 4
+
+[claims]
+z3 = "(a3 - y) / N"
+W3 = "dz3.T @ a2"
+W2 = "a1.T @ dz2"
+"""
+
+
+def test_cli_verify_text_and_exit_codes(tmp_path, capsys):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    assert main(["verify", str(spec)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("MLP [4, 6, 5, 3]: hidden relu, relu; output softmax")
+    assert lines[1] == "dL/dz3  holds  symbolic      assuming every target row sums to 1"
+    assert lines[2] == "dL/dW3  holds  symbolic"
+    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds: claim has shape (6, 5), dL/dW2 has (5, 6)"
+    assert lines[4] == "2 of 3 claims hold (assuming every target row sums to 1)"
+    spec.write_text(SPEC.replace('W2 = "a1.T @ dz2"', 'W2 = "dz2.T @ a1"'))
+    assert main(["verify", str(spec)]) == 0
+
+
+def test_cli_verify_json_with_code(tmp_path, capsys):
+    from symbp.cli import main
+
+    (tmp_path / "bp.py").write_text((CLAIMS / "backward_seed002.py").read_text())
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC + '\n[code]\npath = "bp.py"\nfunction = "backward_no_mean"\n')
+    assert main(["verify", str(spec), "--json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["assumptions"] == [SIDE]
+    code = [r for r in payload["results"] if r["claim"] == "backward_no_mean"]
+    assert [(r["target"], r["verdict"], r["diagnosis"], r["factor"]) for r in code] == \
+        [(n, "fails", "scaled", 0.25) for n in ("W3", "W2", "W1")]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such spec file"),
+    ("[model\n", "not valid TOML"),
+    ("[model]\nsizes = [2, 2]\nsize = 3\n", "model: unknown field 'size' (did you mean 'sizes'?)"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ x'\n", "claims.W1 'dz1 @ x', column 5"),
+    ("[model]\nsizes = [2, 2]\n", "nothing to verify"),
+])
+def test_cli_verify_bad_input_is_one_line_exit_2(tmp_path, capsys, content, message):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    if content is not None:
+        spec.write_text(content)
+    assert main(["verify", str(spec)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+    assert captured.err.startswith("symbp verify: error: ")
