@@ -435,27 +435,37 @@ class _Judge:
 
     # ---- points
 
-    def points(self, kind):
-        """``kind``: "unit" (targets' rows sum to 1), "general", or "float"."""
+    def points(self, kind, limit=None):
+        """``kind``: "unit" (targets' rows sum to 1), "general", "float" or "float-general"; only
+        the first ``limit`` points are drawn if that is all that is asked for."""
+        if limit is not None and kind not in self._points:
+            key = (kind, limit)
+            if key not in self._points:
+                self._points[key] = self._draw(kind, limit)
+            return self._points[key]
         if kind not in self._points:
-            points = []
-            if kind in ("float", "float-general"):
-                for k in range(2):
-                    base = _float_base(self.net, self.seed + 7 * k)
-                    if kind == "float-general":  # targets whose rows no longer sum to 1
-                        base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
-                    points.append(_Point(self.net, self.grads, FloatField(), base))
-            else:
-                rng = random.Random(f"{self.seed}-{kind}")
-                while len(points) < (EXACT_POINTS if kind == "unit" or not self.side else EXACT_POINTS):
-                    field = ExactField(rng)
-                    try:
-                        points.append(_Point(self.net, self.grads, field,
-                                             _exact_base(self.net, rng, unit_rows=kind == "unit")))
-                    except _Redraw:
-                        continue
-            self._points[kind] = points
+            self._points[kind] = self._draw(kind, EXACT_POINTS if kind in ("unit", "general") else 2)
         return self._points[kind]
+
+    def _draw(self, kind, count):
+        points = []
+        if kind in ("float", "float-general"):
+            for k in range(count):
+                base = _float_base(self.net, self.seed + 7 * k)
+                if kind == "float-general":  # targets whose rows no longer sum to 1
+                    base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+                points.append(_Point(self.net, self.grads, FloatField(), base))
+            return points
+        rng = random.Random(f"{self.seed}-{kind}")
+        for _ in range(200):
+            try:
+                points.append(_Point(self.net, self.grads, ExactField(rng),
+                                     _exact_base(self.net, rng, unit_rows=kind == "unit")))
+            except _Redraw:
+                continue
+            if len(points) == count:
+                return points
+        raise SymbpError("verify: could not draw random points away from the kinks")  # pragma: no cover
 
     def exact_kinds(self):
         return ["unit", "general"] if self.side else ["general"]
@@ -468,10 +478,10 @@ class _Judge:
         except (ZeroDivisionError, OverflowError, ValueError):
             return None
 
-    def exact_mismatch(self, node, target, kind):
-        """None when the claim equals the truth at every exact point of ``kind``, else
-        ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
-        for point in self.points(kind):
+    def exact_mismatch(self, node, target, kind, limit=None):
+        """None when the claim equals the truth at every exact point of ``kind`` (the first ``limit``),
+        else ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
+        for point in self.points(kind, limit):
             got = self.values(node, point)
             if got is None:
                 return point, None
@@ -556,7 +566,7 @@ class _Judge:
         mismatch = self.exact_mismatch(node, target, kinds[0])
         if mismatch is None:
             assumption = None
-            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1]) is not None:
+            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
@@ -574,7 +584,7 @@ class _Judge:
         shape = net.shape(target)
         result = Result(target, claim_text, "fails", "exact-random", diagnosis="other")
         if node.shape != shape:
-            result.method = None
+            result.method = "symbolic"  # the shapes alone prove it wrong
             T = Node("transpose", (node,), node.shape[::-1], text=f"({node}).T")
             if node.shape == shape[::-1] and self.holds_exactly(T, target):
                 result.diagnosis = "transposed"
@@ -882,9 +892,9 @@ def _judge_code(net, grads, function, seed):
         try:
             out = function({k: np.array(v) for k, v in values.items()})
         except Exception as exc:  # the user's code: any failure is a verdict, not a crash
-            return [Result("*", label, "error", detail=f"{label} raised {type(exc).__name__}: {exc}")]
+            return [Result("*", label, "error", "numeric", detail=f"{label} raised {type(exc).__name__}: {exc}")]
         if not isinstance(out, dict):
-            return [Result("*", label, "error", detail=f"{label} returned {type(out).__name__}, expected a dict "
+            return [Result("*", label, "error", "numeric", detail=f"{label} returned {type(out).__name__}, expected a dict "
                            "{name: array}")]
         outputs.append(out)
     names = list(outputs[0])
@@ -894,14 +904,14 @@ def _judge_code(net, grads, function, seed):
     truths = [truth_fn(**values) for values in points] if truth_fn else [{} for _ in points]
     for name in names:
         if name not in grads:
-            results.append(Result(str(name), label, "error",
+            results.append(Result(str(name), label, "error", "numeric",
                                   detail=f"'{name}' is not a gradient of this network ({', '.join(grads)})"))
             continue
         results.append(_judge_array(net, name, label, [o.get(name) for o in outputs], [t[name] for t in truths],
                                     points))
     for name in net.params:
         if name not in names:
-            results.append(Result(name, label, "error", detail=f"{label} returned no gradient for {name}"))
+            results.append(Result(name, label, "error", "numeric", detail=f"{label} returned no gradient for {name}"))
     return results
 
 
@@ -915,14 +925,14 @@ def _judge_array(net, name, label, gots, truths, points):
     try:
         gots = [np.asarray(g, dtype=float) for g in gots]
     except (TypeError, ValueError) as exc:
-        return Result(name, label, "error", detail=f"{name}: not an array of numbers ({exc})")
+        return Result(name, label, "error", "numeric", detail=f"{name}: not an array of numbers ({exc})")
     if gots[0].ndim == 1 and shape[1] == 1 and gots[0].shape == (shape[0],):
         gots = [g.reshape(-1, 1) for g in gots]
     if gots[0].shape != shape:
         if gots[0].shape == shape[::-1] and all(_close(g.T, t) for g, t in zip(gots, truths)):
             return Result(name, label, "fails", "numeric", "transposed",
                           detail=f"returned shape {gots[0].shape}; its transpose holds")
-        return Result(name, label, "error", None, "shape",
+        return Result(name, label, "error", "numeric", "shape",
                       detail=f"returned shape {gots[0].shape}, dL/d{name} has shape {shape}")
     if all(_close(g, t) for g, t in zip(gots, truths)):
         return Result(name, label, "holds", "numeric", detail="equal in float64 at random points")
