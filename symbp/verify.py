@@ -38,11 +38,11 @@ differ, with both expressions there.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _field
 from fractions import Fraction
 
 import numpy as np
@@ -52,7 +52,7 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
-from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
+from .formula import Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
 
@@ -114,7 +114,7 @@ class Report:
     """All verdicts: ``ok`` when every claim holds; ``assumptions`` the side conditions used."""
 
     results: list
-    assumptions: list = field(default_factory=list)
+    assumptions: list = _field(default_factory=list)
     network: str = ""
     seconds: float = 0.0
 
@@ -1069,7 +1069,3 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -
             if a not in assumptions:
                 assumptions.append(a)
     return Report(results, assumptions, net.describe(), time.perf_counter() - start)
-
-
-def report_json(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2)
