@@ -279,6 +279,8 @@ def _value(expr, env, field):
             return field.constant(Fraction(int(expr.p), int(expr.q)))
         return field.constant(Fraction(float(expr)))
     if expr.is_Add:
+        if isinstance(field, ExactField):
+            return _exact_sum(expr.args, env, field)
         args = expr.args
         total = _value(args[0], env, field)
         for a in args[1:]:
@@ -318,6 +320,24 @@ def _value(expr, env, field):
     if func is sp.Min:
         return min(args)
     return field.other(func.__name__, args)
+
+
+def _exact_sum(terms, env, field):
+    """A sum of exact terms, with integer numerators gathered per denominator (no gcd per term):
+    the forward sums ``W_i0 x_0 + ... + b_i`` share one denominator, so this is one big-integer sum."""
+    buckets = {}
+    for term in terms:
+        if term.is_Mul and len(term.args) == 2 and term.args[0].is_Symbol and term.args[1].is_Symbol:
+            u, v = env[term.args[0]], env[term.args[1]]
+            n, d = u.numerator * v.numerator, u.denominator * v.denominator
+        else:
+            value = _value(term, env, field)
+            n, d = value.numerator, value.denominator
+        buckets[d] = buckets.get(d, 0) + n
+    total = Fraction(0)
+    for d, n in buckets.items():
+        total += Fraction(n, d)
+    return total
 
 
 class _Redraw(Exception):
