@@ -310,3 +310,16 @@ def test_cli_verify_bad_input_is_one_line_exit_2(tmp_path, capsys, content, mess
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and message in captured.err
     assert captured.err.startswith("symbp verify: error: ")
+
+
+def test_verify_against_expand_and_numerator_layout_grads():
+    net = symbp.MLP([2, 3, 2], hidden="tanh", batch=2)
+    expand = symbp.derive(net, method="expand")  # written-out truths: judged exactly, no error terms
+    report = verify(net, textbook(net), grads=expand)
+    assert report.ok and {r.method for r in report.results} == {"exact-random"}
+    numerator = symbp.derive(net, layout="numerator")  # claims stay in denominator layout
+    report = verify(net, {"W1": "dz1.T @ x", "z2": "a2 - y"}, grads=numerator)
+    assert [(r.verdict, r.diagnosis, r.factor) for r in report.results] == \
+        [("holds", None, None), ("fails", "scaled", 0.5)]
+    with pytest.raises(SymbpError, match="grads must come from symbp.derive of this network"):
+        verify(symbp.MLP([2, 3, 2]), {}, grads=expand)
