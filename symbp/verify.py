@@ -407,11 +407,12 @@ def _scalar_array(value):
     return out
 
 
-def _exact_base(net, rng, *, unit_rows: bool):
-    """Random exact inputs and parameters; targets with rows summing to 1 when ``unit_rows``."""
+def _exact_base(net, rng, *, unit_rows: bool, spread: int = 2):
+    """Random exact inputs and parameters in ``[-spread, spread]``; targets with rows summing to 1
+    when ``unit_rows``."""
     D = _DENOMINATOR
 
-    def rational(low=-2 * D, high=2 * D):
+    def rational(low=-spread * D, high=spread * D):
         return Fraction(rng.randint(low, high) or 1, D)
 
     base = {}
@@ -484,7 +485,8 @@ class _Judge:
         for _ in range(200):
             try:
                 points.append(_Point(self.net, self.grads, ExactField(rng),
-                                     _exact_base(self.net, rng, unit_rows=kind == "unit")))
+                                     _exact_base(self.net, rng, unit_rows=kind.startswith("unit"),
+                                                 spread=200 if kind.endswith("wide") else 2)))
             except _Redraw:
                 continue
             if len(points) == count:
@@ -493,6 +495,15 @@ class _Judge:
 
     def exact_kinds(self):
         return ["unit", "general"] if self.side else ["general"]
+
+    def wide_mismatch(self, node, target):
+        """A claim that puts a kink where the network has none (``step(z2 + 100)``) agrees with the
+        truth near the origin; such claims are also checked at points 100 times wider."""
+        piecewise = any(n.op == "func" and n.value in ("relu", "leaky_relu", "step") and n.args[0].op != "name"
+                        for n in node.walk())
+        if not piecewise:
+            return None
+        return self.exact_mismatch(node, target, self.exact_kinds()[0] + "-wide", limit=2)
 
     # ---- evaluation
 
@@ -521,7 +532,8 @@ class _Judge:
         """Whether ``node`` holds at the exact points (under the side condition if there is one)."""
         if node.shape != self.net.shape(target):
             return False
-        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
+        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None and \
+            self.wide_mismatch(node, target) is None
 
     def float_points(self, target, kind):
         """Float points where dL/d<target> is not identically zero (dead ReLUs can zero a whole
@@ -605,6 +617,9 @@ class _Judge:
                               detail=f"assuming {assumption}" if assumption else "")
         kinds = self.exact_kinds()
         mismatch = self.exact_mismatch(node, target, kinds[0])
+        wide = self.wide_mismatch(node, target) if mismatch is None else None
+        if wide is not None:
+            return self.diagnose(target, claim_text, node, wide)
         if mismatch is None:
             assumption = None
             if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
