@@ -20,7 +20,8 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     ``tanh`` are written through ``exp`` so their identities hold exactly; ``log`` of a new number is
     a new random rational). Equal everywhere at several points means the difference is zero as a
     rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
-    pre-activation is exactly 0 are redrawn. Matrix-level (object arrays), so [784, 128, 64, 10] is
+    pre-activation is exactly 0 are redrawn. A claim with kinks of its own (``step(z2 + 100)``) is
+    also checked at points 100 times wider, so a kink far from the origin cannot hide a difference. Matrix-level (object arrays), so [784, 128, 64, 10] is
     judged in seconds.
 ``numeric``
     If exact evaluation disagrees, the claim may still hold through an identity the freezing does not
