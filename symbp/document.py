@@ -51,12 +51,13 @@ ERROR_FLOOR = -12
 
 
 def render(net: MLP, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None,
-           template: str = "derivation.tex.j2", template_dir=None, verification=None) -> str:
+           template: str = "derivation.tex.j2", template_dir=None) -> str:
     """The LaTeX source of the derivation document of ``net``.
 
-    ``example``: include the worked numeric example (default: when the network is small).
-    ``verification``: ``"auto"`` (default) uses :func:`symbp.verify` on :func:`symbp.textbook` when
-    available, else the numeric check.
+    ``grads``: ``symbp.derive(net)`` if already at hand (the chain method; its layout is stated).
+    ``title``: plain text, escaped (default :func:`default_title`). ``example``: include the worked
+    numeric example (default: when every width is at most ``EXAMPLE_MAX_WIDTH``). ``template_dir``: a
+    folder of templates looked up before the packaged ones.
 
     >>> import symbp
     >>> source = render(symbp.MLP([2, 2], output="softmax", loss="cross_entropy"), title="A & B")
@@ -189,7 +190,6 @@ def _shape(shape) -> dict:
 def _network(net: MLP, layout: str) -> dict:
     hidden = [{"layer": l, "name": a.name, "tex": a.latex, "expression": a.expression}
               for l, a in enumerate(net.hidden, start=1)]
-    kinked = sorted({a.name for a in net.hidden if a.kinks})
     return {
         "sizes": list(net.sizes),
         "L": net.L,
@@ -198,12 +198,7 @@ def _network(net: MLP, layout: str) -> dict:
         "bias": net.bias,
         "layout": layout,
         "hidden": hidden,
-        "hidden_names": sorted({a.name for a in net.hidden}),
-        "kinked": kinked,
-        "relu": any(a.name == "relu" for a in net.hidden),
         "leaky_relu": any(a.name == "leaky_relu" for a in net.hidden),
-        "softplus": any(a.name == "softplus" for a in net.hidden),
-        "custom": [h for h in hidden if h["expression"]],
         "output": {"name": net.output.name, "tex": net.output.latex},
         "loss": {"name": net.loss_row.name, "tex": net.loss_row.latex},
         "fused": None if not net.fused else {
@@ -322,8 +317,8 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
 def _in_outputs(net: MLP, expr):
     """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L`` (softmax, sigmoid).
 
-    Softmax: ``exp(z_k) = a_k T`` with ``T`` the row's sum of exponentials, which then cancels because
-    the outputs of a row sum to 1 (an identity of softmax, not an assumption).
+    Softmax: the row's sum of exponentials becomes ``T`` and each ``exp(z_k)`` becomes ``a_k T`` (the
+    definition of softmax), so ``T`` cancels; if it does not, the rewrite is abandoned (``None``).
     """
     z, a = net.symbols(f"z{net.L}"), net.symbols(f"a{net.L}")
     rows, outs = net._examples(z), net._examples(a)
