@@ -125,7 +125,7 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY) -
     the gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page). Returns the paths."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise SymbpError(f"gallery: {str(out_dir)!r} is not a folder")
+        raise SymbpError(f"{str(out_dir)!r} is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for entry in entries:

@@ -52,6 +52,13 @@ def test_committed_flow_documents_are_up_to_date(tmp_path):
         assert (GALLERY / f"{name}.pdf").exists() and (GALLERY / f"{name}.png").exists()
 
 
+def test_gallery_refuses_a_file_as_its_folder(tmp_path, capsys):
+    (tmp_path / "x.tex").write_text("mine")
+    assert main(["gallery", "--out", str(tmp_path / "x.tex"), "--no-pdf"]) == 2
+    assert capsys.readouterr().err == f"symbp gallery: error: '{tmp_path / 'x.tex'}' is not a folder\n"
+    assert (tmp_path / "x.tex").read_text() == "mine"
+
+
 def test_the_readme_command_reproduces_the_first_gallery_document(tmp_path):
     """`symbp derive 4,5,3,3 -o derivations/mlp-4-5-3-3.tex` (the README's first command) writes the
     gallery's document, byte for byte."""
