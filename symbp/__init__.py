@@ -13,10 +13,13 @@ numeric engine and exported as LaTeX derivation documents.
 
 from .derive import Gradients, derive
 from .errors import SymbpError
+from .example import worked_example
+from .graph import Node, graph
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__"]
+__all__ = ["MLP", "Gradients", "Node", "SymbpError", "custom_activation", "derive", "graph", "lambdify",
+           "worked_example", "__version__"]

@@ -216,9 +216,43 @@ def _run_graph(args):
     return 1 if bad else 0
 
 
+# --------------------------------------------------------------------------- example
+
+
+def _add_example(sub):
+    p = sub.add_parser("example", help="every cell of a small network by hand; check hand-computed cells",
+                       description="Compute every cell of the forward and backward pass (z, a, the loss, dz, da, "
+                       "dW, db) of the network in a spec file at its [values], exactly, and judge the hand-computed "
+                       "[claimed_values]: each claimed cell is right (equal, or within the tolerance) or wrong, "
+                       "with its reason (a forgotten ReLU mask, a transposed product, a wrong sign, a missing "
+                       "1/N, ...). Exit 1 when a claimed cell is wrong.\n\n" + CONVENTIONS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="a TOML spec file with [model], [values] and optional [claimed_values]")
+    p.add_argument("--tolerance", default=None,
+                   help="how far a claimed cell may be from the true value and still be right (default 0.005, "
+                   "or [example] tolerance in the spec)")
+    p.add_argument("--title", default=None, help="title of the document")
+    p.add_argument("-o", "--output", dest="out", default=None, help="write the LaTeX document to FILE.tex")
+    p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_example)
+
+
+def _run_example(args):
+    from .example import document, from_spec
+
+    ex = from_spec(args.spec, tolerance=args.tolerance)
+    written = _write_document(args, document(ex, title=args.title) if args.out else None)
+    payload = ex.to_json()
+    payload["output"] = written
+    text = ex.report() + (f"\nwrote {written}" + (" and its PDF" if args.pdf else "") if written else "")
+    _emit(args, payload, text)
+    return 0 if ex.ok else 1
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_derive, _add_graph]
+COMMANDS = [_add_derive, _add_graph, _add_example]
 
 
 def build_parser() -> argparse.ArgumentParser:
