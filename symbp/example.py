@@ -172,20 +172,20 @@ def tidy(v) -> sp.Expr:
     return out
 
 
-def decimal(v, digits: int = 4) -> str:
+def decimal(v, digits: int = 4, approx=None) -> str:
     """``v`` rounded for people: ``0.5000``; a small nonzero number in scientific form.
 
     >>> decimal(sp.Rational(1, 2)), decimal(sp.exp(-10))
     ('0.5000', '0.0000454')
     """
-    x = float(sp.N(v, 30))
+    x = float(approx if approx is not None else sp.N(v, 30))
     if x != 0 and abs(x) < 10 ** -(digits - 1):
         places = 2 - math.floor(math.log10(abs(x)))  # three significant digits, no exponent
         return f"{x:.{places}f}"
     return f"{x:.{digits}f}"
 
 
-def say(v) -> str:
+def say(v, approx=None) -> str:
     """A number in a sentence: exact when rational (as a decimal if it is one), else five digits.
 
     >>> say(sp.Rational(1, 2)), say(sp.Rational(-1, 3)), say(sp.exp(10) / (1 + 2 * sp.exp(10)))
@@ -201,7 +201,7 @@ def say(v) -> str:
         if q == 1 and v.q != 1:
             return str(Decimal(int(v.p)) / Decimal(int(v.q)))
         return sp.sstr(v)
-    return "%#.5g" % float(sp.N(v, 30))
+    return "%#.5g" % float(approx if approx is not None else sp.N(v, 30))
 
 
 # --------------------------------------------------------------------------- cells
@@ -214,14 +214,15 @@ class Cell:
     index: tuple  # 0-based (i, j)
     value: sp.Expr
     label: str  # 1-based, as people write it: "dz1[3]", "dW2[1,2]"
+    approx: sp.Float  # the value to PRECISION digits, computed alongside (decimals, comparisons)
     claimed: sp.Expr | None = None
     correct: bool | None = None
     reason: str | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "index": list(self.index), "value": float(sp.N(self.value, 17)),
+        return {"name": self.name, "index": list(self.index), "value": float(self.approx),
                 "exact": sp.sstr(self.value), "label": self.label,
-                "claimed": None if self.claimed is None else float(sp.N(self.claimed, 17)),
+                "claimed": None if self.claimed is None else float(self.claimed),
                 "correct": self.correct, "reason": self.reason}
 
 
@@ -234,6 +235,7 @@ class Example:
     forward: dict  # z1, a1, ..., zL, aL -> exact Matrix
     loss: sp.Expr
     backward: dict  # dz*, da*, dW*, db* -> exact Matrix
+    approx: dict  # every name (and "L") -> the same matrix to PRECISION digits
     cells: list
     claimed: dict  # name -> Matrix of claims
     tolerance: sp.Expr
@@ -254,6 +256,17 @@ class Example:
             return sp.Matrix([[self.loss]])
         raise SymbpError(f"no cell named '{name}'" + closest(name, self.names))
 
+    def num(self, name: str) -> sp.Matrix:
+        """The matrix of ``name`` to :data:`PRECISION` digits (exact inputs stay exact)."""
+        if name in self.inputs:
+            return self.inputs[name]
+        self.value(name)  # the error for an unknown name
+        return self.approx[name]
+
+    def show(self, name: str, i: int = 0, j: int = 0) -> str:
+        """Cell ``(i, j)`` of ``name`` in a sentence: exact if rational, else five digits."""
+        return say(self.value(name)[i, j], self.num(name)[i, j])
+
     @property
     def names(self):
         return list(self.inputs) + list(self.forward) + ["L"] + list(self.backward)
@@ -271,7 +284,7 @@ class Example:
     def to_json(self) -> dict:
         """The JSON of ``symbp example --json`` (INTERFACE): ``{"ok", "cells": [...]}``, 0-based indices."""
         return {"ok": self.ok, "network": self.net.describe(), "tolerance": float(self.tolerance),
-                "loss": {"value": float(sp.N(self.loss, 17)), "exact": sp.sstr(self.loss)},
+                "loss": {"value": float(self.approx["L"][0]), "exact": sp.sstr(self.loss)},
                 "cells": [c.to_json() for c in self.cells]}
 
     def report(self) -> str:
@@ -279,7 +292,7 @@ class Example:
         lines = [self.net.describe(), "denominator layout (dL/dV has the shape of V); relu'(0) = 0; indices 1-based", ""]
         for name in list(self.forward) + ["L"] + list(self.backward):
             M = self.value(name)
-            shown = [[say(v) for v in M.row(i)] for i in range(M.rows)]
+            shown = [[self.show(name, i, j) for j in range(M.cols)] for i in range(M.rows)]
             lines.append(f"  {name:<4} = {_rows_text(shown)}")
         claims = [c for c in self.cells if c.claimed is not None]
         if claims:
@@ -302,7 +315,7 @@ def _label(net: MLP, name: str, i: int, j: int) -> str:
     if name == "L":
         return "L"
     base = name[1:] if name.startswith("d") else name
-    return f"{name}[{i + 1}]" if net.shape(base)[1] == 1 else f"{name}[{i + 1},{j + 1}]"
+    return f"{name}[{i + 1}]" if base in net.columns else f"{name}[{i + 1},{j + 1}]"
 
 
 # --------------------------------------------------------------------------- computing
@@ -332,15 +345,19 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
                          + ", ".join(f"{k} {net.shape(k)}" for k in missing) + ")")
     inputs = {k: matrix(values[k], k, net.shape(k)) for k in needed}
 
-    env = {}
+    env, num = {}, {}  # symbol -> exact value; symbol -> value to PRECISION digits
     for k, M in inputs.items():
         env.update(zip(net.symbols(k), M))
-    forward = {}
+        num.update(zip(net.symbols(k), M))
+    forward, approx = {}, {}
     for stage in net.stages:
         M = stage.local.xreplace(env).applyfunc(tidy)
         forward[stage.name] = M
+        approx[stage.name] = _evaluate(stage.local, num)
         env.update(zip(stage.symbols, M))
+        num.update(zip(stage.symbols, approx[stage.name]))
     loss = tidy(net.local_loss.xreplace(env))
+    approx["L"] = _evaluate(sp.Matrix([[net.local_loss]]), num)
 
     grads = derive(net, method="chain")
     backward_values = {}
@@ -349,23 +366,34 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
         if any(v.free_symbols for v in M):
             raise AssertionError(f"{name}: symbols left after substitution: {M}")  # an internal invariant
         backward_values[name] = M
+        approx["d" + name] = _evaluate(grads[name], num)
         env.update(zip(net.grad_symbols(name), M))
+        num.update(zip(net.grad_symbols(name), approx["d" + name]))
     backward = {}
     for l in range(net.L, 0, -1):
         for name in (f"a{l}", f"z{l}", f"W{l}", f"b{l}"):
             if name in backward_values:
                 backward["d" + name] = backward_values[name]
 
-    ex = Example(net=net, inputs=inputs, forward=forward, loss=loss, backward=backward, cells=[],
+    ex = Example(net=net, inputs=inputs, forward=forward, loss=loss, backward=backward, approx=approx, cells=[],
                  claimed={}, tolerance=tolerance)
     ex.claimed = _claims(ex, claimed or {})
     for name in list(forward) + ["L"] + list(backward):
-        M = ex.value(name)
+        M, A = ex.value(name), ex.num(name)
         for i in range(M.rows):
             for j in range(M.cols):
-                ex.cells.append(Cell(name, (i, j), M[i, j], _label(net, name, i, j)))
+                ex.cells.append(Cell(name, (i, j), M[i, j], _label(net, name, i, j), A[i, j]))
     _judge(ex)
     return ex
+
+
+PRECISION = 40
+
+
+def _evaluate(M: sp.Matrix, num: dict) -> sp.Matrix:
+    """``M`` at the numbers ``num`` to :data:`PRECISION` digits: a shadow of the exact values that
+    stays cheap when they grow (a tanh of a tanh of ...), used for decimals and comparisons."""
+    return M.xreplace(num).applyfunc(lambda v: v if v.is_Rational else sp.N(v, PRECISION))
 
 
 def _claims(ex: Example, claimed: dict) -> dict:
@@ -411,9 +439,10 @@ def _shape_of(value):
 # --------------------------------------------------------------------------- judging
 
 def _close(a, b, tolerance) -> bool:
+    """Equal, or within ``tolerance`` (``a`` and ``b`` are rationals or floats to PRECISION digits)."""
     if a == b:
         return True
-    return abs(float(sp.N(a - b, 30))) <= float(tolerance) * (1 + 1e-12)
+    return abs(float(a - b)) <= float(tolerance) * (1 + 1e-12)
 
 
 def _judge(ex: Example):
@@ -431,9 +460,9 @@ def _judge(ex: Example):
             continue
         if claim == cell.value:
             cell.correct, cell.reason = True, "exact"
-        elif _close(claim, cell.value, ex.tolerance):
+        elif _close(claim, cell.approx, ex.tolerance):
             cell.correct = True
-            cell.reason = f"agrees to within {say(ex.tolerance)} (true value {say(cell.value)})"
+            cell.reason = f"agrees to within {say(ex.tolerance)} (true value {say(cell.value, cell.approx)})"
         else:
             cell.correct = False
             cell.reason = _diagnose(ex, cell, claim)
@@ -441,9 +470,9 @@ def _judge(ex: Example):
 
 def _diagnose(ex: Example, cell: Cell, claim) -> str:
     """The reason a claimed cell is wrong: the first of the usual mistakes that gives the claimed number."""
-    net, name, (i, j), truth = ex.net, cell.name, cell.index, cell.value
+    net, name, (i, j), truth = ex.net, cell.name, cell.index, cell.approx
     tol = ex.tolerance
-    wrong = f"{cell.label} = {say(truth)}, not {say(claim)}"
+    wrong = f"{cell.label} = {say(cell.value, truth)}, not {say(claim)}"
 
     def gives(alt):
         return alt is not None and _close(claim, alt, tol) and not _close(alt, truth, tol)
@@ -453,16 +482,18 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
     kind, layer = var[:1], int(var[1:]) if var[1:].isdigit() else None
 
     if backward and kind == "z" and layer is not None and layer < net.L:
-        da = ex.backward[f"da{layer}"][i, j]
+        da = ex.num(f"da{layer}")[i, j]
         if gives(da):
-            z = ex.forward[f"z{layer}"][i, j]
+            z = ex.num(f"z{layer}")[i, j]
             zlabel, dalabel = _label(net, f"z{layer}", i, j), _label(net, f"da{layer}", i, j)
             act = net.hidden[layer - 1]
             if act.name == "relu":
-                return (f"{zlabel} = {say(z)} {'< 0' if z < 0 else '= 0'}, so ReLU blocks the gradient: {wrong} "
+                return (f"{zlabel} = {ex.show(f'z{layer}', i, j)} {'< 0' if z < 0 else '= 0'}, so ReLU blocks the "
+                        f"gradient: {wrong} "
                         f"({say(claim)} is {dalabel}: the ReLU mask was forgotten)")
             slope = _derivative(act, z)
-            return (f"{wrong}: {cell.label} = {dalabel} * {act.name}'({zlabel}) = {say(da)} * {say(slope)}; "
+            return (f"{wrong}: {cell.label} = {dalabel} * {act.name}'({zlabel}) = {ex.show(f'da{layer}', i, j)} * "
+                    f"{say(slope, sp.N(slope, PRECISION))}; "
                     f"the factor {act.name}'({zlabel}) was forgotten")
     if backward and kind in "Wa" and layer is not None:
         alt = _transposed_alternative(ex, name, i, j)
@@ -480,10 +511,10 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
         story = _forgotten_upstream(ex, name, i, j, gives)
         if story:
             return f"{wrong}: {story}"
-    if kind == "z" and not backward and net.bias and gives(truth - ex.inputs[f"b{layer}"][
+    if kind == "z" and not backward and net.bias and gives(truth - ex.num(f"b{layer}")[
             j if net.batch else i, 0]):
         return f"{wrong}: the bias {_label(net, f'b{layer}', j if net.batch else i, 0)} was left out"
-    if kind == "a" and not backward and layer is not None and gives(ex.forward[f"z{layer}"][i, j]):
+    if kind == "a" and not backward and layer is not None and gives(ex.num(f"z{layer}")[i, j]):
         act = net.activation(layer)
         return f"{wrong}: the activation {act.name} was not applied ({say(claim)} is {_label(net, f'z{layer}', i, j)})"
     return (f"{wrong}; none of the usual mistakes (a forgotten ReLU mask, a transposed product, a wrong sign, "
@@ -501,10 +532,10 @@ def _transposed_alternative(ex: Example, name: str, i: int, j: int):
     var = name[1:]
     l = int(var[1:])
     if var[0] == "W":
-        M = ex.backward[name]
+        M = ex.num(name)
         return M[j, i] if M.rows == M.cols else None
     if var[0] == "a" and l < net.L:
-        W, dz = ex.inputs[f"W{l + 1}"], ex.backward[f"dz{l + 1}"]
+        W, dz = ex.inputs[f"W{l + 1}"], ex.num(f"dz{l + 1}")
         if W.rows != W.cols:
             return None
         alt = dz * W.T if net.batch else W * dz
@@ -536,40 +567,43 @@ def _forgotten_upstream(ex: Example, name: str, i: int, j: int, gives):
         return None
     for size in range(1, len(hidden) + 1):
         for dropped in itertools.combinations(sorted(hidden, reverse=True), size):
-            alt = mistaken_backward(ex, dropped)
+            alt = mistaken_backward(ex, dropped, exact=False)
             if name in alt and gives(alt[name][i, j]):
                 where = " and ".join(f"dz{l}" for l in dropped)
                 act = {net.hidden[l - 1].name for l in dropped}
                 what = "the ReLU mask" if act == {"relu"} else "the activation derivative"
-                return (f"{say(alt[name][i, j])} is what the backward pass gives when {what} is forgotten at "
+                return (f"{say(alt[name][i, j], alt[name][i, j])} is what the backward pass gives when {what} is forgotten at "
                         f"{where} and carried on")
     return None
 
 
-def mistaken_backward(ex: Example, dropped=()) -> dict:
-    """The backward pass, matrix by matrix (exact), with the activation derivative left out at the
-    hidden layers ``dropped``. With ``dropped=()`` it is a second, matrix-level computation of the truth.
+def mistaken_backward(ex: Example, dropped=(), *, exact: bool = True) -> dict:
+    """The backward pass, matrix by matrix, with the activation derivative left out at the hidden
+    layers ``dropped``; exact, or to PRECISION digits. With ``dropped=()`` it is a second,
+    matrix-level computation of the truth.
     """
     net = ex.net
-    dz = ex.backward[f"dz{net.L}"]
+    value = ex.value if exact else ex.num
+    finish = tidy if exact else (lambda v: v if v.is_Rational else sp.N(v, PRECISION))
+    dz = value(f"dz{net.L}")
     out = {}
     for l in range(net.L, 0, -1):
-        prev = ex.inputs["x"] if l == 1 else ex.forward[f"a{l - 1}"]
+        prev = value("x" if l == 1 else f"a{l - 1}")
         W = ex.inputs[f"W{l}"]
         out[f"dz{l}"] = dz
-        out[f"dW{l}"] = (dz.T * prev if net.batch else dz * prev.T).applyfunc(tidy)
+        out[f"dW{l}"] = (dz.T * prev if net.batch else dz * prev.T).applyfunc(finish)
         if net.bias:
-            out[f"db{l}"] = (dz.T * sp.ones(dz.rows, 1) if net.batch else dz).applyfunc(tidy)
+            out[f"db{l}"] = (dz.T * sp.ones(dz.rows, 1) if net.batch else dz).applyfunc(finish)
         if l == 1:
             break
-        da = (dz * W if net.batch else W.T * dz).applyfunc(tidy)
+        da = (dz * W if net.batch else W.T * dz).applyfunc(finish)
         out[f"da{l - 1}"] = da
         if l - 1 in dropped:
             dz = da
         else:
             act = net.hidden[l - 2]
-            z = ex.forward[f"z{l - 1}"]
-            dz = sp.Matrix(da.rows, da.cols, lambda r, c: tidy(da[r, c] * _derivative(act, z[r, c])))
+            z = value(f"z{l - 1}")
+            dz = sp.Matrix(da.rows, da.cols, lambda r, c: finish(da[r, c] * _derivative(act, z[r, c])))
     return out
 
 
@@ -581,20 +615,21 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
 
     net = ex.net
 
-    def rows(M, name=None):
+    def rows(M, name=None, A=None):
         marks = name in ex.claimed
-        return [[{"v": M[i, j], "rational": _fraction(M[i, j]), "dec": _decimal_text(M[i, j]),
+        A = M if A is None else A
+        return [[{"v": M[i, j], "rational": _fraction(M[i, j]), "dec": _decimal_text(M[i, j], A[i, j]),
                   "mark": ex.cell(name, i, j).correct if marks else None} for j in range(M.cols)]
                 for i in range(M.rows)]
 
     def entry(name):
-        return {"name": name, "symbol": _tex_name(name), "rows": rows(ex.value(name), name)}
+        return {"name": name, "symbol": _tex_name(name), "rows": rows(ex.value(name), name, ex.num(name))}
 
     layers = []
     for l in range(1, net.L + 1):
         prev = "x" if l == 1 else f"a{l - 1}"
         layer = {"l": l, "W": entry(f"W{l}"), "b": entry(f"b{l}") if net.bias else None, "z": entry(f"z{l}"),
-                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev))}
+                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev), None, ex.num(prev))}
         layer["a"]["how"] = net.activation(l).name
         layers.append(layer)
     back = []
@@ -607,31 +642,35 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
                 continue
             item = entry(name)
             prev = "x" if l == 1 else f"a{l - 1}"
-            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T),
-                        dz_rows=rows(ex.backward[f"dz{l}"]), next=l + 1 if l < net.L else None)
+            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T, None, ex.num(prev).T),
+                        dz_rows=rows(ex.value(f"dz{l}"), None, ex.num(f"dz{l}")), next=l + 1 if l < net.L else None)
             if name == f"dz{l}" and l < net.L:
-                z = ex.forward[f"z{l}"]
-                mask = z.applyfunc(lambda v: _derivative(net.hidden[l - 1], v))
-                item.update(da_rows=rows(ex.backward[f"da{l}"]), mask_rows=rows(mask))
+                act = net.hidden[l - 1]
+                mask = ex.value(f"z{l}").applyfunc(lambda v: _derivative(act, v))
+                mask_num = ex.num(f"z{l}").applyfunc(lambda v: sp.N(_derivative(act, v), PRECISION))
+                item.update(da_rows=rows(ex.value(f"da{l}"), None, ex.num(f"da{l}")),
+                            mask_rows=rows(mask, None, mask_num))
             step["entries"].append(item)
         back.append(step)
-    irrational = [{"label": c.label, "value": c.value, "dec": decimal(c.value)}
-                  for c in ex.cells if not c.value.is_Rational]
+    irrational = [{"label": c.label, "value": c.value, "dec": decimal(c.value, approx=c.approx)}
+                  for c in ex.cells if not c.value.is_Rational and sp.count_ops(c.value) <= 40]
     claims = [{"label": c.label, "correct": c.correct, "reason": c.reason,
-               "claimed_tex": latex(c.claimed) if _fraction(c.claimed) else _decimal_text(c.claimed),
-               "value_tex": latex(c.value) if _fraction(c.value) else _decimal_text(c.value)}
+               "claimed_tex": latex(c.claimed) if _fraction(c.claimed) else _decimal_text(c.claimed, c.claimed),
+               "value_tex": latex(c.value) if _fraction(c.value) else _decimal_text(c.value, c.approx)}
               for c in ex.cells if c.claimed is not None]
     disputes = []
     for name, M in ex.claimed.items():
         cells = [c for c in ex.cells if c.name == name]
-        disputes.append({"name": name, "claimed_rows": rows(M), "truth_rows": rows(ex.value(name)),
+        disputes.append({"name": name, "claimed_rows": rows(M), "truth_rows": rows(ex.value(name), None, ex.num(name)),
                          "right": all(c.correct for c in cells), "wrong": [c for c in cells if not c.correct]})
     return render("example.tex.j2", user_dir=user_dir, author="symbp example",
                   title=title or ex.title or "A worked example by hand", note=ex.note,
                   description=net.describe(), x=entry("x"), y=entry("y"), layers=layers,
-                  loss={"v": ex.loss, "dec": decimal(ex.loss), "rational": bool(ex.loss.is_Rational)},
+                  loss={"v": ex.loss, "dec": decimal(ex.loss, approx=ex.num("L")[0]),
+                        "rational": bool(ex.loss.is_Rational), "short": sp.count_ops(ex.loss) <= 40},
                   loss_name=net.loss_row.name, fused=net.fused is not None, back=back,
-                  irrational=irrational[:80], n_irrational=len(irrational), claims=claims, ok=ex.ok,
+                  irrational=irrational[:80], n_irrational=sum(not c.value.is_Rational for c in ex.cells),
+                  claims=claims, ok=ex.ok,
                   tolerance=say(ex.tolerance), batch=net.batch, reduction=net.reduction, L=net.L,
                   disputes=disputes, side_ok=_targets_sum_to_one(ex))
 
@@ -647,8 +686,8 @@ def _fraction(v) -> bool:
     return bool(v.is_Rational) and "/" in say(v)
 
 
-def _decimal_text(v) -> str:
-    return say(v) if v.is_Rational else decimal(v)
+def _decimal_text(v, approx) -> str:
+    return say(v) if v.is_Rational else decimal(v, approx=approx)
 
 
 def _tex_name(name):

@@ -449,7 +449,7 @@ def agree(a, b, *, digits: int = 30) -> bool:
         x, y = float(sp.N(a, 17)), float(sp.N(b, 17))
         return abs(x - y) <= 1e-9 * max(1.0, abs(x), abs(y))
     d = sp.N(a - b, digits)
-    return abs(d) <= sp.Float(10) ** (-digits + 5) * max(1, abs(sp.N(b, digits)))
+    return bool(abs(d) <= sp.Float(10) ** (-digits + 5) * max(1, abs(sp.N(b, digits))))
 
 
 def gate_label(node: Node) -> str:
