@@ -18,8 +18,9 @@ from .graph import Node, graph
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
+from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "Gradients", "Node", "SymbpError", "custom_activation", "derive", "graph", "lambdify",
-           "worked_example", "__version__"]
+           "worked_example", "__version__", "verify", "textbook", "Report", "Result"]

@@ -64,29 +64,26 @@ def load_spec(path) -> dict:
         raise SymbpError(f"spec file {str(path)!r}: {exc}") from None
 
 
-_MODEL_KEYS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
-
-
 def network_from_model(model) -> MLP:
-    """An :class:`~symbp.MLP` from the ``[model]`` table of a spec file."""
+    """An :class:`~symbp.MLP` from the ``[model]`` table of a spec file (fields checked by :mod:`symbp.spec`)."""
+    from .spec import model_from_table
+
     if not isinstance(model, dict):
         raise SymbpError("spec: [model] must be a table with at least sizes = [...]")
-    unknown = [k for k in model if k not in _MODEL_KEYS]
-    if unknown:
-        raise SymbpError(f"[model] {unknown[0]}: unknown key" + (closest(unknown[0], _MODEL_KEYS)
-                         or f" (known: {', '.join(_MODEL_KEYS)})"))
-    if "sizes" not in model:
-        raise SymbpError("[model]: sizes = [n0, n1, ..., nL] is missing")
-    options = {k: model[k] for k in _MODEL_KEYS[1:] if k in model}
-    if "batch" in options:
-        options["batch"] = options["batch"] or None
-    return MLP(model["sizes"], **options)
+    return model_from_table(model)
+
+
+TABLES = ("model", "claims", "code", "values", "claimed_values", "example")
 
 
 def from_spec(path, *, tolerance=None) -> "Example":
     """The worked example of a spec file: ``[model]``, ``[values]``, optional ``[claimed_values]``
     and ``[example]`` (``tolerance``, ``title``)."""
     spec = load_spec(path)
+    for table in spec:
+        if table not in TABLES:
+            raise SymbpError(f"spec file {str(path)!r}: unknown table [{table}]{closest(table, TABLES)}; "
+                             f"tables: {', '.join(TABLES)}")
     for table in ("model", "values"):
         if table not in spec:
             raise SymbpError(f"spec file {str(path)!r}: the [{table}] table is missing")
