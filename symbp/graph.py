@@ -854,9 +854,13 @@ def layout(g: Graph, *, dx: float = 2.6, dy: float = 1.5) -> dict:
     edges = []
     for node in g.nodes:
         for k, i in enumerate(node.inputs):
-            bend = _bend(i, node, depth, y, columns, dy)
+            bend, angle = _bend(i, node, depth, y, columns, dy), 28
+            twins = sum(1 for other in node.inputs if other is i)
+            if twins > 1:  # the same value wired in twice (a + a): one wire bends up, the other down
+                nth = sum(1 for other in node.inputs[:k] if other is i)
+                bend, angle = ("left" if nth % 2 == 0 else "right"), 25 * (1 + nth // 2)
             edges.append({"source": i.id, "target": node.id, "src": f"({key[i]})", "dst": f"({key[node]})",
-                          "bend": bend,
+                          "bend": bend, "angle": angle,
                           "value": short(i.value),
                           "grad": short(node.local[k] * node.grad)})
     out = g.output
