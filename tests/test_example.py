@@ -11,6 +11,7 @@ import pytest
 import sympy as sp
 
 import symbp
+import symbp.latex
 from symbp import numeric
 from symbp.cli import main
 from symbp.errors import SymbpError
@@ -268,3 +269,20 @@ def test_example_document_compiles_and_settles_the_dispute(tmp_path):
 def test_document_without_claims_has_no_claims_section(square_net):
     tex = document(worked_example(square_net, SQUARE))
     assert "The claimed cells" not in tex and r"\begin{bmatrix}" in tex
+
+
+@needs_tex
+@pytest.mark.parametrize("config", [
+    dict(sizes=[2, 2, 2], hidden="relu", output="softmax", loss="cross_entropy", batch=2),
+    dict(sizes=[2, 2], output="sigmoid", loss="binary_cross_entropy", batch=3),
+    dict(sizes=[2, 2, 2], hidden="tanh", output="identity", loss="mse", bias=False),
+], ids=config_id)
+def test_documents_compile_for_batches_and_other_losses(tmp_path, config):
+    net = make(config)
+    values = {k: v.round(1).tolist() for k, v in numeric.random_values(net, seed=1).items()}
+    ex = worked_example(net, values, claimed={"dW1": (-np.array(values["W1"])).tolist()})
+    pdf = symbp.latex.compile_pdf(document(ex), tmp_path / "e.pdf")
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
+    assert net.describe() in text
+    wrong = len(ex.wrong)
+    assert wrong > 0 and f"{wrong} of {net.shape('W1')[0] * net.shape('W1')[1]} claimed cells are wrong" in text
