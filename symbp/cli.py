@@ -172,7 +172,7 @@ def _add_graph(sub):
     p.add_argument("--primitives", "--expand-sigmoid", dest="primitives", action="store_true",
                    help="draw sigmoid, tanh, softplus and relu as their primitives (exp, +, 1/x, max)")
     p.add_argument("--title", default=None, help="title of the document")
-    p.add_argument("-o", "--output", dest="out", default=None, help="write the LaTeX document to FILE.tex")
+    p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_graph)
@@ -232,7 +232,7 @@ def _add_example(sub):
                    help="how far a claimed cell may be from the true value and still be right (default 0.005, "
                    "or [example] tolerance in the spec)")
     p.add_argument("--title", default=None, help="title of the document")
-    p.add_argument("-o", "--output", dest="out", default=None, help="write the LaTeX document to FILE.tex")
+    p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_example)
