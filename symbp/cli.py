@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from . import __version__
 from .errors import SymbpError
@@ -157,12 +158,16 @@ def parse_point(text: str) -> dict:
 
 def _add_graph(sub):
     p = sub.add_parser("graph", help="the computation graph of a scalar expression, with every gradient",
-                       description="Build the computation graph of a scalar expression (SymPy syntax: + - * / **, "
-                       "exp, log, sqrt, abs, sigmoid, tanh, relu, softplus, sin, cos, max/Max, min/Min), one node "
-                       "per operation, and backpropagate through it. Each gate is named for what it does to the "
-                       "gradient (add: distributor, mul: switcher, max/relu: router, unary: scaler); every input "
-                       "gradient is checked against sympy.diff of the whole expression. Values are exact for "
-                       "exact inputs (2, -3, 1/2, 0.1).",
+                       description=textwrap.fill(
+                           "Build the computation graph of a scalar expression (SymPy syntax: + - * / **, exp, log, "
+                           "sqrt, abs, sigmoid, tanh, relu, softplus, sin, cos, max/Max, min/Min; parsed, never "
+                           "evaluated), one node per operation, and backpropagate through it micrograd-style. Each "
+                           "gate is named for what it does to the gradient (add: distributor, mul: switcher, "
+                           "max/min/relu: router, neg: sign flipper, other unary gates: scaler); a value used twice "
+                           "accumulates (+=). Every input gradient is checked against sympy.diff of the whole "
+                           "expression. Values are exact for exact inputs (2, -3, 1/2, 0.1). relu'(0) = 0; a tie "
+                           "in max/min splits the gradient equally.", 100)
+                       + "\n\nexit codes: 0 all gradients agree with sympy.diff, 1 one does not, 2 bad input",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("expression", help="e.g. '(a*b + c)*f'")
     p.add_argument("--at", required=True, help="the point, e.g. a=2,b=-3,c=5,f=-2")
@@ -221,11 +226,13 @@ def _run_graph(args):
 
 def _add_example(sub):
     p = sub.add_parser("example", help="every cell of a small network by hand; check hand-computed cells",
-                       description="Compute every cell of the forward and backward pass (z, a, the loss, dz, da, "
-                       "dW, db) of the network in a spec file at its [values], exactly, and judge the hand-computed "
-                       "[claimed_values]: each claimed cell is right (equal, or within the tolerance) or wrong, "
-                       "with its reason (a forgotten ReLU mask, a transposed product, a wrong sign, a missing "
-                       "1/N, ...). Exit 1 when a claimed cell is wrong.\n\n" + CONVENTIONS,
+                       description=textwrap.fill(
+                           "Compute every cell of the forward and backward pass (z, a, the loss, dz, da, dW, db) of "
+                           "the network in a spec file at its [values], exactly, and judge the hand-computed "
+                           "[claimed_values]: each claimed cell is right (equal, or within the tolerance) or wrong, "
+                           "with its reason (a forgotten ReLU mask, a transposed product, a wrong sign, a missing "
+                           "1/N, ...).", 100)
+                       + "\n\nexit codes: 0 every claimed cell is right, 1 one is wrong, 2 bad input\n\n" + CONVENTIONS,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="a TOML spec file with [model], [values] and optional [claimed_values]")
     p.add_argument("--tolerance", default=None,
