@@ -82,6 +82,7 @@ GATES = {
 }
 
 STRUCTURES = ("source", "sympy")
+_INFINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan)
 GRANULARITIES = ("gates", "primitives")
 
 
@@ -129,6 +130,10 @@ class Node:
         self.grad = sp.S.Zero
         self.inputs = tuple(inputs)
         self.local = tuple(local)  # d(self)/d(input k), one per input
+        for node, d in zip(self.inputs, self.local):
+            if d in _INFINITE or (not d.is_Number and d.has(*_INFINITE)):
+                raise SymbpError(f"{op} has no derivative at {sp.sstr(node.value)} (its local gradient is "
+                                 f"{sp.sstr(d)}): the expression is not differentiable at this point")
         self.op = op
         self.const = const  # a number folded into the gate (the 1 of "+1", the -1 of "*-1")
         self.label = label
@@ -685,8 +690,7 @@ def _build_sympy(expr, leaves: dict, granularity: str) -> Node:
     (built with ``evaluate=False``) is fine.
     """
     if granularity == "primitives":
-        expr = F.explicit(expr).replace(lambda e: isinstance(e, sp.tanh),
-                                        lambda e: (sp.exp(2 * e.args[0]) - 1) / (sp.exp(2 * e.args[0]) + 1))
+        expr = _primitives(expr)
     variable = _variable_subtrees(expr)
     memo = dict(leaves)
     stack = [(expr, False)]
@@ -703,6 +707,22 @@ def _build_sympy(expr, leaves: dict, granularity: str) -> Node:
         node.expr = e
         memo[e] = node
     return memo[expr]
+
+
+_SYMPY_PRIMITIVE = {
+    # not F.explicit: rewrite(exp) would also rewrite sin(x) inside into complex exponentials
+    F.sigmoid: lambda u: 1 / (1 + sp.exp(-u)),
+    sp.tanh: lambda u: (sp.exp(2 * u) - 1) / (sp.exp(2 * u) + 1),
+    F.softplus: lambda u: sp.log(1 + sp.exp(u)),
+    F.relu: lambda u: sp.Max(0, u),
+}
+
+
+def _primitives(expr):
+    """sigmoid, tanh, softplus and relu written in exp, +, 1/x and max; nothing else touched."""
+    for cls, primitive in _SYMPY_PRIMITIVE.items():
+        expr = expr.replace(lambda e, cls=cls: isinstance(e, cls), lambda e, p=primitive: p(e.args[0]))
+    return expr
 
 
 def _variable_subtrees(expr) -> set:
