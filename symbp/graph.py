@@ -562,8 +562,7 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
         if node.op != "input":
             k += 1
             node.id = f"n{k}"
-    used = {n.label for n in nodes if n.op == "input"}
-    inputs = {n: leaves[n] for n in order if n in used}
+    inputs = dict(leaves)  # a variable SymPy cancelled (x - x + y) has no node and gradient 0
     return Graph(expr=sym_expr, symbols=symbols, at=values, inputs=inputs, output=output, nodes=nodes,
                  structure=structure, granularity=granularity, text=text)
 
@@ -692,6 +691,9 @@ def _build_sympy(expr, leaves: dict, granularity: str) -> Node:
     if granularity == "primitives":
         expr = _primitives(expr)
     variable = _variable_subtrees(expr)
+    if expr not in variable:
+        raise SymbpError(f"in SymPy's canonical form the expression is the constant {sp.sstr(expr)} "
+                         "(its variables cancel): nothing to differentiate; structure 'source' keeps them")
     memo = dict(leaves)
     stack = [(expr, False)]
     while stack:
