@@ -848,6 +848,9 @@ def layout(g: Graph, *, dx: float = 2.6, dy: float = 1.5) -> dict:
     for node in g.nodes:
         for k, i in enumerate(node.inputs):
             consumers[i].append((node, k))
+    for node in g.nodes:  # an input sits just left of its first use, so its wire stays short
+        if not node.inputs and consumers[node]:
+            depth[node] = min(depth[c] for c, _ in consumers[node]) - 1
     columns = {}
     for node in g.nodes:
         columns.setdefault(depth[node], []).append(node)
@@ -908,27 +911,37 @@ def _bend(source, target, depth, y, columns, dy):
 
 
 DRAW_LIMIT = 60
+EXACT_LIMIT = 24  # operations; longer exact forms are left to --json
 
 
 def document(g: Graph, *, title: str | None = None, user_dir=None) -> str:
     """The LaTeX document of a graph: the circuit (up to :data:`DRAW_LIMIT` nodes), every node, the checks."""
     from .latex import latex, render
 
-    def tex(v):  # exact form, and a decimal when it is not a plain number
+    def tex(v):  # exact form (if short enough to typeset), and a decimal when it is not a plain number
         plain = v.is_Rational or v.is_Float
-        return {"tex": latex(v), "dec": None if plain else f"{float(sp.N(v, 17)):.4f}"}
+        exact = latex(v) if plain or sp.count_ops(v) <= EXACT_LIMIT else None
+        return {"tex": exact, "dec": None if plain else f"{float(sp.N(v, 17)):.4f}"}
 
     nodes = []
     for node in g.nodes:
-        nodes.append({"id": node.id, "input": not node.inputs, "op": node.op, "const": node.const,
+        nodes.append({"id": node.id, "input": not node.inputs, "symbol": node.expr if not node.inputs else None, "op": node.op, "const": node.const,
                       "gate": node.gate if node.inputs else "input", "inputs": [i.id for i in node.inputs],
                       "value": tex(node.value), "grad": tex(node.grad), "local": [tex(d) for d in node.local]})
+        row = nodes[-1]
+        row["exact_row"] = row["value"]["dec"] is not None or row["grad"]["dec"] is not None
+        row["long"] = row["value"]["tex"] is None or row["grad"]["tex"] is None
     checks = [{"symbol": g.symbols[name], "grad": tex(grad), "truth": tex(truth), "agree": ok}
               for name, (grad, truth, ok) in g.check().items()]
-    picture = layout(g) if len(g.nodes) <= DRAW_LIMIT else None
+    picture = None
+    if len(g.nodes) <= DRAW_LIMIT:
+        picture = layout(g)
+        if picture["width"] > 24:  # a long chain: tighter columns, and the page turned (see the template)
+            picture = layout(g, dx=2.0)
     return render("graph.tex.j2", user_dir=user_dir, author="symbp graph", title=title or "Computation graph",
                   expression=g.expr, text=g.text, point=[(g.symbols[n], v) for n, v in g.at.items()],
                   value=g.value, exact_value=g.value.is_Rational or g.value.is_Float,
                   decimal=f"{float(sp.N(g.value, 17)):.4f}", exact=g.exact, structure=g.structure,
                   granularity=g.granularity, picture=picture, fit=bool(picture and picture["width"] > 16),
+                  rotate=bool(picture and picture["width"] > 24),
                   nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT)
