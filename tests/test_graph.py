@@ -347,3 +347,17 @@ def test_random_expressions_agree_with_sympy_diff():
             for name, (ours, truth, ok) in g.check().items():
                 assert ok, (text, g.structure, name, ours, truth)
         checked += 1
+
+
+@needs_tex
+def test_long_chain_document_turns_the_page_and_compiles(tmp_path):
+    text = "(tanh(w1*tanh(w0*x + b0) + b1) - y)**2"
+    g = graph(text, at={"w0": "1/2", "x": 2, "b0": -1, "w1": 3, "b1": "1/2", "y": 1}, granularity="primitives")
+    assert g.grad("w1") == 0  # tanh(w0*x + b0) = tanh(0) = 0 multiplies it
+    tex = graph_document(g)
+    assert "rotate=90, transform shape" in tex and tex.count(r"\node[gate") == sum(1 for n in g.nodes if n.inputs)
+    from symbp.latex import compile_pdf
+
+    pdf = compile_pdf(tex, tmp_path / "chain.pdf")
+    text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+    assert text.count("agrees") == 6
