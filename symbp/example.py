@@ -35,7 +35,6 @@ import itertools
 import math
 from decimal import Decimal
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import sympy as sp
 
@@ -50,50 +49,20 @@ DEFAULT_TOLERANCE = sp.Rational(5, 1000)
 
 # --------------------------------------------------------------------------- the spec file
 
-def load_spec(path) -> dict:
-    """The TOML spec file as a dict (read with ``tomllib``; never evaluated)."""
-    import tomllib
-
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise SymbpError(f"spec file {str(path)!r} not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SymbpError(f"spec file {str(path)!r}: {exc}") from None
-
-
-def network_from_model(model) -> MLP:
-    """An :class:`~symbp.MLP` from the ``[model]`` table of a spec file (fields checked by :mod:`symbp.spec`)."""
-    from .spec import model_from_table
-
-    if not isinstance(model, dict):
-        raise SymbpError("spec: [model] must be a table with at least sizes = [...]")
-    return model_from_table(model)
-
-
-TABLES = ("model", "claims", "code", "values", "claimed_values", "example")
-
-
 def from_spec(path, *, tolerance=None) -> "Example":
     """The worked example of a spec file: ``[model]``, ``[values]``, optional ``[claimed_values]``
     and ``[example]`` (``tolerance``, ``title``)."""
-    spec = load_spec(path)
-    for table in spec:
-        if table not in TABLES:
-            raise SymbpError(f"spec file {str(path)!r}: unknown table [{table}]{closest(table, TABLES)}; "
-                             f"tables: {', '.join(TABLES)}")
-    for table in ("model", "values"):
-        if table not in spec:
-            raise SymbpError(f"spec file {str(path)!r}: the [{table}] table is missing")
-    options = spec.get("example", {})
+    from .spec import load
+
+    spec = load(path)
+    if not spec.values:
+        raise SymbpError(f"spec file {str(path)!r}: the [values] table is missing")
+    options = spec.example
     unknown = [k for k in options if k not in ("tolerance", "title", "note")]
     if unknown:
         raise SymbpError(f"[example] {unknown[0]}: unknown key (known: tolerance, title, note)")
     tol = tolerance if tolerance is not None else options.get("tolerance", DEFAULT_TOLERANCE)
-    ex = worked_example(network_from_model(spec["model"]), spec["values"],
-                        claimed=spec.get("claimed_values"), tolerance=tol)
+    ex = worked_example(spec.net, spec.values, claimed=spec.claimed_values or None, tolerance=tol)
     ex.title = options.get("title")
     ex.note = options.get("note")
     return ex

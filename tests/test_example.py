@@ -243,10 +243,11 @@ def test_cli_example_exit_codes(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("[values]\nx = [[1]]\n", "the [model] table is missing"),
+    ("[values]\nx = [[1]]\n", "missing table [model]"),
+    ("[model]\nsizes = [1, 1]\n", "the [values] table is missing"),
     ("[model]\nsizes = [1, 1]\nhiden = 'relu'\n[values]\n", "unknown field 'hiden' (did you mean 'hidden'?)"),
     ("[model]\nsizes = [1, 1]\n[values]\n[claimed]\n", "unknown table [claimed] (did you mean 'claims'?)"),
-    ("[model\n", "spec file"),
+    ("[model\n", "not valid TOML"),
 ])
 def test_cli_bad_spec_is_one_line_and_exit_2(capsys, tmp_path, text, message):
     spec = tmp_path / "bad.toml"
