@@ -89,13 +89,13 @@ class SymbpLatexPrinter(LatexPrinter):
             if term is None:
                 pieces.append(r"+ \cdots")
                 continue
-            sign = "+ "
-            if term.could_extract_minus_sign():
+            sign = "+ " if k else ""  # as SymPy: the first term prints its own sign
+            if k and term.could_extract_minus_sign():
                 sign, term = "- ", -term
             tex = self._print(term)
             if self._needs_add_brackets(term):
                 tex = rf"\left({tex}\right)"
-            pieces.append((sign if k or sign == "- " else "") + tex)
+            pieces.append(sign + tex)
         return pieces
 
     def _print_Add(self, expr, order=None):
