@@ -162,6 +162,20 @@ def test_long_sums_are_elided_in_print():
     assert z == r"W^{(1)}_{1,1} x_{1} + W^{(1)}_{1,2} x_{2} + W^{(1)}_{1,3} x_{3} + \cdots + W^{(1)}_{1,8} x_{8} + b^{(1)}_{1}"
 
 
+def test_printer_orders_terms_naturally_and_splits_long_sums():
+    printer = L.SymbpLatexPrinter(columns={"x"})
+    e = sum(sp.Symbol(f"W1_0_{j}", real=True) * sp.Symbol(f"x_{j}_0", real=True) for j in range(11))
+    pieces = printer.add_pieces(e)
+    assert pieces[:3] == ["W^{(1)}_{1,1} x_{1}", "+ W^{(1)}_{1,2} x_{2}", "+ W^{(1)}_{1,3} x_{3}"]
+    assert pieces[-1] == "+ W^{(1)}_{1,11} x_{11}"  # x_11 after x_10, not after x_1
+    lines = printer.lines(e, width=30)
+    assert len(lines) > 1 and " ".join(lines) == printer.doprint(e)
+    assert all(L.visible_width(line) <= 30 + 6 for line in lines)
+    # anything else prints exactly as SymPy prints it
+    other = -10 + sp.log(1 + 2 * sp.exp(10))
+    assert printer.doprint(other) == sp.latex(other)
+
+
 def _numbers(rows):
     return np.array([[float(c.tex) for c in row] for row in rows])
 
