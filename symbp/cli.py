@@ -130,9 +130,7 @@ def _run_derive(args):
     if args.out is not None:
         from . import document
 
-        # The document shows the chain method's compact entries, whichever method was asked for above.
-        shown = grads if grads.method == "chain" else derive(net, method="chain", layout=args.layout)
-        written = document.write(net, args.out, pdf=args.pdf, grads=shown, title=args.title,
+        written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
                                  template_dir=args.template_dir)
         payload["output"] = str(written["tex"])
         payload["pdf"] = str(written["pdf"]) if written["pdf"] else None

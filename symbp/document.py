@@ -153,14 +153,14 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if not isinstance(net, MLP):
         raise SymbpError(f"document: expected a symbp.MLP, got {type(net).__name__}")
     layout = "denominator"
+    if grads is not None:
+        if not isinstance(grads, Gradients) or grads.net is not net:
+            raise SymbpError("document: grads must be symbp.derive(net) of this network, or left out")
+        layout = grads.layout
+        # The document shows the chain method's compact entries (``expand`` writes everything out).
+        grads = grads.with_layout("denominator") if grads.method == "chain" else None
     if grads is None:
         grads = derive(net)
-    else:
-        if grads.method != "chain" or grads.net is not net:
-            raise SymbpError("document: grads must be symbp.derive(net, method='chain') of this network "
-                             "(the document shows the chain method's compact entries); or leave grads out")
-        layout = grads.layout
-        grads = grads.with_layout("denominator")
     printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH

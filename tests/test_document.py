@@ -278,8 +278,9 @@ def test_derive_document_shows_the_chain_entries_and_states_the_layout(tmp_path)
     assert "Numerator layout was requested: it is the transpose of every matrix shown here." in source
     assert r"\frac{\partial L}{\partial W^{(2)}_{1,1}} &= \delta^{(2)}_{1} a^{(1)}_{1}" in source
     net = symbp.MLP([2, 2])
+    assert document.render(net, grads=symbp.derive(net, method="expand")) == document.render(net)
     with pytest.raises(SymbpError, match="grads must be symbp.derive"):
-        document.render(net, grads=symbp.derive(net, method="expand"))
+        document.render(net, grads=symbp.derive(symbp.MLP([2, 2])))
 
 
 @pytest.mark.parametrize("argv, message", [
