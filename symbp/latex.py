@@ -317,6 +317,12 @@ def products(node) -> list[tuple]:
             if n.op == "outer":
                 left, right = (left[0] * left[1], 1), (1, right[0] * right[1])
             found.append((left, right, tuple(n.shape)))
+        elif n.op == "sum":  # typeset as products with ones: 1^T X, X 1, 1^T X 1
+            r, c = n.args[0].shape
+            if n.value in (0, None):
+                found.append(((1, r), (r, c), (1, c)))
+            if n.value in (1, None):
+                found.append(((1, c) if n.value is None else (r, c), (c, 1), (1, 1) if n.value is None else (r, 1)))
         stack.extend(reversed(n.args))
     return found
 

@@ -84,6 +84,7 @@ def test_batch_closed_forms_sum_over_the_rows():
     assert layer3["W"]["closed"]["tex"] == r"\delta^{(3)\top} a^{(2)}"
     assert layer3["W"]["closed"]["products"] == [((3, 3), (3, 3), (3, 3))]
     assert layer3["b"]["closed"]["tex"] == r"\left(\mathbf{1}_{3}^{\top} \delta^{(3)}\right)^{\top}"
+    assert layer3["b"]["closed"]["products"] == [((1, 3), (3, 3), (1, 3))]  # 1_N^T delta: (1 x N)(N x n_3)
     assert layer3["z"]["closed"]["tex"] == r"\frac{a^{(3)} - y}{N}"
 
 
