@@ -415,7 +415,7 @@ def verification(net: MLP, grads, printer=None) -> dict:
     for result in report.results:
         node = parse(result.claim, net)
         closed[result.target] = {"claim": result.claim, "tex": tex.formula_latex(node, printer=printer),
-                                 "products": tex.products(node)}
+                                 "products": tex.products(node), "shape": tuple(node.shape)}
         marks[result.target] = {"verdict": result.verdict, "method": result.method,
                                 "detail": result.detail if result.method != "numeric" else "",
                                 "bound": error_exponent(errors[result.target])}

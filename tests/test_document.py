@@ -60,7 +60,7 @@ def test_entries_are_the_derived_ones(seed_context):
 def test_closed_forms_are_the_textbook_claims_typeset_with_shape_checks(seed_context):
     layer3 = seed_context["backward"][0]["targets"]
     assert layer3["W"]["closed"] == {"claim": "dz3 @ a2.T", "tex": r"\delta^{(3)} a^{(2)\top}",
-                                     "products": [((3, 1), (1, 3), (3, 3))]}
+                                     "products": [((3, 1), (1, 3), (3, 3))], "shape": (3, 3)}
     assert layer3["a"]["closed"]["tex"] == r"W^{(3)\top} \delta^{(3)}"
     assert layer3["a"]["closed"]["products"] == [((3, 3), (3, 1), (3, 1))]
     W1 = seed_context["backward"][2]["targets"]["W"]["closed"]
@@ -98,6 +98,7 @@ def test_every_configuration_renders(config):
         assert f"\\subsection{{Layer {l}: " in source
     # one mark per gradient shown: every parameter and intermediate but a_L (folded into the output layer)
     assert source.count("\\holds{") == len(net.params) + len(net.intermediates) - 1
+    assert "\\fails{" not in source  # every closed form holds and has its target's shape
 
 
 def test_residual_entries_carry_the_identity_term():
@@ -353,7 +354,7 @@ def check_parts(net, text):
     for part in ("Conventions.", "Layout: denominator", "Kinks: ReLU′ (0) = 0", "SymPy " + sp.__version__,
                  "Notation", "Forward pass", "Backward pass, layer by layer", "Gradient flow",
                  "How this was checked", "judged each against the derived per-element entries: all hold",
-                 "Closed form (", "shape check: ",
+                 "Closed form (", "shape check: ", "; the closed form is ",
                  "Numeric check: the lambdified derivation agrees with an independent NumPy backprop"):
         assert part in flat, part
     for l in range(1, net.L + 1):
