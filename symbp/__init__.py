@@ -16,7 +16,9 @@ from .errors import SymbpError
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
+from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__"]
+__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__",
+           "verify", "textbook", "Report", "Result"]

@@ -1,0 +1,518 @@
+"""The formula language of claims: a whitelist parser into a small typed tree, shapes checked.
+
+A claim is a string for ``dL/d<target>`` in denominator layout, written with the network's names and
+NumPy-like operators, e.g. ``"(W3.T @ dz3) * step(z2)"``. How it works: Python's ``ast`` parses the
+text (nothing is ever ``eval``-ed or ``sympify``-ed); the syntax tree is then walked, and only the
+constructs listed below are accepted, each turned into a :class:`Node` whose shape is inferred on the
+spot, so ``W3.T @ dz3`` with shapes that do not align is refused with the column of the operator.
+
+The language
+    *Names*: the network's variables ``x, y, W1.., b1.., z1.., a1..`` (``a0`` is ``x``); ``dV`` for the
+    true gradient ``dL/dV`` of any parameter or intermediate ``V`` (``dz3``, ``dW1``); ``N``, the batch
+    size (batched networks only). *Numbers* (exact: ``0.1`` is ``1/10``). *Operators*: ``+ - * /``
+    element-wise with NumPy broadcasting of 2-D shapes (``(1, 1)`` broadcasts everywhere, ``(r, 1)``
+    and ``(1, c)`` along their axis), ``**`` with a constant exponent, ``@`` (matrix product), ``.T``.
+    *Functions* (element-wise): ``relu, leaky_relu, step, sigmoid, tanh, softplus, exp, log``;
+    ``softmax(X)`` per example (each column for one example, each row in a batch); ``sum(X)`` (a
+    ``1 x 1`` scalar), ``sum(X, axis=0)`` (a ``1 x c`` row), ``sum(X, axis=1)`` (an ``r x 1``
+    column); ``ones(r, c)`` (``r``, ``c`` whole numbers or ``N``); ``diag(v)``; ``outer(u, v)``.
+    Everything is 2-D.
+
+The tree (stable: the NumPy code generator walks it)
+    :class:`Node` is frozen: ``op``, ``args`` (child nodes), ``shape`` (``(rows, cols)`` with ``N``
+    resolved to the network's batch size), ``value`` (op-specific, below), ``text`` (the source of
+    the node) and ``column`` (1-based column of its first character). The ops:
+
+    ==============  ====================  ===================================================
+    op              args                  value / NumPy meaning
+    ==============  ====================  ===================================================
+    ``name``        ()                    variable name: ``"W1"``, ``"a0"`` (= x), ``"dz3"``;
+                                          ``"N"`` is the batch size (``x.shape[0]``), 1 x 1
+    ``number``      ()                    a ``fractions.Fraction``, 1 x 1
+    ``neg``         (X,)                  ``-X``
+    ``add``         (X, Y)                ``X + Y`` (broadcasting)
+    ``sub``         (X, Y)                ``X - Y``
+    ``mul``         (X, Y)                ``X * Y`` (element-wise)
+    ``div``         (X, Y)                ``X / Y``
+    ``pow``         (X,)                  ``X ** value``, value a ``Fraction``
+    ``matmul``      (X, Y)                ``X @ Y``
+    ``transpose``   (X,)                  ``X.T``
+    ``func``        (X,)                  value in :data:`ELEMENTWISE`: element-wise function
+    ``softmax``     (X,)                  value = axis normalised over: 0 (columns) or 1 (rows)
+    ``sum``         (X,)                  value = None (all, 1 x 1), 0 or 1; keepdims=True
+    ``ones``        ()                    value = (r, c), each an int or ``"N"``
+    ``diag``        (v,)                  ``np.diag(v.ravel())``
+    ``outer``       (u, v)                ``np.outer(u.ravel(), v.ravel())``
+    ==============  ====================  ===================================================
+
+>>> import symbp
+>>> net = symbp.MLP([4, 5, 3, 3])
+>>> node = parse("(W3.T @ dz3) * step(z2)", net)
+>>> node.op, node.shape, [a.op for a in node.args]
+('mul', (3, 1), ['matmul', 'func'])
+>>> parse("W3.T @ dz1", net)
+Traceback (most recent call last):
+...
+symbp.formula.FormulaError: formula 'W3.T @ dz1', column 6: W3.T @ dz1: shapes (3, 3) and (5, 1) do not align (3 columns against 5 rows)
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import sympy as sp
+
+from . import functions as F
+from .errors import SymbpError, closest
+
+#: The element-wise functions of the language (op ``func``), with their SymPy forms.
+ELEMENTWISE = {
+    "relu": F.relu,
+    "leaky_relu": F.leaky_relu,
+    "step": F.step,
+    "sigmoid": F.sigmoid,
+    "tanh": sp.tanh,
+    "softplus": F.softplus,
+    "exp": sp.exp,
+    "log": sp.log,
+}
+
+#: Every function name the language knows, with its number of positional arguments.
+FUNCTIONS = {**{name: 1 for name in ELEMENTWISE}, "softmax": 1, "sum": (1, 2), "ones": 2, "diag": 1,
+             "outer": 2}
+
+_BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
+_MAX_LENGTH = 10_000
+_MAX_EXPONENT = 100
+
+
+class FormulaError(SymbpError):
+    """A claim that is not in the formula language; ``column`` (1-based) and ``token`` locate it."""
+
+    def __init__(self, message, *, column=0, token=""):
+        super().__init__(message)
+        self.column, self.token = column, token
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a parsed formula (see the module docstring for the ops)."""
+
+    op: str
+    args: tuple = ()
+    shape: tuple = (1, 1)
+    value: object = None
+    text: str = field(default="", compare=False)
+    column: int = field(default=0, compare=False)
+
+    def walk(self):
+        """This node and every node below it, parents first."""
+        yield self
+        for arg in self.args:
+            yield from arg.walk()
+
+    def names(self) -> set:
+        """The variable names the formula uses."""
+        return {n.value for n in self.walk() if n.op == "name"}
+
+    def __str__(self):
+        return self.text or _unparse(self)
+
+
+def known_shapes(net) -> dict:
+    """Every name a claim about ``net`` may use, with its shape (``N`` only when batched)."""
+    shapes = {name: net.shape(name) for name in net.names}
+    shapes["a0"] = net.shape("x")
+    for name in net.params + net.intermediates:
+        shapes["d" + name] = net.shape(name)
+    if net.batch:
+        shapes["N"] = (1, 1)
+    return shapes
+
+
+def parse(text: str, net, *, what: str = "formula") -> Node:
+    """Parse the claim ``text`` about network ``net`` into a :class:`Node`, shapes checked.
+
+    Raises :class:`FormulaError` (a :class:`~symbp.errors.SymbpError`) naming the token and its column.
+
+    >>> import symbp
+    >>> net = symbp.MLP([4, 5, 3, 3], batch=8)
+    >>> parse("sum(dz2, axis=0).T / N", net).shape
+    (3, 1)
+    >>> parse("dz3 @ W3 * stp(z2)", net)
+    Traceback (most recent call last):
+    ...
+    symbp.formula.FormulaError: formula 'dz3 @ W3 * stp(z2)', column 12: unknown function 'stp' (did you mean 'step'?)
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise FormulaError(f"{what}: expected a non-empty string, got {text!r}")
+    if len(text) > _MAX_LENGTH:
+        raise FormulaError(f"{what}: longer than {_MAX_LENGTH} characters")
+    source = text.strip()
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        column = exc.offset if exc.offset and exc.offset > 0 else len(source) + 1  # 0: at the end
+        raise FormulaError(f"{what} {text!r}, column {column}: syntax error", column=column) from None
+    except (ValueError, MemoryError, RecursionError, OverflowError):
+        raise FormulaError(f"{what} {text!r}: cannot be parsed") from None
+    walker = _Walker(source, text, known_shapes(net), net.batch, what)
+    try:
+        return walker.visit(tree.body)
+    except RecursionError:
+        raise FormulaError(f"{what} {text!r}: nested too deeply") from None
+
+
+class _Walker:
+    def __init__(self, source, text, shapes, batch, what):
+        self.source, self.text, self.shapes, self.batch, self.what = source, text, shapes, batch, what
+
+    def fail(self, node, message, token="", column=None):
+        column = column or getattr(node, "col_offset", 0) + 1
+        raise FormulaError(f"{self.what} {self.text!r}, column {column}: {message}", column=column,
+                           token=token or self.segment(node))
+
+    def segment(self, node):
+        try:
+            return ast.get_source_segment(self.source, node) or ""
+        except Exception:  # pragma: no cover - defensive: odd positions in odd input
+            return ""
+
+    def make(self, node, op, args=(), shape=(1, 1), value=None):
+        return Node(op, tuple(args), tuple(shape), value, self.segment(node), getattr(node, "col_offset", 0) + 1)
+
+    def visit(self, node):
+        if isinstance(node, ast.Constant):
+            return self.make(node, "number", value=self.number(node))
+        if isinstance(node, ast.Name):
+            if node.id in self.shapes:
+                return self.make(node, "name", shape=self.shapes[node.id], value=node.id)
+            hint = closest(node.id, self.shapes)
+            if node.id == "N":
+                hint = " (N is the batch size: this network takes one example)"
+            self.fail(node, f"unknown name '{node.id}'{hint}", node.id)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            base = self.visit(node.left)
+            exponent = self.constant(node.right)
+            if exponent is None:
+                self.fail(node.right, "the exponent of ** must be a number")
+            if abs(exponent) > _MAX_EXPONENT:
+                self.fail(node.right, f"exponent {exponent} is too large (at most {_MAX_EXPONENT})")
+            return self.make(node, "pow", [base], base.shape, exponent)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            op = _BINARY[type(node.op)]
+            left, right = self.visit(node.left), self.visit(node.right)
+            if op == "matmul":
+                if left.shape[1] != right.shape[0]:
+                    self.matmul_fail(node, left, right)
+                shape = (left.shape[0], right.shape[1])
+            else:
+                shape = self.broadcast(node, op, left, right)
+            if op == "div" and right.op == "number" and right.value == 0:
+                self.fail(node, "division by zero")
+            return self.make(node, op, [left, right], shape)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            operand = self.visit(node.operand)
+            if isinstance(node.op, ast.UAdd):
+                return operand
+            if operand.op == "number":
+                return self.make(node, "number", value=-operand.value)
+            return self.make(node, "neg", [operand], operand.shape)
+        if isinstance(node, ast.Attribute):
+            if node.attr != "T":
+                self.fail(node, f"'.{node.attr}' is not allowed (only .T, the transpose)", "." + node.attr)
+            inner = self.visit(node.value)
+            return self.make(node, "transpose", [inner], inner.shape[::-1])
+        if isinstance(node, ast.Call):
+            return self.call(node)
+        self.fail(node, f"'{self.segment(node) or type(node).__name__}' is not allowed (only names, numbers, "
+                  "+ - * / ** @, .T and the functions " + ", ".join(FUNCTIONS) + ")")
+
+    def number(self, node):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(node, f"unsupported constant {value!r}")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                self.fail(node, f"number {self.segment(node)} is not finite")
+            try:
+                return Fraction(self.segment(node).replace("_", ""))
+            except (ValueError, ZeroDivisionError):
+                return Fraction(value)
+        return Fraction(value)
+
+    def constant(self, node):
+        """A number literal, possibly signed, else None."""
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            inner = self.constant(node.operand)
+            return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
+        if isinstance(node, ast.Constant):
+            return self.number(node)
+        return None
+
+    def operator_column(self, node, symbol):
+        """The 1-based column of a binary operator (between its operands), for error messages."""
+        lines = self.source.splitlines() or [""]
+        if node.left.end_lineno != node.lineno or node.right.lineno != node.lineno:
+            return None
+        line = lines[node.lineno - 1]
+        found = line.find(symbol, node.left.end_col_offset, node.right.col_offset)
+        return found + 1 if found >= 0 else None
+
+    def matmul_fail(self, node, left, right):
+        self.fail(node, f"{self.segment(node)}: shapes {left.shape} and {right.shape} do not align "
+                  f"({left.shape[1]} columns against {right.shape[0]} rows)", "@",
+                  self.operator_column(node, "@"))
+
+    def broadcast(self, node, op, left, right):
+        shape = []
+        for a, b in zip(left.shape, right.shape):
+            if a != b and a != 1 and b != 1:
+                self.fail(node, f"{self.segment(node)}: shapes {left.shape} and {right.shape} do not match "
+                          f"for element-wise '{_SYMBOL[op]}'", _SYMBOL[op], self.operator_column(node, _SYMBOL[op]))
+            shape.append(max(a, b))
+        return tuple(shape)
+
+    def call(self, node):
+        if not isinstance(node.func, ast.Name):
+            self.fail(node, "only plain function names can be called")
+        name = node.func.id
+        if name not in FUNCTIONS:
+            hint = closest(name, FUNCTIONS) or f" (known: {', '.join(FUNCTIONS)})"
+            self.fail(node, f"unknown function '{name}'{hint}", name)
+        keywords = {k.arg: k.value for k in node.keywords}
+        for key in keywords:
+            if name != "sum" or key != "axis":
+                self.fail(node, f"{name}() takes no keyword argument '{key}'", name)
+        arity = FUNCTIONS[name]
+        allowed = arity if isinstance(arity, tuple) else (arity, arity)
+        given = len(node.args) + len(keywords)
+        if not allowed[0] <= given <= allowed[1]:
+            expected = f"{allowed[0]}" if allowed[0] == allowed[1] else f"{allowed[0]} or {allowed[1]}"
+            self.fail(node, f"{name}() takes {expected} argument{'s' if allowed[1] > 1 else ''}, got {given}", name)
+        if name == "ones":
+            dims = tuple(self.dimension(arg) for arg in node.args)
+            shape = tuple(self.batch if d == "N" else d for d in dims)
+            return self.make(node, "ones", (), shape, dims)
+        if name == "sum":
+            operand = self.visit(node.args[0])
+            axis_node = node.args[1] if len(node.args) > 1 else keywords.get("axis")
+            axis = None
+            if axis_node is not None:
+                axis = self.constant(axis_node)
+                if axis not in (0, 1):
+                    self.fail(axis_node, "sum(): axis must be 0 (sum the rows) or 1 (sum the columns)")
+                axis = int(axis)
+            r, c = operand.shape
+            shape = (1, 1) if axis is None else ((1, c) if axis == 0 else (r, 1))
+            return self.make(node, "sum", [operand], shape, axis)
+        args = [self.visit(arg) for arg in node.args]
+        if name in ELEMENTWISE:
+            return self.make(node, "func", args, args[0].shape, name)
+        if name == "softmax":
+            return self.make(node, "softmax", args, args[0].shape, 1 if self.batch else 0)
+        for arg, source in zip(args, node.args):
+            if 1 not in arg.shape:
+                self.fail(source, f"{name}() takes vectors, got {self.segment(source)} of shape {arg.shape}")
+        lengths = [max(arg.shape) for arg in args]
+        if name == "diag":
+            return self.make(node, "diag", args, (lengths[0], lengths[0]))
+        return self.make(node, "outer", args, tuple(lengths))
+
+    def dimension(self, node):
+        if isinstance(node, ast.Name) and node.id == "N":
+            if not self.batch:
+                self.fail(node, "N is the batch size: this network takes one example", "N")
+            return "N"
+        value = self.constant(node)
+        if value is None or value.denominator != 1 or not 1 <= value <= 100_000:
+            self.fail(node, "ones(): dimensions must be whole numbers from 1 (or N)")
+        return int(value)
+
+
+def _unparse(node: Node) -> str:
+    if node.op == "name":
+        return node.value
+    if node.op == "number":
+        return str(node.value)
+    if node.op == "neg":
+        return f"-({_unparse(node.args[0])})"
+    if node.op in _SYMBOL:
+        return f"({_unparse(node.args[0])} {_SYMBOL[node.op]} {_unparse(node.args[1])})"
+    if node.op == "pow":
+        return f"({_unparse(node.args[0])})**({node.value})"
+    if node.op == "transpose":
+        return f"({_unparse(node.args[0])}).T"
+    if node.op == "func":
+        return f"{node.value}({_unparse(node.args[0])})"
+    if node.op == "sum":
+        axis = "" if node.value is None else f", axis={node.value}"
+        return f"sum({_unparse(node.args[0])}{axis})"
+    if node.op == "ones":
+        return f"ones({node.value[0]}, {node.value[1]})"
+    return f"{node.op}({', '.join(_unparse(a) for a in node.args)})"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Semantics:
+    """How the element-wise functions act on the scalars held in object arrays.
+
+    Subclasses: SymPy expressions (this class), exact rationals with frozen transcendental values
+    (:class:`symbp.verify.ExactField`). ``call(name, v)`` applies an :data:`ELEMENTWISE` function;
+    ``exp`` is also used by softmax.
+    """
+
+    def call(self, name, v):
+        return ELEMENTWISE[name](v)
+
+    def constant(self, fraction: Fraction):
+        return sp.Rational(fraction.numerator, fraction.denominator)
+
+    def power(self, v, exponent: Fraction):
+        if exponent.denominator == 1:
+            return v ** int(exponent)
+        return v ** self.constant(exponent)
+
+
+def evaluate(node: Node, env, *, N=None) -> sp.Matrix:
+    """The value of a formula as a ``sympy.Matrix``, given a matrix for every name it uses.
+
+    ``env`` maps names (``'W1'``, ``'dz3'``, ``'x'``; ``'a0'`` falls back to ``'x'``) to SymPy matrices
+    (or anything ``numpy.array`` accepts); ``N`` is the batch size when the formula uses it.
+
+    >>> import symbp
+    >>> net = symbp.MLP([2, 2], output="identity", loss="mse")
+    >>> node = parse("dz1 @ x.T", net)
+    >>> evaluate(node, {"dz1": net.grad_symbols("z1"), "x": net.symbols("x")})
+    Matrix([
+    [dz1_0_0*x_0_0, dz1_0_0*x_1_0],
+    [dz1_1_0*x_0_0, dz1_1_0*x_1_0]])
+    """
+    arrays = {name: _object_array(value) for name, value in env.items()}
+    if N is not None:
+        arrays["N"] = _object_array([[sp.Integer(N)]])
+    result = evaluate_array(node, arrays, Semantics())
+    return sp.Matrix(result.tolist())
+
+
+def _object_array(value):
+    if isinstance(value, sp.MatrixBase):
+        value = value.tolist()
+    array = np.empty(np.shape(value), dtype=object)
+    array[...] = value if not isinstance(value, np.ndarray) else value
+    if array.ndim != 2:
+        array = array.reshape(-1, 1)
+    return array
+
+
+def evaluate_array(node: Node, env: dict, semantics: Semantics) -> np.ndarray:
+    """Evaluate ``node`` on 2-D NumPy object arrays (the workhorse of :func:`evaluate` and verify).
+
+    ``env`` maps names to object arrays of scalars (SymPy expressions or exact numbers, as
+    ``semantics`` expects); the result is an object array shaped like ``node.shape``.
+    """
+    op = node.op
+    if op == "name":
+        name = node.value
+        if name not in env and name == "a0":
+            name = "x"
+        if name not in env:
+            raise SymbpError(f"no value given for '{node.value}'")
+        return env[name]
+    if op == "number":
+        return _scalar(semantics.constant(node.value))
+    args = [evaluate_array(a, env, semantics) for a in node.args]
+    if op == "neg":
+        return -args[0]
+    if op == "add":
+        return args[0] + args[1]
+    if op == "sub":
+        return args[0] - args[1]
+    if op == "mul":
+        return args[0] * args[1]
+    if op == "div":
+        return args[0] / args[1]
+    if op == "pow":
+        return _map(lambda v: semantics.power(v, node.value), args[0])
+    if op == "matmul":
+        return _matmul(args[0], args[1])
+    if op == "transpose":
+        return args[0].T
+    if op == "func":
+        return _map(lambda v: semantics.call(node.value, v), args[0])
+    if op == "softmax":
+        e = _map(lambda v: semantics.call("exp", v), args[0])
+        return e / _sum(e, node.value)
+    if op == "sum":
+        return _sum(args[0], node.value)
+    if op == "ones":
+        out = np.empty(node.shape, dtype=object)
+        out[...] = semantics.constant(Fraction(1))
+        return out
+    if op == "diag":
+        v = args[0].ravel()
+        out = np.empty((len(v), len(v)), dtype=object)
+        out[...] = semantics.constant(Fraction(0))
+        for k, entry in enumerate(v):
+            out[k, k] = entry
+        return out
+    if op == "outer":
+        return _matmul(args[0].reshape(-1, 1), args[1].reshape(1, -1))
+    raise SymbpError(f"unknown formula op {op!r}")  # pragma: no cover
+
+
+def _scalar(value):
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = value
+    return out
+
+
+def _map(fn, array):
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for k, v in enumerate(array.reshape(-1)):
+        flat[k] = fn(v)
+    return out
+
+
+def _sum(array, axis):
+    if axis is None:
+        return _scalar(_add_all(array.reshape(-1)))
+    rows, cols = array.shape
+    if axis == 0:
+        out = np.empty((1, cols), dtype=object)
+        for j in range(cols):
+            out[0, j] = _add_all(array[:, j])
+    else:
+        out = np.empty((rows, 1), dtype=object)
+        for i in range(rows):
+            out[i, 0] = _add_all(array[i, :])
+    return out
+
+
+def _add_all(values):
+    values = list(values)
+    if values and isinstance(values[0], sp.Basic):
+        return sp.Add(*values)
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def _matmul(a, b):
+    if a.dtype == object and a.size and isinstance(a.flat[0], sp.Basic) or \
+            b.dtype == object and b.size and isinstance(b.flat[0], sp.Basic):
+        out = np.empty((a.shape[0], b.shape[1]), dtype=object)
+        for i in range(a.shape[0]):
+            for j in range(b.shape[1]):
+                out[i, j] = sp.Add(*[a[i, k] * b[k, j] for k in range(a.shape[1])])
+        return out
+    return np.matmul(a, b)

@@ -1,0 +1,191 @@
+"""Spec files (TOML): a network, claims about its gradients, backward-pass code, concrete values.
+
+How it works: the file is read with ``tomllib``; every table and field is checked against the list
+below before anything is built, so a misspelt field is an error naming it (with the closest known
+name), never silently ignored. ``[model]`` becomes a :class:`~symbp.network.MLP`; each ``[claims]``
+entry is parsed by the formula parser at load time, so a bad formula is reported as
+``claims.W3: ...`` with its column.
+
+.. code-block:: toml
+
+    [model]
+    sizes = [4, 5, 3, 3]     # required
+    hidden = "relu"          # or one per hidden layer: ["relu", "tanh"]
+    output = "softmax"
+    loss = "cross_entropy"
+    bias = true
+    batch = 0                # 0 or absent: one example, column vectors
+    reduction = "mean"
+    residual = false         # or a list of layers
+
+    [claims]                 # dL/d<name>, denominator layout
+    z3 = "a3 - y"
+
+    [code]                   # optional
+    path = "backward.py"     # relative to the spec file
+    function = "backward"
+
+    [values]                 # nested lists, shapes as the conventions
+    x = [[1], [0], [2], [-1]]
+
+    [claimed_values]         # hand-computed numbers to check
+    dz1 = [[1], [-2], [2], [-1]]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SymbpError, closest
+from .network import MLP
+
+TABLES = ("model", "claims", "code", "values", "claimed_values")
+MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
+CODE_FIELDS = ("path", "function")
+
+
+@dataclass
+class Spec:
+    """A loaded spec file: the network, the claims (``{target: formula}``), the optional code claim,
+    and the ``[values]`` / ``[claimed_values]`` tables (name -> nested lists, unchecked here)."""
+
+    net: MLP
+    model: dict
+    claims: dict = field(default_factory=dict)
+    code: dict | None = None
+    values: dict = field(default_factory=dict)
+    claimed_values: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    def function(self):
+        """The ``[code]`` function, imported from its file (the user's own code, run as Python)."""
+        if self.code is None:
+            raise SymbpError("spec has no [code] table")
+        base = self.path.parent if self.path else Path.cwd()
+        file = (base / self.code["path"]).resolve()
+        if not file.is_file():
+            raise SymbpError(f"code.path: no such file '{self.code['path']}' (looked in {base})")
+        module_spec = importlib.util.spec_from_file_location(f"symbp_user_{file.stem}", file)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's file: any failure is bad input, named
+            raise SymbpError(f"code.path: importing '{self.code['path']}' raised {type(exc).__name__}: {exc}") from None
+        name = self.code["function"]
+        fn = getattr(module, name, None)
+        if not callable(fn):
+            defined = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")]
+            raise SymbpError(f"code.function: '{self.code['path']}' defines no function '{name}'"
+                             f"{closest(name, defined)}")
+        return fn
+
+
+def load(path) -> Spec:
+    """Read a spec file (``SymbpError`` naming the file, the table or the field on any mistake)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SymbpError(f"no such spec file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SymbpError(f"cannot read spec file {path}: {exc}") from None
+    return loads(text, path=path)
+
+
+def loads(text: str, *, path=None) -> Spec:
+    """Parse the text of a spec file.
+
+    >>> spec = loads('[model]\\nsizes = [4, 5, 3, 3]\\n[claims]\\nz3 = "a3 - y"')
+    >>> spec.net.sizes, spec.claims
+    ((4, 5, 3, 3), {'z3': 'a3 - y'})
+    >>> loads('[model]\\nsizes = [2, 2]\\nhiden = "relu"')
+    Traceback (most recent call last):
+    ...
+    symbp.errors.SymbpError: model: unknown field 'hiden' (did you mean 'hidden'?); fields: sizes, hidden, output, loss, bias, batch, reduction, residual
+    """
+    where = f"{path}: " if path else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SymbpError(f"{where}not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if key not in TABLES:
+            raise SymbpError(f"{where}unknown table [{key}]{closest(key, TABLES)}; tables: {', '.join(TABLES)}")
+        if not isinstance(value, dict):
+            raise SymbpError(f"{where}'{key}' must be a table [{key}], got {type(value).__name__}")
+    if "model" not in data:
+        raise SymbpError(f"{where}missing table [model] (with at least sizes = [...])")
+    model = _model_kwargs(data["model"])
+    net = MLP(model.pop("sizes"), **model)
+    claims = _claims(data.get("claims", {}), net)
+    code = _code(data["code"]) if "code" in data else None
+    values = _arrays(data.get("values", {}), "values")
+    claimed = _arrays(data.get("claimed_values", {}), "claimed_values")
+    return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None)
+
+
+def model_from_table(table: dict) -> MLP:
+    """An :class:`MLP` from a ``[model]`` table (a dict), fields checked."""
+    model = _model_kwargs(table)
+    return MLP(model.pop("sizes"), **model)
+
+
+def _model_kwargs(table):
+    for key in table:
+        if key not in MODEL_FIELDS:
+            raise SymbpError(f"model: unknown field '{key}'{closest(key, MODEL_FIELDS)}; fields: {', '.join(MODEL_FIELDS)}")
+    if "sizes" not in table:
+        raise SymbpError("model: missing field 'sizes' (the layer widths, e.g. sizes = [4, 5, 3, 3])")
+    kwargs = dict(table)
+    for key in ("output", "loss", "reduction"):
+        if key in kwargs and not isinstance(kwargs[key], str):
+            raise SymbpError(f"model.{key}: expected a name, got {kwargs[key]!r}")
+    if "hidden" in kwargs and not isinstance(kwargs["hidden"], (str, list)):
+        raise SymbpError(f"model.hidden: expected a name or a list of names, got {kwargs['hidden']!r}")
+    if "batch" in kwargs:
+        batch = kwargs["batch"]
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+            raise SymbpError(f"model.batch: expected a whole number of examples (0 for one example), got {batch!r}")
+        kwargs["batch"] = batch or None
+    if "residual" in kwargs and not isinstance(kwargs["residual"], (bool, list)):
+        raise SymbpError(f"model.residual: expected true/false or a list of layers, got {kwargs['residual']!r}")
+    return kwargs
+
+
+def _claims(table, net):
+    from .formula import parse
+
+    claims = {}
+    targets = net.params + net.intermediates
+    for key, text in table.items():
+        if key not in targets:
+            raise SymbpError(f"claims: no gradient named '{key}'{closest(key, targets)}; targets: {', '.join(targets)}")
+        if not isinstance(text, str):
+            raise SymbpError(f"claims.{key}: expected a formula string, got {text!r}")
+        parse(text, net, what=f"claims.{key}")
+        claims[key] = text
+    return claims
+
+
+def _code(table):
+    for key in table:
+        if key not in CODE_FIELDS:
+            raise SymbpError(f"code: unknown field '{key}'{closest(key, CODE_FIELDS)}; fields: {', '.join(CODE_FIELDS)}")
+    if not isinstance(table.get("path"), str):
+        raise SymbpError("code: missing field 'path' (the Python file, relative to the spec file)")
+    function = table.get("function", "backward")
+    if not isinstance(function, str) or not function.isidentifier():
+        raise SymbpError(f"code.function: expected a function name, got {function!r}")
+    return {"path": table["path"], "function": function}
+
+
+def _arrays(table, what):
+    out = {}
+    for key, value in table.items():
+        if not isinstance(value, list):
+            raise SymbpError(f"{what}.{key}: expected nested lists of numbers, got {value!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,1044 @@
+"""Verdicts on closed-form gradient claims and backward-pass code, with a checked diagnosis.
+
+How a claim for ``dL/dV`` is judged (each claim on its own; a name ``dU`` in it stands for the true
+gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
+
+``symbolic``
+    Claim and truth become SymPy matrices in the network's symbols. Each ``a_l`` is replaced by its
+    definition (``relu(z_l)``, the softmax of ``z_L``...), the ``dU`` stay free, and every entry of the
+    difference is tested with :func:`symbp.exact.frozen_zero` (function applications frozen to fresh
+    symbols, then ``cancel(together(...))``). Zero with free ``dU``, ``z_l`` and frozen functions is
+    zero for their true values too: a proof. If that fails, the ``dU`` are replaced by their own
+    derivations and the test repeated. For softmax + cross-entropy the identity ``dL/dz = a - y``
+    needs ``sum_k y_k = 1``: then ``y_last = 1 - sum(others)`` is substituted in each example and the
+    condition is listed in ``assumptions``. Tried on small targets only.
+``exact-random``
+    Both sides are evaluated, every element, at random points with exact rational arithmetic
+    (``fractions.Fraction``): random rationals for ``x, y, W, b``; the forward pass from the network's
+    own definitions; every transcendental value frozen to a random rational keyed by its argument
+    (``exp(u)`` for ``u > 0`` is ``s/(1-s)`` with ``s`` random, ``exp(-u) = 1/exp(u)``, ``sigmoid`` and
+    ``tanh`` are written through ``exp`` so their identities hold exactly; ``log`` of a new number is
+    a new random rational). Equal everywhere at several points means the difference is zero as a
+    rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
+    pre-activation is exactly 0 are redrawn. Matrix-level (object arrays), so [784, 128, 64, 10] is
+    judged in seconds.
+``numeric``
+    If exact evaluation disagrees, the claim may still hold through an identity the freezing does not
+    see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of softmax): both sides are compared in
+    float64 at two random points away from kinks. Agreement to 1e-9 (relative) is reported as
+    ``holds`` with method ``numeric``; anything else fails.
+
+A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
+``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
+truth / claim, e.g. ``1/N`` for a missing mean), ``missing-activation-derivative`` (multiplying a part
+of the claim by ``f'(z_l)``, or moving such a factor to the right variable, makes it hold), ``shape``
+(the claim's shape is not the target's), else ``other``; plus one element where claim and truth
+differ, with both expressions there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import sympy as sp
+
+from . import functions as F
+from .derive import Gradients, derive
+from .errors import SymbpError, closest
+from .exact import frozen_zero
+from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
+from .names import TextPrinter
+from .network import MLP
+
+VERDICTS = ("holds", "fails", "error")
+METHODS = ("symbolic", "exact-random", "numeric")
+DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "shape", "other")
+
+#: Targets with at most this many entries are tried symbolically first.
+SYMBOLIC_LIMIT = 64
+EXACT_POINTS = 3
+NUMERIC_RTOL = 1e-9
+_DENOMINATOR = 1009
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    """The verdict on one claim (or one gradient returned by a code claim).
+
+    ``element`` is 0-based ``(i, j)`` where claim and truth differ (``None`` when the claim holds);
+    ``expected``/``got`` are the truth and the claim there, as text; ``factor`` is truth / claim
+    for a ``scaled`` diagnosis.
+    """
+
+    target: str
+    claim: str
+    verdict: str
+    method: str | None = None
+    diagnosis: str | None = None
+    factor: float | None = None
+    element: tuple | None = None
+    expected: str | None = None
+    got: str | None = None
+    detail: str = ""
+    assumptions: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "holds"
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "claim": self.claim, "verdict": self.verdict, "method": self.method,
+                "diagnosis": self.diagnosis, "factor": self.factor,
+                "element": list(self.element) if self.element is not None else None,
+                "expected": self.expected, "got": self.got, "detail": self.detail}
+
+    def line(self, width: int = 4) -> str:
+        """One line for people: target, verdict, method, diagnosis (1-based element)."""
+        text = f"dL/d{self.target:<{width}}  {self.verdict:<5}  {self.method or '-':<12}"
+        if self.diagnosis:
+            text += f"  {self.diagnosis}"
+        return (text + (f"  {self.detail}" if self.detail else "")).rstrip()
+
+
+@dataclass
+class Report:
+    """All verdicts: ``ok`` when every claim holds; ``assumptions`` the side conditions used."""
+
+    results: list
+    assumptions: list = field(default_factory=list)
+    network: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and all(r.ok for r in self.results)
+
+    def __getitem__(self, target):
+        for r in self.results:
+            if r.target == target:
+                return r
+        raise KeyError(target)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict with the keys of INTERFACE.md (``json.dumps(report.to_json())``)."""
+        return {"ok": self.ok, "assumptions": list(self.assumptions), "results": [r.to_json() for r in self.results]}
+
+    def text(self) -> str:
+        width = max([len(r.target) for r in self.results] + [2])
+        lines = [self.network] if self.network else []
+        lines += [r.line(width) for r in self.results]
+        holds = sum(r.ok for r in self.results)
+        lines.append(f"{holds} of {len(self.results)} claims hold"
+                     + (f" (assuming {'; '.join(self.assumptions)})" if self.assumptions else ""))
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.text()
+
+
+# --------------------------------------------------------------------------- exact values
+
+
+class ExactField(Semantics):
+    """Exact rationals (``Fraction``), with each transcendental value frozen to a random rational.
+
+    ``exp(u)`` for ``u > 0`` is ``s / (1 - s)`` for a random ``s`` in (0, 1), drawn once per value of
+    ``u``; ``exp(-u) = 1 / exp(u)``; ``sigmoid(v) = exp(v) / (1 + exp(v))`` (so ``sigmoid(u) = s``);
+    ``tanh(v) = (exp(2v) - 1) / (exp(2v) + 1)``; ``softplus(v) = log(1 + exp(v))``; ``log(q)`` is a
+    random rational per value of ``q`` (``log(1) = 0``). ReLU, leaky ReLU and the step are exact.
+
+    >>> field = ExactField(random.Random(0))
+    >>> v = Fraction(3, 7)
+    >>> s = field.call("sigmoid", v)
+    >>> s == field.call("exp", v) / (1 + field.call("exp", v)), field.call("sigmoid", -v) == 1 - s
+    (True, True)
+    """
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.atoms = {}
+
+    def constant(self, fraction):
+        return Fraction(fraction)
+
+    def _atom(self, key, draw):
+        if key not in self.atoms:
+            self.atoms[key] = draw()
+        return self.atoms[key]
+
+    def _unit(self):
+        return Fraction(self.rng.randint(1, _DENOMINATOR - 1), _DENOMINATOR)
+
+    def exp(self, v):
+        if v == 0:
+            return Fraction(1)
+        s = self._atom(("exp", abs(v)), self._unit)
+        e = s / (1 - s)
+        return e if v > 0 else 1 / e
+
+    def log(self, q):
+        if q <= 0:
+            raise ZeroDivisionError("log of a number <= 0")
+        if q == 1:
+            return Fraction(0)
+        return self._atom(("log", q), lambda: Fraction(self.rng.randint(-2 * _DENOMINATOR, 2 * _DENOMINATOR) or 1,
+                                                        _DENOMINATOR))
+
+    def call(self, name, v):
+        if name == "relu":
+            return v if v > 0 else Fraction(0)
+        if name == "leaky_relu":
+            return v if v > 0 else v / 100
+        if name == "step":
+            return Fraction(1) if v > 0 else Fraction(0)
+        if name == "exp":
+            return self.exp(v)
+        if name == "log":
+            return self.log(v)
+        if name == "sigmoid":
+            e = self.exp(v)
+            return e / (1 + e)
+        if name == "tanh":
+            e = self.exp(2 * v)
+            return (e - 1) / (e + 1)
+        if name == "softplus":
+            return self.log(1 + self.exp(v))
+        raise SymbpError(f"no exact value for {name}")  # pragma: no cover
+
+    def heaviside(self, v, at_zero):
+        return Fraction(1) if v > 0 else (Fraction(0) if v < 0 else at_zero)
+
+    def power(self, v, exponent):
+        exponent = Fraction(exponent)
+        if exponent.denominator == 1:
+            return v ** int(exponent)
+        return self._atom(("pow", v, exponent), self._unit)
+
+    def other(self, name, args):
+        """Any other function application: a random rational per (name, arguments)."""
+        return self._atom((name,) + tuple(args), self._unit)
+
+
+class FloatField(Semantics):
+    """Python floats with the real functions (the numeric tier)."""
+
+    def constant(self, fraction):
+        return float(fraction)
+
+    def call(self, name, v):
+        if name == "relu":
+            return v if v > 0 else 0.0
+        if name == "leaky_relu":
+            return v if v > 0 else 0.01 * v
+        if name == "step":
+            return 1.0 if v > 0 else 0.0
+        if name == "exp":
+            return math.exp(min(v, 700.0))
+        if name == "log":
+            return math.log(v) if v > 0 else float("nan")
+        if name == "sigmoid":
+            return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+        if name == "tanh":
+            return math.tanh(v)
+        if name == "softplus":
+            return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+        raise SymbpError(f"no float value for {name}")  # pragma: no cover
+
+    def heaviside(self, v, at_zero):
+        return 1.0 if v > 0 else (0.0 if v < 0 else float(at_zero))
+
+    def power(self, v, exponent):
+        try:
+            return float(v) ** float(exponent)
+        except (ZeroDivisionError, OverflowError):
+            return float("nan")
+
+    def other(self, name, args):
+        return float(getattr(sp, name)(*args).evalf())
+
+
+_FUNCTION_NAMES = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
+                   sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
+
+
+def _value(expr, env, field):
+    """The value of a SymPy expression in the network's symbols under ``field`` (no simplification)."""
+    if expr.is_Symbol:
+        return env[expr]
+    if expr.is_Number:
+        if expr.is_Rational:
+            return field.constant(Fraction(int(expr.p), int(expr.q)))
+        return field.constant(Fraction(float(expr)))
+    if expr.is_Add:
+        args = expr.args
+        total = _value(args[0], env, field)
+        for a in args[1:]:
+            total = total + _value(a, env, field)
+        return total
+    if expr.is_Mul:
+        args = expr.args
+        total = _value(args[0], env, field)
+        for a in args[1:]:
+            total = total * _value(a, env, field)
+        return total
+    if expr.is_Pow:
+        base = _value(expr.base, env, field)
+        exponent = expr.exp
+        if exponent.is_Integer:
+            return base ** int(exponent)
+        if exponent.is_Rational:
+            return field.power(base, Fraction(int(exponent.p), int(exponent.q)))
+        if expr.base is sp.E:
+            return field.call("exp", _value(exponent, env, field))
+        return field.other("Pow", (base, _value(exponent, env, field)))
+    func = expr.func
+    if func in _FUNCTION_NAMES:
+        return field.call(_FUNCTION_NAMES[func], _value(expr.args[0], env, field))
+    if func is sp.Heaviside:
+        at_zero = expr.args[1] if len(expr.args) > 1 else sp.S.Half
+        return field.heaviside(_value(expr.args[0], env, field), field.constant(Fraction(str(at_zero))))
+    args = [_value(a, env, field) for a in expr.args]
+    if func is sp.Abs:
+        return abs(args[0])
+    if func is sp.Max:
+        return max(args)
+    if func is sp.Min:
+        return min(args)
+    return field.other(func.__name__, args)
+
+
+class _Redraw(Exception):
+    """The random point sits on a kink or a pole: draw another."""
+
+
+class _Point:
+    """One random point: values of every symbol (forward pass from the network's own definitions,
+    error terms from the derivation) and, lazily, the value matrices of every name a claim can use."""
+
+    def __init__(self, net, grads, field, base):
+        self.net, self.grads, self.field = net, grads, field
+        env = {}
+        for name, array in base.items():
+            for s, v in zip(net.symbols(name), array.reshape(-1)):
+                env[s] = v
+        try:
+            for stage in net.stages:
+                for s, e in zip(stage.symbols, stage.local):
+                    env[s] = _value(e, env, field)
+                layer = stage.layer
+                if stage.name[0] == "z" and layer < net.L and net.hidden[layer - 1].kinks:
+                    for s in stage.symbols:
+                        if any(env[s] == k for k in net.hidden[layer - 1].kinks):
+                            raise _Redraw
+            for s, e in grads.definitions:
+                env[s] = _value(e, env, field)
+        except (ZeroDivisionError, OverflowError, ValueError):
+            raise _Redraw from None
+        self.env = env
+        self.arrays = {}
+
+    def __contains__(self, name):
+        return name in ("N", "a0") or name in self.net.names or \
+            (name.startswith("d") and name[1:] in self.grads)
+
+    def __getitem__(self, name):
+        if name not in self.arrays:
+            self.arrays[name] = self._array(name)
+        return self.arrays[name]
+
+    def _array(self, name):
+        net = self.net
+        if name == "N":
+            return _scalar_array(self.field.constant(Fraction(net.batch or 1)))
+        if name == "a0":
+            name = "x"
+        if name.startswith("d") and name[1:] in self.grads:
+            M = self.grads[name[1:]]
+            try:
+                values = [_value(e, self.env, self.field) for e in M]
+            except (ZeroDivisionError, OverflowError, ValueError):
+                raise _Redraw from None
+        else:
+            values = [self.env[s] for s in net.symbols(name)]
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out.reshape(net.shape(name[1:] if name.startswith("d") and name[1:] in self.grads else name))
+
+    def truth(self, target):
+        return self["d" + target]
+
+
+def _scalar_array(value):
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = value
+    return out
+
+
+def _exact_base(net, rng, *, unit_rows: bool):
+    """Random exact inputs and parameters; targets with rows summing to 1 when ``unit_rows``."""
+    D = _DENOMINATOR
+
+    def rational(low=-2 * D, high=2 * D):
+        return Fraction(rng.randint(low, high) or 1, D)
+
+    base = {}
+    for name in ("x",) + net.params:
+        r, c = net.shape(name)
+        base[name] = np.array([[rational() for _ in range(c)] for _ in range(r)], dtype=object)
+    r, c = net.shape("y")
+    y = np.empty((r, c), dtype=object)
+    for i in range(r):
+        for j in range(c):
+            y[i, j] = Fraction(rng.randint(1, D - 1), D) if net.loss_row.name != "mse" else rational()
+    if unit_rows:
+        rows = y if net.batch else y.T
+        for row in rows:
+            row[-1] = 1 - sum(row[:-1])
+    base["y"] = y
+    return base
+
+
+def _float_base(net, seed):
+    from .numeric import random_values
+
+    values = random_values(net, seed)
+    out = {}
+    for name, array in values.items():
+        obj = np.empty(array.shape, dtype=object)
+        obj[...] = array.tolist()
+        out[name] = obj
+    return out
+
+
+# --------------------------------------------------------------------------- the judge
+
+
+class _Judge:
+    """Judges claims about one network against one derivation, caching points and truths."""
+
+    def __init__(self, net, grads, seed):
+        self.net, self.grads, self.seed = net, grads, seed
+        self.side = net.fused.side_condition if net.fused and net.fused.side_condition else None
+        self._points = {}
+        self._symbolic_cache = None
+        self.printer = _Printer(net.columns)
+        self.masks = _masks(net)
+
+    # ---- points
+
+    def points(self, kind):
+        """``kind``: "unit" (targets' rows sum to 1), "general", or "float"."""
+        if kind not in self._points:
+            points = []
+            if kind in ("float", "float-general"):
+                for k in range(2):
+                    base = _float_base(self.net, self.seed + 7 * k)
+                    if kind == "float-general":  # targets whose rows no longer sum to 1
+                        base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+                    points.append(_Point(self.net, self.grads, FloatField(), base))
+            else:
+                rng = random.Random(f"{self.seed}-{kind}")
+                while len(points) < (EXACT_POINTS if kind == "unit" or not self.side else EXACT_POINTS):
+                    field = ExactField(rng)
+                    try:
+                        points.append(_Point(self.net, self.grads, field,
+                                             _exact_base(self.net, rng, unit_rows=kind == "unit")))
+                    except _Redraw:
+                        continue
+            self._points[kind] = points
+        return self._points[kind]
+
+    def exact_kinds(self):
+        return ["unit", "general"] if self.side else ["general"]
+
+    # ---- evaluation
+
+    def values(self, node, point):
+        try:
+            return evaluate_array(node, point, point.field)
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return None
+
+    def exact_mismatch(self, node, target, kind):
+        """None when the claim equals the truth at every exact point of ``kind``, else
+        ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
+        for point in self.points(kind):
+            got = self.values(node, point)
+            if got is None:
+                return point, None
+            truth = point.truth(target)
+            if got.shape != truth.shape:
+                return point, None
+            diff = np.argwhere(got != truth)
+            if len(diff):
+                return point, tuple(int(k) for k in diff[0])
+        return None
+
+    def holds_exactly(self, node, target):
+        """Whether ``node`` holds at the exact points (under the side condition if there is one)."""
+        if node.shape != self.net.shape(target):
+            return False
+        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
+
+    def numeric_close(self, node, target, kind="float"):
+        for point in self.points(kind):
+            got = self.values(node, point)
+            if got is None:
+                return False
+            got = np.asarray(got, dtype=float)
+            truth = np.asarray(point.truth(target), dtype=float)
+            if not np.all(np.isfinite(got)):
+                return False
+            scale = max(float(np.max(np.abs(truth))), 1e-300)
+            if float(np.max(np.abs(got - truth))) > NUMERIC_RTOL * scale + 1e-300:
+                return False
+        return True
+
+    # ---- symbolic
+
+    def symbolic(self, node, target):
+        """(proved, assumption) by the frozen-function test; ``proved`` False means undecided."""
+        net = self.net
+        if self._symbolic_cache is None:
+            forward = {}
+            for stage in net.stages:
+                if stage.name[0] == "a":
+                    forward.update(zip(stage.symbols, stage.local.xreplace(forward)))
+            y_sub = {}
+            if self.side:
+                y = net.symbols("y")
+                rows = [list(y.row(n)) for n in range(y.rows)] if net.batch else [list(y.col(0))]
+                for row in rows:
+                    y_sub[row[-1]] = 1 - sp.Add(*row[:-1])
+            self._symbolic_cache = forward, y_sub
+        forward, y_sub = self._symbolic_cache
+        env = {name: (net.symbols(name) if name[0] != "d" or name[1:] not in self.grads
+                      else net.grad_symbols(name[1:])) for name in node.names() if name != "N"}
+        claim = evaluate(node, env, N=net.batch)
+        truth = self.grads[target]
+        diffs = [(c - t) for c, t in zip(claim, truth)]
+        for stage in ("free", "resolved"):
+            if stage == "resolved":
+                if not any(d.free_symbols & set(self.grads.resolved()) for d in diffs):
+                    return False, None
+                diffs = [d.xreplace(self.grads.resolved()) for d in diffs]
+                if sum(sp.count_ops(d) for d in diffs) > 4000:
+                    return False, None
+            ds = [d.xreplace(forward) for d in diffs]
+            if all(frozen_zero(d) for d in ds):
+                return True, None
+            if y_sub and all(frozen_zero(d.xreplace(y_sub)) for d in ds):
+                return True, self.side
+        return False, None
+
+    # ---- judging
+
+    def judge(self, target, claim_text, node):
+        net = self.net
+        expected_shape = net.shape(target)
+        if node.shape != expected_shape:
+            return self.diagnose(target, claim_text, node, None)
+        if node.shape[0] * node.shape[1] <= SYMBOLIC_LIMIT:
+            proved, assumption = self.symbolic(node, target)
+            if proved:
+                return Result(target, claim_text, "holds", "symbolic", assumptions=(assumption,) if assumption else (),
+                              detail=f"assuming {assumption}" if assumption else "")
+        kinds = self.exact_kinds()
+        mismatch = self.exact_mismatch(node, target, kinds[0])
+        if mismatch is None:
+            assumption = None
+            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1]) is not None:
+                assumption = self.side
+            return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
+                          detail=f"assuming {assumption}" if assumption else "")
+        if self.numeric_close(node, target):
+            assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
+            detail = "equal in float64 at random points only (not proved exactly)"
+            return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
+                          detail=f"{detail}; assuming {assumption}" if assumption else detail)
+        return self.diagnose(target, claim_text, node, mismatch)
+
+    # ---- diagnosis
+
+    def diagnose(self, target, claim_text, node, mismatch):
+        net = self.net
+        shape = net.shape(target)
+        result = Result(target, claim_text, "fails", "exact-random", diagnosis="other")
+        if node.shape != shape:
+            result.method = None
+            T = Node("transpose", (node,), node.shape[::-1], text=f"({node}).T")
+            if node.shape == shape[::-1] and self.holds_exactly(T, target):
+                result.diagnosis = "transposed"
+                result.detail = f"the transpose holds: claim has shape {node.shape}, dL/d{target} has {shape}"
+                result.method = "exact-random"
+            else:
+                result.diagnosis = "shape"
+                result.detail = f"claim has shape {node.shape}, dL/d{target} has shape {shape}"
+            return result
+        for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
+            if self.holds_exactly(variant, target):
+                result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+                break
+        else:
+            result.detail = "no usual mistake explains it"
+        if mismatch is not None and mismatch[1] is not None:
+            self.locate(result, node, target, mismatch)
+        return result
+
+    def variants(self, node, target, mismatch):
+        """Candidate corrections, cheapest first: (diagnosis, corrected node, detail, factor)."""
+        shape = node.shape
+        if shape[0] == shape[1] and shape != (1, 1):
+            yield "transposed", Node("transpose", (node,), shape), "the transpose holds", None
+        yield "sign", Node("neg", (node,), shape), "the negative holds (sign flipped)", None
+        for path, sub in _subtrees(node):
+            if sub.op == "name" and sub.shape[0] == sub.shape[1] and sub.shape != (1, 1):
+                fixed = _replace(node, path, Node("transpose", (sub,), sub.shape))
+                yield "transposed", fixed, f"with {sub.value}.T in place of {sub.value} it holds", None
+        factor = self.ratio(node, target)
+        if factor is not None and factor not in (0, 1, -1):
+            scaled = Node("mul", (Node("number", value=factor), node), shape)
+            detail = f"multiplied by {factor} it holds"
+            if self.net.batch and factor in (Fraction(1, self.net.batch), Fraction(self.net.batch)):
+                detail += " (1/N: the mean over the batch)" if factor < 1 else " (N: the mean over the batch)"
+            yield "scaled", scaled, detail, float(factor)
+        yield from self.mask_variants(node)
+
+    def ratio(self, node, target):
+        """truth / claim if it is the same number at every nonzero element of every exact point."""
+        ratio = None
+        for point in self.points(self.exact_kinds()[0]):
+            got = self.values(node, point)
+            if got is None:
+                return None
+            truth = point.truth(target)
+            for g, t in zip(got.reshape(-1), truth.reshape(-1)):
+                if g == 0:
+                    if t != 0:
+                        return None
+                    continue
+                r = Fraction(t) / Fraction(g)
+                if ratio is None:
+                    ratio = r
+                elif r != ratio:
+                    return None
+        return ratio
+
+    def mask_variants(self, node):
+        """Claims with an activation derivative added, moved to the right variable, or removed."""
+        name = "missing-activation-derivative"
+        subtrees = list(_subtrees(node))
+        for path, sub in subtrees:
+            for layer, (mask, text) in self.masks.items():
+                if mask.shape == sub.shape and sub.op not in ("number", "ones"):
+                    fixed = Node("mul", (sub, mask), sub.shape)
+                    yield name, _replace(node, path, fixed), f"multiplied by {text} (f'(z{layer})) at " \
+                        f"'{sub}' it holds", None
+        for path, sub in subtrees:
+            if sub.op == "mul":
+                for k in (0, 1):
+                    part, other = sub.args[k], sub.args[1 - k]
+                    if not _looks_like_mask(part):
+                        continue
+                    for layer, (mask, text) in self.masks.items():
+                        if mask.shape == part.shape and mask != part:
+                            fixed = Node("mul", (other, mask) if k else (mask, other), sub.shape)
+                            yield name, _replace(node, path, fixed), f"with {text} in place of '{part}' it holds", None
+                    if other.shape == sub.shape:
+                        yield name, _replace(node, path, other), f"without the factor '{part}' it holds", None
+        for old in sorted(node.names()):
+            for new in _neighbours(old, self.net):
+                fixed = _rename(node, old, new)
+                inside = any(n.op in ("func", "pow") and old in n.names() for n in node.walk())
+                kind = name if inside or old[0] != new[0] else "other"
+                yield kind, fixed, f"with {new} in place of {old} it holds", None
+
+    def locate(self, result, node, target, mismatch):
+        point, (i, j) = mismatch
+        result.element = (i, j)
+        label = self.printer.doprint(self.net.symbols(target)[i, j])
+        size = self.net.shape(target)[0] * self.net.shape(target)[1]
+        if size <= 5000:
+            try:
+                names = node.names()
+                env = {n: (self.net.symbols(n) if n[0] != "d" or n[1:] not in self.grads
+                           else self.net.grad_symbols(n[1:])) for n in names if n != "N"}
+                claim = evaluate(node, env, N=self.net.batch)
+                result.expected = self.printer.doprint(self.grads[target][i, j])
+                result.got = self.printer.doprint(claim[i, j])
+            except Exception:  # pragma: no cover - printing is best effort
+                pass
+        if result.expected is None:
+            result.expected = str(point.truth(target)[i, j])
+            result.got = str(self.values(node, point)[i, j])
+        where = f"at dL/d{label}: expected {result.expected}, got {result.got}"
+        result.detail = f"{result.detail}; {where}" if result.detail else where
+
+
+class _Printer(TextPrinter):
+    """Plain text with 1-based indices, and ``Heaviside(z, 0)`` printed as the language's ``step(z)``."""
+
+    def _print_Heaviside(self, expr):
+        if len(expr.args) > 1 and expr.args[1] == 0:
+            return f"step({self._print(expr.args[0])})"
+        return super()._print_Function(expr)
+
+
+def _subtrees(node, path=()):
+    yield path, node
+    for k, arg in enumerate(node.args):
+        yield from _subtrees(arg, path + (k,))
+
+
+def _replace(node, path, new):
+    if not path:
+        return new
+    args = list(node.args)
+    args[path[0]] = _replace(args[path[0]], path[1:], new)
+    return Node(node.op, tuple(args), node.shape, node.value)
+
+
+def _rename(node, old, new):
+    if node.op == "name" and node.value == old:
+        return Node("name", (), node.shape, new, new)
+    if not node.args:
+        return node
+    return Node(node.op, tuple(_rename(a, old, new) for a in node.args), node.shape, node.value)
+
+
+def _looks_like_mask(node):
+    return any(n.op in ("func", "pow") for n in node.walk()) or \
+        (node.op == "sub" and node.args[0].op == "number")
+
+
+def _neighbours(name, net):
+    """Names a slip of the pen could have put in place of ``name`` (same shape): z<->a of one layer,
+    the same kind one layer up or down."""
+    out = []
+    kind, layer = name[:-1], name[-1:]
+    if name in net.intermediates and kind in ("z", "a"):
+        l = int(name[1:])
+        candidates = [("a" if kind == "z" else "z") + str(l), f"{kind}{l - 1}", f"{kind}{l + 1}"]
+        if l == 1 and kind == "a":
+            candidates.append("x")
+    elif name == "x":
+        candidates = ["a1"]
+    else:
+        return out
+    for c in candidates:
+        if (c in net.names) and c != name and net.shape(c) == net.shape(name):
+            out.append(c)
+    return out
+
+
+def _masks(net) -> dict:
+    """Layer -> (Node of f'(z_l) as a claim, its text) for every layer whose derivative is expressible."""
+    out = {}
+    for l in range(1, net.L):
+        text = activation_derivative(net, l)
+        if text is not None:
+            out[l] = (parse(text, net), text)
+    return out
+
+
+# --------------------------------------------------------------------------- the textbook
+
+
+def _formula_text(expr, z: str) -> str | None:
+    """A SymPy expression in the symbol ``t`` as a formula-language string in ``z``, or None."""
+    if expr.is_Symbol:
+        return z if expr.name == "t" else None
+    if expr.is_Rational:
+        return f"({expr})" if not expr.is_Integer else (str(expr) if expr >= 0 else f"({expr})")
+    if expr.is_Add or expr.is_Mul:
+        parts = [_formula_text(a, z) for a in expr.args]
+        if None in parts:
+            return None
+        return "(" + (" + " if expr.is_Add else " * ").join(parts) + ")"
+    if expr.is_Pow:
+        base = _formula_text(expr.base, z)
+        if base is None or not expr.exp.is_Rational:
+            if expr.base is sp.E and base is None:
+                inner = _formula_text(expr.exp, z)
+                return None if inner is None else f"exp({inner})"
+            return None
+        return f"({base} ** ({expr.exp}))"
+    if expr.func is sp.Heaviside:
+        if len(expr.args) > 1 and expr.args[1] != 0:
+            return None
+        inner = _formula_text(expr.args[0], z)
+        return None if inner is None else f"step({inner})"
+    names = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
+             sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
+    if expr.func in names:
+        inner = _formula_text(expr.args[0], z)
+        return None if inner is None else f"{names[expr.func]}({inner})"
+    return None
+
+
+def activation_derivative(net, layer: int) -> str | None:
+    """``f'(z_l)`` of hidden layer ``layer`` as a claim string (``step(z1)``, ``a1 * (1 - a1)``...).
+
+    Written with ``a_l`` where ``a_l = f(z_l)`` is the textbook form (no skip connection into the
+    layer); ``None`` if a custom activation's derivative uses functions the language lacks.
+
+    >>> import symbp
+    >>> net = symbp.MLP([2, 3, 3, 2], hidden=["relu", "sigmoid"])
+    >>> activation_derivative(net, 1), activation_derivative(net, 2)
+    ('step(z1)', 'a2 * (1 - a2)')
+    """
+    row = net.hidden[layer - 1]
+    z, a = f"z{layer}", f"a{layer}"
+    plain = layer not in net.residual_layers
+    known = {
+        "relu": f"step({z})",
+        "leaky_relu": f"(0.01 + 0.99 * step({z}))",
+        "sigmoid": f"{a} * (1 - {a})" if plain else f"sigmoid({z}) * (1 - sigmoid({z}))",
+        "tanh": f"(1 - {a} ** 2)" if plain else f"(1 - tanh({z}) ** 2)",
+        "softplus": f"sigmoid({z})",
+        "identity": "1",
+    }
+    if row.name in known and not row.expression:
+        return known[row.name]
+    t = sp.Symbol("t", real=True)
+    derivative = sp.diff(row.sympy(t), t)
+    return _formula_text(derivative, z)
+
+
+def textbook(net: MLP) -> dict:
+    """The standard backprop equations of ``net`` as claims ``{target: formula}`` (denominator layout).
+
+    Single example: ``dW_l = dz_l @ a_{l-1}.T``, ``db_l = dz_l``, ``da_{l-1} = W_l.T @ dz_l``;
+    batch: ``dW_l = dz_l.T @ a_{l-1}``, ``db_l = sum(dz_l, axis=0).T``, ``da_{l-1} = dz_l @ W_l``;
+    ``dz_l = da_l * f'(z_l)``; a skip connection adds ``da_l`` to ``da_{l-1}``. The output layer uses
+    the fused simplification when there is one (``a3 - y`` for softmax + cross-entropy, under its side
+    condition; ``/ N`` for the mean over a batch), else ``dL/da_L`` and the output's Jacobian.
+
+    >>> import symbp
+    >>> claims = textbook(symbp.MLP([4, 5, 3, 3]))
+    >>> claims["z3"], claims["W3"], claims["z2"]
+    ('a3 - y', 'dz3 @ a2.T', 'da2 * step(z2)')
+    """
+    L, batch = net.L, net.batch
+    mean = " / N" if batch and net.reduction == "mean" else ""
+    aL, n = f"a{L}", net.sizes[-1]
+    claims = {}
+    loss = net.loss_row.name
+    if loss == "cross_entropy":
+        claims[aL] = f"-y / {aL}{mean}"
+    elif loss == "binary_cross_entropy":
+        claims[aL] = f"(-(y / {aL}) + (1 - y) / (1 - {aL})) / {n}{mean}"
+    else:
+        claims[aL] = f"2 * ({aL} - y) / {n}{mean}"
+    if net.fused and net.fused.simplified:
+        import re
+
+        simplified = re.sub(r"\bn\b", str(n), re.sub(r"\ba\b", aL, net.fused.simplified))
+        claims[f"z{L}"] = f"({simplified}){mean}" if mean else simplified
+    elif net.output.name == "softmax":
+        axis = 1 if batch else 0
+        claims[f"z{L}"] = f"{aL} * (d{aL} - sum({aL} * d{aL}, axis={axis}))"
+    elif net.output.name == "sigmoid":
+        claims[f"z{L}"] = f"d{aL} * {aL} * (1 - {aL})"
+    else:
+        claims[f"z{L}"] = f"d{aL}"
+    for l in range(L, 0, -1):
+        prev = f"a{l - 1}" if l > 1 else "x"
+        claims[f"W{l}"] = f"dz{l}.T @ {prev}" if batch else f"dz{l} @ {prev}.T"
+        if net.bias:
+            claims[f"b{l}"] = f"sum(dz{l}, axis=0).T" if batch else f"dz{l}"
+        if l == 1:
+            break
+        da = f"dz{l} @ W{l}" if batch else f"W{l}.T @ dz{l}"
+        if l in net.residual_layers:
+            da += f" + da{l}"
+        claims[f"a{l - 1}"] = da
+        derivative = activation_derivative(net, l - 1)
+        if derivative is not None:
+            claims[f"z{l - 1}"] = f"da{l - 1}" if derivative == "1" else f"da{l - 1} * {derivative}"
+    order = [n for n in net.params + net.intermediates if n in claims]
+    return {name: claims[name] for name in order}
+
+
+# --------------------------------------------------------------------------- code claims
+
+
+def _judge_code(net, grads, function, seed):
+    from .numeric import lambdify, random_values
+
+    label = getattr(function, "__name__", "backward")
+    points = [random_values(net, seed + 11 * k) for k in range(2)]
+    outputs = []
+    for values in points:
+        try:
+            out = function({k: np.array(v) for k, v in values.items()})
+        except Exception as exc:  # the user's code: any failure is a verdict, not a crash
+            return [Result("*", label, "error", detail=f"{label} raised {type(exc).__name__}: {exc}")]
+        if not isinstance(out, dict):
+            return [Result("*", label, "error", detail=f"{label} returned {type(out).__name__}, expected a dict "
+                           "{name: array}")]
+        outputs.append(out)
+    names = list(outputs[0])
+    results = []
+    known = [n for n in names if n in grads]
+    truth_fn = lambdify(net, grads, names=known) if known else None
+    truths = [truth_fn(**values) for values in points] if truth_fn else [{} for _ in points]
+    for name in names:
+        if name not in grads:
+            results.append(Result(str(name), label, "error",
+                                  detail=f"'{name}' is not a gradient of this network ({', '.join(grads)})"))
+            continue
+        results.append(_judge_array(net, name, label, [o.get(name) for o in outputs], [t[name] for t in truths],
+                                    points))
+    for name in net.params:
+        if name not in names:
+            results.append(Result(name, label, "error", detail=f"{label} returned no gradient for {name}"))
+    return results
+
+
+def _close(a, b):
+    scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-12)
+    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and float(np.max(np.abs(a - b))) <= 1e-7 * scale
+
+
+def _judge_array(net, name, label, gots, truths, points):
+    shape = net.shape(name)
+    try:
+        gots = [np.asarray(g, dtype=float) for g in gots]
+    except (TypeError, ValueError) as exc:
+        return Result(name, label, "error", detail=f"{name}: not an array of numbers ({exc})")
+    if gots[0].ndim == 1 and shape[1] == 1 and gots[0].shape == (shape[0],):
+        gots = [g.reshape(-1, 1) for g in gots]
+    if gots[0].shape != shape:
+        if gots[0].shape == shape[::-1] and all(_close(g.T, t) for g, t in zip(gots, truths)):
+            return Result(name, label, "fails", "numeric", "transposed",
+                          detail=f"returned shape {gots[0].shape}; its transpose holds")
+        return Result(name, label, "error", None, "shape",
+                      detail=f"returned shape {gots[0].shape}, dL/d{name} has shape {shape}")
+    if all(_close(g, t) for g, t in zip(gots, truths)):
+        return Result(name, label, "holds", "numeric", detail="equal in float64 at random points")
+    result = Result(name, label, "fails", "numeric", "other")
+    g, t = gots[0], truths[0]
+    index = np.unravel_index(int(np.argmax(np.abs(g - t))), shape)
+    result.element = tuple(int(k) for k in index)
+    result.expected, result.got = f"{t[index]:.6g}", f"{g[index]:.6g}"
+    candidates = []
+    if shape[0] == shape[1]:
+        candidates.append(("transposed", [x.T for x in gots], "the transpose holds", None))
+    candidates.append(("sign", [-x for x in gots], "the negative holds (sign flipped)", None))
+    nonzero = np.abs(g) > 1e-12
+    if np.any(nonzero):
+        ratio = float(np.median(t[nonzero] / g[nonzero]))
+        nice = Fraction(ratio).limit_denominator(1000)
+        factor = float(nice) if abs(float(nice) - ratio) <= 1e-9 * abs(ratio) else ratio
+        if abs(factor - 1) > 1e-9 and abs(factor + 1) > 1e-9:
+            candidates.append(("scaled", [factor * x for x in gots], f"multiplied by {nice if factor == float(nice) else factor:g} it holds"
+                               if factor != float(nice) else f"multiplied by {nice} it holds", factor))
+    for diagnosis, fixed, detail, factor in candidates:
+        if all(_close(f, tt) for f, tt in zip(fixed, truths)):
+            result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+            break
+    else:
+        layer = _mask_layer(net, name, gots, points)
+        result.detail = "no usual mistake explains it"
+        if layer is not None:
+            result.diagnosis = "missing-activation-derivative"
+            result.detail = f"it equals the backward pass without {layer}"
+    result.detail += f"; at {name}[{index[0] + 1},{index[1] + 1}]: expected {result.expected}, got {result.got}"
+    return result
+
+
+def _mask_layer(net, name, gots, points):
+    """The hidden layers whose activation derivatives, left out of the backward pass, give ``gots``
+    (as text: "f'(z2)", "f'(z1), f'(z2)"), or None."""
+    import itertools
+
+    layers = range(1, net.L)
+    for count in range(1, min(len(layers), 4) + 1):
+        for skip in itertools.combinations(layers, count):
+            if all(_close(got, _backprop_without(net, values, skip).get(name, np.full(got.shape, np.nan)))
+                   for got, values in zip(gots, points)):
+                return ", ".join(f"f'(z{l})" for l in skip)
+    return None
+
+
+def _backprop_without(net, values, skip):
+    """NumPy backprop with the derivatives of hidden layers ``skip`` taken as 1 (forgotten masks)."""
+    import copy
+    import dataclasses
+
+    from .numeric import reference_gradients
+
+    hidden = list(net.hidden)
+    for layer in skip:
+        hidden[layer - 1] = dataclasses.replace(hidden[layer - 1], numpy_derivative=np.ones_like)
+    twin = copy.copy(net)  # a shallow copy with one row replaced; the network itself is untouched
+    twin.hidden = tuple(hidden)
+    return reference_gradients(twin, values)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -> Report:
+    """Judge each claim ``{target: formula}`` (or a ``backward(values) -> {name: array}`` callable)
+    against the derived gradients of ``net``.
+
+    >>> import symbp
+    >>> net = symbp.MLP([4, 5, 3, 3])
+    >>> report = verify(net, {"z3": "a3 - y", "W3": "a2 @ dz3.T", "z2": "W3.T @ dz3"})
+    >>> [(r.target, r.verdict, r.method, r.diagnosis) for r in report.results]
+    [('z3', 'holds', 'symbolic', None), ('W3', 'fails', 'exact-random', 'transposed'), ('z2', 'fails', 'exact-random', 'missing-activation-derivative')]
+    >>> report.assumptions
+    ['every target row sums to 1']
+    """
+    if not isinstance(net, MLP):
+        raise SymbpError(f"verify: expected a symbp.MLP, got {type(net).__name__}")
+    start = time.perf_counter()
+    if grads is None:
+        grads = derive(net, method="chain")
+    elif not isinstance(grads, Gradients) or grads.net is not net:
+        raise SymbpError("verify: grads must come from symbp.derive of this network")
+    if grads.layout != "denominator":
+        grads = grads.with_layout("denominator")
+    results = []
+    if callable(claims):
+        results = _judge_code(net, grads, claims, seed)
+    else:
+        if not hasattr(claims, "items"):
+            raise SymbpError(f"verify: claims must be a dict {{target: formula}} or a function, got {type(claims).__name__}")
+        parsed = []
+        for target, text in claims.items():
+            if callable(text):
+                parsed.append((target, text, None))
+                continue
+            target = str(target)
+            if target not in grads:
+                raise SymbpError(f"claims: no gradient named '{target}'{closest(target, grads)}; "
+                                 f"targets: {', '.join(grads)}")
+            parsed.append((target, text, parse(text, net, what=f"claim for {target}")))
+        judge = _Judge(net, grads, seed)
+        for target, text, node in parsed:
+            if node is None:
+                results.extend(_judge_code(net, grads, text, seed))
+            else:
+                results.append(judge.judge(target, text, node))
+    assumptions = []
+    for r in results:
+        for a in r.assumptions:
+            if a not in assumptions:
+                assumptions.append(a)
+    return Report(results, assumptions, net.describe(), time.perf_counter() - start)
+
+
+def report_json(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2)

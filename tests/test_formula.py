@@ -1,0 +1,165 @@
+"""The claim language: what it accepts (with shapes), what it refuses (with column and culprit), and
+what its trees evaluate to."""
+
+from fractions import Fraction
+
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symbp
+from symbp import functions as F
+from symbp.errors import SymbpError
+from symbp.formula import FormulaError, Node, evaluate, known_shapes, parse
+
+NET = symbp.MLP([4, 5, 3, 3])
+BATCH = symbp.MLP([4, 5, 3, 3], batch=8)
+
+
+@pytest.mark.parametrize("text, shape, op", [
+    ("a3 - y", (3, 1), "sub"),
+    ("dz3 @ a2.T", (3, 3), "matmul"),
+    ("(W3.T @ dz3) * step(z2)", (3, 1), "mul"),
+    ("dz1 @ x.T", (5, 4), "matmul"),
+    ("dz1 @ a0.T", (5, 4), "matmul"),
+    ("W2.T @ dz2", (5, 1), "matmul"),
+    ("da1 * a1 * (1 - a1)", (5, 1), "mul"),
+    ("1 - tanh(z1) ** 2", (5, 1), "sub"),
+    ("softmax(z3) - y", (3, 1), "sub"),
+    ("sum(dz3)", (1, 1), "sum"),
+    ("sum(dz1 @ x.T, axis=0)", (1, 4), "sum"),
+    ("sum(dz1 @ x.T, 1)", (5, 1), "sum"),
+    ("diag(a3) - outer(a3, a3)", (3, 3), "sub"),
+    ("(diag(a3) - a3 @ a3.T) @ da3", (3, 1), "matmul"),
+    ("ones(3, 1) * 0.5", (3, 1), "mul"),
+    ("-dz3", (3, 1), "neg"),
+    ("+dz3", (3, 1), "name"),
+    ("dz3 / 2", (3, 1), "div"),
+    ("relu(z1) + leaky_relu(z1) + sigmoid(z1) + softplus(z1) + exp(z1) + log(a1)", (5, 1), "add"),
+])
+def test_shapes_single(text, shape, op):
+    node = parse(text, NET)
+    assert node.shape == shape
+    assert node.op == op
+
+
+@pytest.mark.parametrize("text, shape", [
+    ("(a3 - y) / N", (8, 3)),
+    ("dz3.T @ a2", (3, 3)),
+    ("sum(dz2, axis=0).T", (3, 1)),
+    ("dz3 @ W3 * step(z2)", (8, 3)),
+    ("a3 * (da3 - sum(a3 * da3, axis=1))", (8, 3)),  # (8, 3) broadcast with (8, 1)
+    ("ones(N, 1).T @ dz3", (1, 3)),
+    ("dz2 + b2.T", (8, 3)),  # row broadcast
+])
+def test_shapes_batch(text, shape):
+    assert parse(text, BATCH).shape == shape
+
+
+def test_softmax_axis_follows_the_mode():
+    assert parse("softmax(z3)", NET).value == 0
+    assert parse("softmax(z3)", BATCH).value == 1
+
+
+def test_numbers_are_exact():
+    node = parse("0.1 * dz3", NET)
+    assert node.args[0] == Node("number", value=Fraction(1, 10))
+    assert parse("-3", NET).value == -3
+
+
+@pytest.mark.parametrize("text, column, token, message", [
+    ("W3.T @ dz1", 6, "@", "W3.T @ dz1: shapes (3, 3) and (5, 1) do not align"),
+    ("dz3 @ a2.T + W9", 14, "W9", "unknown name 'W9'"),
+    ("a3 - yy", 6, "yy", "unknown name 'yy' (did you mean 'y'?)"),
+    ("dz4", 1, "dz4", "unknown name 'dz4' (did you mean 'dz3'?)"),
+    ("N * dz3", 1, "N", "N is the batch size"),
+    ("dz3 * stp(z3)", 7, "stp", "unknown function 'stp' (did you mean 'step'?)"),
+    ("relu(z1, z1)", 1, "relu", "relu() takes 1 argument, got 2"),
+    ("outer(a3)", 1, "outer", "outer() takes 2 arguments, got 1"),
+    ("sum(dz3, axis=2)", 15, "2", "axis must be 0"),
+    ("sum(dz3, keepdims=1)", 1, "sum", "sum() takes no keyword argument 'keepdims'"),
+    ("dz3 + dz1", 5, "+", "shapes (3, 1) and (5, 1) do not match for element-wise '+'"),
+    ("dz3 ** z3", 8, "z3", "the exponent of ** must be a number"),
+    ("dz3 ** 1000", 8, "1000", "exponent 1000 is too large"),
+    ("x.shape", 1, ".shape", "'.shape' is not allowed"),
+    ("__import__('os').system('x')", 1, "__import__('os').system('x')", "only plain function names can be called"),
+    ("__import__('os')", 1, "__import__", "unknown function '__import__'"),
+    ("dz3[0]", 1, "dz3[0]", "is not allowed"),
+    ("lambda: 0", 1, "lambda: 0", "is not allowed"),
+    ("'text'", 1, "'text'", "unsupported constant 'text'"),
+    ("dz3 / 0", 1, "dz3 / 0", "division by zero"),
+    ("diag(W1)", 6, "W1", "diag() takes vectors"),
+    ("dz3 @", 6, "", "syntax error"),
+])
+def test_errors_name_the_culprit_and_column(text, column, token, message):
+    with pytest.raises(FormulaError) as info:
+        parse(text, NET)
+    assert message in str(info.value)
+    assert f"column {column}:" in str(info.value)
+    assert info.value.column == column
+    assert info.value.token == token
+    assert isinstance(info.value, SymbpError)
+
+
+def test_known_shapes_cover_gradients_and_batch_size():
+    shapes = known_shapes(BATCH)
+    assert shapes["dW1"] == (5, 4) and shapes["dz3"] == (8, 3) and shapes["N"] == (1, 1)
+    assert "N" not in known_shapes(NET)
+    assert "b1" not in known_shapes(symbp.MLP([2, 2], bias=False))
+
+
+def test_evaluate_gives_sympy_matrices():
+    net = symbp.MLP([2, 2, 2])
+    env = {"W2": net.symbols("W2"), "dz2": net.grad_symbols("z2"), "z1": net.symbols("z1")}
+    got = evaluate(parse("(W2.T @ dz2) * step(z1)", net), env)
+    W, d, z = net.symbols("W2"), net.grad_symbols("z2"), net.symbols("z1")
+    assert got == sp.Matrix([(W[0, i] * d[0] + W[1, i] * d[1]) * sp.Heaviside(z[i], 0) for i in range(2)])
+
+
+def test_evaluate_softmax_sum_diag_outer_ones():
+    net = symbp.MLP([2, 2], batch=2)
+    z = net.symbols("z1")
+    got = evaluate(parse("softmax(z1)", net), {"z1": z})
+    assert got[0, 1] == sp.exp(z[0, 1]) / (sp.exp(z[0, 0]) + sp.exp(z[0, 1]))  # rows in a batch
+    assert evaluate(parse("sum(z1, axis=0)", net), {"z1": z}) == sp.Matrix([[z[0, 0] + z[1, 0], z[0, 1] + z[1, 1]]])
+    assert evaluate(parse("sum(z1)", net), {"z1": z}) == sp.Matrix([[sum(z)]])
+    assert evaluate(parse("ones(N, 1) * N", net), {}, N=2) == sp.Matrix([[2], [2]])
+    single = symbp.MLP([2, 2])
+    a = single.symbols("a1")
+    assert evaluate(parse("diag(a1) - outer(a1, a1)", single), {"a1": a}) == sp.diag(*a) - a * a.T
+    assert evaluate(parse("softmax(z1)", single), {"z1": single.symbols("z1")})[1, 0] == \
+        F.sp.exp(single.symbols("z1")[1]) / sum(sp.exp(v) for v in single.symbols("z1"))
+    assert evaluate(parse("a1 ** -1 / 2", single), {"a1": a}) == sp.Matrix([1 / (2 * a[0]), 1 / (2 * a[1])])
+
+
+def test_node_walk_names_and_text():
+    node = parse("(W3.T @ dz3) * step(z2)", NET)
+    assert node.names() == {"W3", "dz3", "z2"}
+    assert [n.op for n in node.walk()] == ["mul", "matmul", "transpose", "name", "name", "func", "name"]
+    assert node.args[1].value == "step" and node.args[1].text == "step(z2)" and node.args[1].column == 16
+    assert str(node) == "(W3.T @ dz3) * step(z2)"
+
+
+ALPHABET = st.sampled_from(list("()+-*/@.T,_ 01xyzWbad23N") + ["step", "relu", "sum", "axis=", "**", "ones",
+                                                                  "softmax", "__import__", "'os'", "[0]", "lambda"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(ALPHABET, max_size=25).map("".join))
+def test_random_formulas_parse_or_raise_formula_error(text):
+    try:
+        node = parse(text, NET)
+    except FormulaError:
+        return
+    assert isinstance(node, Node)
+    assert len(node.shape) == 2 and min(node.shape) >= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40))
+def test_arbitrary_text_parses_or_raises_formula_error(text):
+    try:
+        parse(text, BATCH)
+    except FormulaError:
+        pass

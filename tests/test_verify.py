@@ -1,0 +1,245 @@
+"""Verdicts and diagnoses: the claim corpus (tests/claims), the textbook equations over every
+configuration, the tiers, code claims, and the JSON shape."""
+
+import functools
+import importlib.util
+import json
+import random
+import time
+import tomllib
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symbp
+from symbp.errors import SymbpError
+from symbp.formula import FormulaError, parse
+from symbp.spec import model_from_table
+from symbp.verify import ExactField, activation_derivative, textbook, verify
+
+from conftest import config_id, configurations, make
+
+CLAIMS = Path(__file__).parent / "claims"
+SIDE = "every target row sums to 1"
+
+
+@functools.lru_cache(maxsize=None)
+def corpus(name):
+    data = tomllib.loads((CLAIMS / name).read_text())
+    net = model_from_table(data["model"])
+    return net, symbp.derive(net), data["case"]
+
+
+CASES = [(path.name, k) for path in sorted(CLAIMS.glob("*.toml"))
+         for k in range(len(tomllib.loads(path.read_text())["case"]))]
+
+
+def test_corpus_is_large_and_covers_every_diagnosis():
+    cases = [case for name in {n for n, _ in CASES} for case in corpus(name)[2]]
+    assert len(cases) >= 60
+    assert {c.get("diagnosis") for c in cases} >= {"transposed", "scaled", "sign", "missing-activation-derivative",
+                                                   "shape", "other"}
+    assert {c.get("method") for c in cases} >= {"symbolic", "exact-random", "numeric"}
+
+
+@pytest.mark.parametrize("name, k", CASES, ids=[f"{n[:-5]}-{k}" for n, k in CASES])
+def test_corpus_verdict_and_diagnosis(name, k):
+    net, grads, cases = corpus(name)
+    case = cases[k]
+    report = verify(net, {case["target"]: case["claim"]}, grads=grads)
+    result = report.results[0]
+    assert (result.target, result.verdict) == (case["target"], case["verdict"]), result.detail
+    assert result.diagnosis == case.get("diagnosis"), result.detail
+    if "method" in case:
+        assert result.method == case["method"], result.detail
+    if "factor" in case:
+        assert result.factor == pytest.approx(case["factor"], rel=1e-12)
+    else:
+        assert result.factor is None
+    if "assumption" in case:
+        assert report.assumptions == ([SIDE] if case["assumption"] else [])
+    if result.verdict == "fails" and parse(case["claim"], net).shape == net.shape(case["target"]):
+        i, j = result.element  # one element where they differ, with both sides there
+        assert result.expected != result.got
+        assert f"at dL/d{case['target']}[" in result.detail
+    else:
+        assert result.element is None
+
+
+# --------------------------------------------------------------------------- the textbook
+
+
+EXTRA = [
+    dict(sizes=[2, 3, 3, 2], hidden="leaky_relu", output="softmax", loss="mse", batch=3),
+    dict(sizes=[3, 3, 3, 2], hidden="softplus", output="sigmoid", loss="binary_cross_entropy", batch=2,
+         reduction="sum", residual=True),
+    dict(sizes=[2, 3, 2], hidden="x**3/3 + x", output="identity", loss="mse"),
+    dict(sizes=[2, 3, 2], hidden="sigmoid", output="sigmoid", loss="cross_entropy", batch=2),
+    dict(sizes=[2, 3, 2], hidden="tanh", output="softmax", loss="cross_entropy", batch=3, reduction="sum"),
+    dict(sizes=[3, 3, 2], hidden="identity", output="softmax", loss="binary_cross_entropy", batch=2, bias=False),
+]
+
+
+@pytest.mark.parametrize("config", configurations() + EXTRA, ids=config_id)
+def test_textbook_holds_for_every_configuration(config):
+    net = make(config)
+    claims = textbook(net)
+    assert set(claims) == set(net.params + net.intermediates)
+    report = verify(net, claims)
+    assert report.ok, report.text()
+    side = net.fused is not None and net.fused.side_condition is not None
+    assert report.assumptions == ([SIDE] if side else [])
+
+
+def test_textbook_forms():
+    single = textbook(symbp.MLP([4, 5, 3, 3]))
+    assert single == {"W1": "dz1 @ x.T", "b1": "dz1", "W2": "dz2 @ a1.T", "b2": "dz2", "W3": "dz3 @ a2.T",
+                      "b3": "dz3", "z1": "da1 * step(z1)", "a1": "W2.T @ dz2", "z2": "da2 * step(z2)",
+                      "a2": "W3.T @ dz3", "z3": "a3 - y", "a3": "-y / a3"}
+    batch = textbook(symbp.MLP([4, 5, 3, 3], hidden="tanh", batch=8))
+    assert batch["z3"] == "(a3 - y) / N" and batch["W2"] == "dz2.T @ a1"
+    assert batch["b2"] == "sum(dz2, axis=0).T" and batch["a2"] == "dz3 @ W3"
+    assert batch["z1"] == "da1 * (1 - a1 ** 2)"
+    residual = textbook(symbp.MLP([2, 2, 2, 2], hidden="sigmoid", residual=True))
+    assert residual["a1"] == "W2.T @ dz2 + da2"
+    assert residual["z2"] == "da2 * sigmoid(z2) * (1 - sigmoid(z2))"
+
+
+def test_activation_derivative_of_custom_activation_is_translated():
+    net = symbp.MLP([2, 2, 2], hidden="x*sigmoid(x)")
+    text = activation_derivative(net, 1)
+    assert "sigmoid(z1)" in text and "z1" in text
+    assert verify(net, {"z1": f"da1 * {text}"}).ok
+
+
+def test_textbook_speed_on_a_three_layer_network():
+    net = symbp.MLP([4, 5, 3, 3])
+    start = time.perf_counter()
+    report = verify(net, textbook(net))
+    assert report.ok and time.perf_counter() - start < 10
+
+
+@pytest.mark.slow
+def test_textbook_on_784_128_64_10_checks_every_element_quickly():
+    net = symbp.MLP([784, 128, 64, 10])
+    grads = symbp.derive(net)
+    start = time.perf_counter()
+    report = verify(net, textbook(net), grads=grads)
+    assert report.ok and report["W1"].method == "exact-random"
+    assert time.perf_counter() - start < 60
+
+
+# --------------------------------------------------------------------------- tiers and soundness
+
+
+def test_exact_field_keeps_the_identities_of_its_frozen_values():
+    field = ExactField(random.Random(3))
+    v = Fraction(5, 3)
+    e = field.call("exp", v)
+    assert field.call("exp", -v) == 1 / e
+    assert field.call("tanh", v / 2) == (e - 1) / (e + 1)
+    assert field.call("sigmoid", v) == e / (1 + e)
+    assert 2 * field.call("sigmoid", 2 * v) - 1 == field.call("tanh", v)
+    assert field.call("relu", Fraction(-1)) == 0 and field.call("step", Fraction(0)) == 0
+    assert field.call("leaky_relu", Fraction(-1)) == Fraction(-1, 100)
+
+
+def test_a_wrong_claim_that_agrees_in_most_places_still_fails():
+    net = symbp.MLP([3, 4, 2], hidden="relu", output="identity", loss="mse")
+    # wrong only through the mask: (W2.T dz2) * relu(z1) equals the truth where z1 = 1 exactly
+    report = verify(net, {"z1": "(W2.T @ dz2) * relu(z1)"})
+    assert report.results[0].verdict == "fails"
+
+
+def test_side_condition_is_listed_only_when_needed():
+    net = symbp.MLP([2, 3])
+    assert verify(net, {"z1": "a1 - y"}).assumptions == [SIDE]
+    assert verify(net, {"z1": "a1 * sum(y) - y"}).assumptions == []
+    assert verify(net, {"W1": "dz1 @ x.T"}).assumptions == []
+
+
+def test_bad_claims_are_bad_input():
+    net = symbp.MLP([4, 5, 3, 3])
+    with pytest.raises(FormulaError, match="claim for W1 'dz1 @ x', column 5"):
+        verify(net, {"W1": "dz1 @ x"})
+    with pytest.raises(SymbpError, match="no gradient named 'W4'"):
+        verify(net, {"W4": "dz3"})
+    with pytest.raises(SymbpError, match="expected a symbp.MLP"):
+        verify("net", {})
+
+
+def test_element_expected_and_got_are_the_expressions_there():
+    net = symbp.MLP([2, 2], output="identity", loss="mse")
+    result = verify(net, {"W1": "dz1 @ x.T + W1"}).results[0]
+    assert result.element == (0, 0)
+    assert result.expected == "dz1[1]*x[1]"
+    assert result.got == "W1[1,1] + dz1[1]*x[1]"
+    assert "at dL/dW1[1,1]" in result.detail
+
+
+def test_report_json_has_the_interface_keys():
+    net = symbp.MLP([4, 5, 3, 3])
+    report = verify(net, {"z3": "a3 - y", "W3": "3 * dz3 @ a2.T"})
+    data = json.loads(json.dumps(report.to_json()))
+    assert set(data) == {"ok", "assumptions", "results"}
+    assert data["ok"] is False and data["assumptions"] == [SIDE]
+    keys = {"target", "claim", "verdict", "method", "diagnosis", "factor", "element", "expected", "got", "detail"}
+    assert all(set(r) == keys for r in data["results"])
+    scaled = data["results"][1]
+    assert scaled["diagnosis"] == "scaled" and scaled["factor"] == pytest.approx(1 / 3)
+    assert isinstance(scaled["element"], list) and len(scaled["element"]) == 2
+
+
+# --------------------------------------------------------------------------- code claims
+
+
+def _code():
+    spec = importlib.util.spec_from_file_location("backward_seed002", CLAIMS / "backward_seed002.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CODE = _code()
+SEED002 = dict(sizes=[4, 6, 5, 3], bias=False, batch=4)
+
+
+@pytest.mark.parametrize("function, expected", [
+    ("backward", {"W1": ("holds", None), "W2": ("holds", None), "W3": ("holds", None)}),
+    ("backward_no_mean", {"W1": ("fails", "scaled"), "W2": ("fails", "scaled"), "W3": ("fails", "scaled")}),
+    ("backward_transposed", {"W1": ("fails", "transposed"), "W2": ("fails", "transposed"),
+                             "W3": ("fails", "transposed")}),
+    ("backward_sign", {"W1": ("fails", "sign"), "W2": ("fails", "sign"), "W3": ("fails", "sign")}),
+    ("backward_no_mask", {"W1": ("fails", "missing-activation-derivative"),
+                          "W2": ("fails", "missing-activation-derivative"), "W3": ("holds", None)}),
+    ("backward_missing", {"W1": ("error", None), "W2": ("holds", None), "W3": ("holds", None)}),
+    ("backward_unknown_name", {"W1": ("holds", None), "W2": ("holds", None), "W3": ("holds", None),
+                               "W9": ("error", None)}),
+    ("backward_bad_shape", {"W1": ("holds", None), "W2": ("error", "shape"), "W3": ("holds", None)}),
+])
+def test_code_claims(function, expected):
+    net = symbp.MLP(**SEED002)
+    report = verify(net, getattr(CODE, function))
+    got = {r.target: (r.verdict, r.diagnosis) for r in report.results}
+    assert got == expected, report.text()
+    assert all(r.claim == function for r in report.results)
+    assert report.ok == all(v == "holds" for v, _ in expected.values())
+
+
+def test_code_claim_scaled_factor_is_one_over_n():
+    report = verify(symbp.MLP(**SEED002), CODE.backward_no_mean)
+    assert {r.factor for r in report.results} == {0.25}
+    assert all(r.method == "numeric" and r.element is not None for r in report.results)
+
+
+@pytest.mark.parametrize("function, message", [
+    ("backward_crash", "backward_crash raised KeyError: 'b1'"),
+    ("backward_not_a_dict", "returned list, expected a dict"),
+])
+def test_code_claims_that_break_are_error_results(function, message):
+    report = verify(symbp.MLP(**SEED002), getattr(CODE, function))
+    assert [r.verdict for r in report.results] == ["error"]
+    assert message in report.results[0].detail
