@@ -11,6 +11,7 @@ numeric engine and exported as LaTeX derivation documents.
 (3, 5)
 """
 
+from .codegen import compile  # noqa: A004 - symbp.compile, as INTERFACE.md names it
 from .derive import Gradients, derive
 from .errors import SymbpError
 from .network import MLP
@@ -21,4 +22,4 @@ from .verify import Report, Result, textbook, verify
 __version__ = "0.1.0"
 
 __all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__",
-           "verify", "textbook", "Report", "Result"]
+           "verify", "textbook", "Report", "Result", "compile"]
