@@ -30,7 +30,9 @@ import sympy as sp
 
 from . import functions as F
 from .errors import SymbpError, closest
+from .formula import parse
 from .network import MLP
+from .verify import verify
 
 # Python's operator precedence, as far as the generated code needs it (higher binds tighter).
 _ADD, _MUL, _UNARY, _POW, _ATOM = 1, 2, 3, 4, 5
@@ -127,15 +129,14 @@ def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # 
     if not isinstance(claims, Mapping) or not claims:
         raise SymbpError("compile: claims must be a non-empty mapping of target -> formula, "
                          "e.g. symbp.textbook(net)")
+    targets = net.params + net.intermediates
     for target, claim in claims.items():
-        if target not in net.params + net.intermediates:
-            raise SymbpError(f"compile: no variable '{target}'{closest(str(target), net.params + net.intermediates)}; "
-                             f"targets: {', '.join(net.params + net.intermediates)}")
+        if target not in targets:
+            raise SymbpError(f"compile: no variable '{target}'{closest(str(target), targets)}; "
+                             f"targets: {', '.join(targets)}")
         if not isinstance(claim, str):
             raise SymbpError(f"compile: the claim for {target} is not a formula string "
                              f"({type(claim).__name__}); only formulas can be compiled")
-    from .formula import parse  # imported here: the formula language sits above this module's users
-
     trees = {target: parse(claim, net, what=f"claim for {target}") for target, claim in claims.items()}
     order = _order(net, trees)
     report = _verified(net, claims, report)
@@ -146,8 +147,6 @@ def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # 
 def _verified(net, claims, report):
     """The report of ``verify(net, claims)``, computed unless given; refuse claims that do not hold."""
     if report is None:
-        from .verify import verify
-
         report = verify(net, dict(claims))
     judged = {r.target: r for r in report.results}
     for target, claim in claims.items():

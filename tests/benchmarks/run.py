@@ -50,7 +50,6 @@ from sympy.core.cache import clear_cache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's symbp, not an installed one
 import symbp  # noqa: E402
-from symbp import numeric  # noqa: E402
 
 MNIST = [784, 128, 64, 10]
 
@@ -78,13 +77,17 @@ def table(title, header, rows):
 # --------------------------------------------------------------------------- 1. derivation
 
 
-def derivation(sizes_list, batch_sizes):
+def derivation(sizes_list, batch_sizes, repeats=2):
     symbp.derive(symbp.MLP([4, 5, 3, 3]))  # warm up: imports and SymPy's caches, outside the timings
     rows, nets, previous = [], {}, None
     for sizes, batch in [(s, None) for s in sizes_list] + [(s, b) for s, b in batch_sizes]:
         clear_cache()  # no help from SymPy's cache of an earlier network with the same output symbols
         build, net = seconds(symbp.MLP, sizes, batch=batch)
-        took, grads = seconds(symbp.derive, net, method="chain")
+        took = float("inf")
+        for _ in range(repeats):  # the best of a few: colleagues' jobs share the cores
+            clear_cache()
+            once, grads = seconds(symbp.derive, net, method="chain")
+            took = min(took, once)
         per = took / net.n_params * 1e6
         # the slope from the previous (smaller, single-example) row: the cost of each added parameter
         slope = "-" if previous is None or batch else \
@@ -126,9 +129,9 @@ def code_generation(nets, reports, sizes_list):
         lam, _ = seconds(symbp.lambdify, net, grads)
         claims = symbp.textbook(net)
         gen, _ = seconds(symbp.compile, net, claims, report=reports[(tuple(sizes), None)])
-        rows.append([str(sizes), f"{lam:.2f}", f"{gen:.3f}", f"{lam / gen:,.0f}x"])
+        rows.append([str(sizes), f"{lam:.2f}", f"{gen * 1e3:.1f}", f"{lam / gen:,.0f}x"])
     table("3. NumPy code: lambdify (per-element) against compile (matrix code; verification excluded)",
-          ["sizes", "lambdify s", "compile s", "lambdify / compile"], rows)
+          ["sizes", "lambdify s", "compile ms", "lambdify / compile"], rows)
 
 
 # --------------------------------------------------------------------------- 4. gradient evaluation
@@ -208,7 +211,7 @@ def evaluation(net, report, threads, rounds):
     base = best["hand NumPy (baseline)"]
     rows = [[name, f"{t * 1e3:.2f}", f"{t / base:.2f}", f"{agree[name]:.1e}"] for name, t in best.items()]
     table(f"4. one gradient of {MNIST}, batch of 256, float64 (best of {rounds} rounds of 20 calls; "
-          f"compiled from a symbolic batch of {net.batch} in {took:.2f} s)",
+          f"compiled from a symbolic batch of {net.batch} in {took * 1e3:.0f} ms)",
           ["engine", "ms per batch", "ratio to hand NumPy", "max |diff| to hand NumPy"], rows)
     return best
 
@@ -227,7 +230,6 @@ def expand_search(limit=60.0, widths=range(2, 12)):
     for k in widths:
         queue = multiprocessing.Queue()
         child = multiprocessing.Process(target=_expand_child, args=(k, queue))
-        start = time.perf_counter()
         child.start()
         child.join(limit)
         if child.is_alive():
@@ -237,8 +239,6 @@ def expand_search(limit=60.0, widths=range(2, 12)):
             break
         params, took = queue.get()
         rows.append([f"[{k}, {k}, {k}, 4]", params, f"{took:.1f}"])
-        if time.perf_counter() - start > limit / 2 and took * 2 > limit:  # the next one will not finish
-            break
     table(f"5. derive(net, method='expand') (sympy.diff of the written-out loss), up to {limit:.0f} s",
           ["sizes", "parameters", "expand s"], rows)
 
