@@ -168,7 +168,10 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
     outputs = [grads._matrices[name] for name in names]
     if grads.method == "expand":
         outputs = [M.applyfunc(lambda e: _restage(net, [e])[0]) for M in outputs]
-    program = _program(net, grads, net.output.name == "softmax" and _all_logits_staged(net, outputs))
+    # chain results are written in the stage symbols (exp(z3_0_0), never exp(W3_0_0*a2_0_0 + ...)), so
+    # the shift is always safe for them; only expand results need the (costly at scale) look.
+    staged = grads.method == "chain" or _all_logits_staged(net, outputs)
+    program = _program(net, grads, net.output.name == "softmax" and staged)
     flat_outputs = [list(M) for M in outputs]
     fn = sp.lambdify(arg_symbols, flat_outputs, modules=[NUMPY_FUNCTIONS, "numpy"], printer=_printer(),
                      cse=lambda exprs: (program, exprs), docstring_limit=0)
