@@ -27,9 +27,11 @@ everything to ``x, y, W*, b*``.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from collections.abc import Mapping
 
 import sympy as sp
@@ -130,13 +132,33 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
     start = time.perf_counter()
     steps = len(net.intermediates) + (len(net.params) if method == "expand" else 0)
     report = _Progress(progress, total=steps)
-    if method == "expand":
-        matrices, definitions = _expand(net, report), []
-    else:
-        matrices, definitions = _chain(net, report)
+    with paused_gc():
+        if method == "expand":
+            matrices, definitions = _expand(net, report), []
+        else:
+            matrices, definitions = _chain(net, report)
     report.done()
     return Gradients(net, matrices, method=method, layout=layout, definitions=definitions,
                      seconds=time.perf_counter() - start)
+
+
+@contextmanager
+def paused_gc():
+    """Python's cyclic garbage collector paused for the duration (and resumed as it was).
+
+    A derivation allocates millions of small SymPy objects that form no cycles; each of the
+    collector's full passes walks every live object, the caller's included, so the time grows with
+    whatever else is in memory (measured at [784, 128, 64, 10]: 1.6 s alone, 4.5 s with three smaller
+    derivations kept alive, 2.0 s with the collector paused). Reference counting still frees
+    everything meanwhile; cycles, if any, are collected once it resumes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_layout(layout):

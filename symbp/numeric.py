@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
-from .derive import Gradients
+from .derive import Gradients, paused_gc
 from .errors import SymbpError
 from .network import MLP
 from .registry import NUMPY_FUNCTIONS
@@ -173,8 +173,9 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
     staged = grads.method == "chain" or _all_logits_staged(net, outputs)
     program = _program(net, grads, net.output.name == "softmax" and staged)
     flat_outputs = [list(M) for M in outputs]
-    fn = sp.lambdify(arg_symbols, flat_outputs, modules=[NUMPY_FUNCTIONS, "numpy"], printer=_printer(),
-                     cse=lambda exprs: (program, exprs), docstring_limit=0)
+    with paused_gc():  # printing allocates as much as deriving: see derive.paused_gc
+        fn = sp.lambdify(arg_symbols, flat_outputs, modules=[NUMPY_FUNCTIONS, "numpy"], printer=_printer(),
+                         cse=lambda exprs: (program, exprs), docstring_limit=0)
     # The generated module is exactly this function; reading it back whole is much faster than
     # inspect.getsource, which tokenizes it to find the function's end.
     source = "".join(linecache.getlines(fn.__code__.co_filename))
