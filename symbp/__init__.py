@@ -14,6 +14,7 @@ numeric engine and exported as LaTeX derivation documents.
 from .codegen import compile  # noqa: A004 - symbp.compile, as INTERFACE.md names it
 from .derive import Gradients, derive
 from .errors import SymbpError
+from .flow import flow
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
@@ -21,5 +22,5 @@ from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "SymbpError", "custom_activation", "derive", "lambdify", "__version__",
-           "verify", "textbook", "Report", "Result", "compile"]
+__all__ = ["MLP", "Gradients", "Report", "Result", "SymbpError", "compile", "custom_activation", "derive", "flow",
+           "lambdify", "textbook", "verify", "__version__"]

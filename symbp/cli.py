@@ -172,11 +172,55 @@ def _run_verify(args):
     report = Report(results, assumptions, spec.net.describe())
     _emit(args, report.to_json(), report.text())
     return 0 if report.ok else 1
+# --------------------------------------------------------------------------- flow
+
+
+def _add_flow(sub):
+    p = sub.add_parser("flow", help="gradient norms layer by layer in a deep network, plain and residual",
+                       description="Measure ||dL/dW_l||_F and ||dL/da_l||_F for every layer of the network "
+                       "[W] * (D + 1) + [C] (D hidden layers, softmax + cross-entropy) with weights from "
+                       "N(0, S^2 / fan_in), zero biases, a random input and a one-hot target. The numbers come from "
+                       "the derived, lambdified gradients (checked against a NumPy backprop). With --residual the "
+                       "plain network is measured too, at the same weights.\n\n" + CONVENTIONS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--depth", type=int, required=True, help="D, the number of hidden layers")
+    p.add_argument("--width", type=int, required=True, help="W, the width of the input and every hidden layer")
+    p.add_argument("--hidden", default="tanh", help="hidden activation (default tanh)")
+    p.add_argument("--init-scale", type=float, required=True, help="S: weights ~ N(0, S^2 / fan_in)")
+    p.add_argument("--classes", type=int, default=10, help="C, the number of classes (default 10)")
+    p.add_argument("--residual", action="store_true",
+                   help="skip connections a_l = a_(l-1) + f(z_l) in every hidden layer (and the plain run beside it)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, input and target (default 0)")
+    p.add_argument("-o", "--output-file", dest="output_file", metavar="FILE.tex",
+                   help="write the LaTeX document (plot and reading)")
+    p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf and render its plot page as FILE.png")
+    p.add_argument("--title", default=None, help="the document's title")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_flow)
+
+
+def _run_flow(args):
+    from .flow import flow, write_flow
+
+    if args.pdf and not args.output_file:
+        raise SymbpError("--pdf needs -o FILE.tex (the PDF and PNG are written next to it)")
+    result = flow(depth=args.depth, width=args.width, hidden=args.hidden, init_scale=args.init_scale,
+                  classes=args.classes, residual=args.residual, seed=args.seed)
+    written = {"tex": None, "pdf": None, "png": None}
+    if args.output_file:
+        written = write_flow(result, args.output_file, pdf=args.pdf, title=args.title)
+    payload = dict(result.to_json(), output=written["tex"], pdf=written["pdf"], png=written["png"])
+    text = result.text()
+    for kind in ("tex", "pdf", "png"):
+        if written[kind]:
+            text += f"\nwrote {written[kind]}"
+    _emit(args, payload, text)
+    return 0
 
 
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_derive, _add_verify]
+COMMANDS = [_add_derive, _add_verify, _add_flow]
 
 
 def build_parser() -> argparse.ArgumentParser:

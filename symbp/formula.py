@@ -428,6 +428,11 @@ def evaluate_array(node: Node, env: dict, semantics: Semantics) -> np.ndarray:
         return env[name]
     if op == "number":
         return _scalar(semantics.constant(node.value))
+    if op == "func" and node.value == "exp" and node.args[0].op == "mul" and node.args[0].args[0].op == "number" \
+            and node.args[0].args[0].value.denominator == 1:  # exp(k X) = exp(X)**k, as SymPy writes it
+        k = int(node.args[0].args[0].value)
+        inner = evaluate_array(node.args[0].args[1], env, semantics)
+        return _map(lambda v: semantics.power(semantics.call("exp", v), Fraction(k)), inner)
     args = [evaluate_array(a, env, semantics) for a in node.args]
     if op == "neg":
         return -args[0]

@@ -302,9 +302,11 @@ def _check_residual(residual, sizes):
             raise SymbpError(f"residual: no hidden layer of {list(sizes)} has the width of its input "
                              "(a_l = a_(l-1) + f(z_l) needs n_l = n_(l-1))")
         return tuple(qualify)
+    if isinstance(residual, (str, bytes)) or not hasattr(residual, "__iter__"):
+        raise SymbpError(f"residual: expected true, false or a list of hidden layers (1-based), got {residual!r}")
     layers = list(residual)
     for l in layers:
-        if l not in qualify:
+        if isinstance(l, bool) or not isinstance(l, int) or l not in qualify:
             raise SymbpError(f"residual: layer {l} cannot have a skip connection in {list(sizes)} "
                              f"(layers that can: {', '.join(map(str, qualify)) or 'none'})")
     return tuple(sorted(set(layers)))

@@ -20,7 +20,8 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     ``tanh`` are written through ``exp`` so their identities hold exactly; ``log`` of a new number is
     a new random rational). Equal everywhere at several points means the difference is zero as a
     rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
-    pre-activation is exactly 0 are redrawn. Matrix-level (object arrays), so [784, 128, 64, 10] is
+    pre-activation is exactly 0 are redrawn. A claim with kinks of its own (``step(z2 + 100)``) is
+    also checked at points 100 times wider, so a kink far from the origin cannot hide a difference. Matrix-level (object arrays), so [784, 128, 64, 10] is
     judged in seconds.
 ``numeric``
     If exact evaluation disagrees, the claim may still hold through an identity the freezing does not
@@ -38,11 +39,11 @@ differ, with both expressions there.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as _field
 from fractions import Fraction
 
 import numpy as np
@@ -52,7 +53,7 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
-from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
+from .formula import Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
 
@@ -114,7 +115,7 @@ class Report:
     """All verdicts: ``ok`` when every claim holds; ``assumptions`` the side conditions used."""
 
     results: list
-    assumptions: list = field(default_factory=list)
+    assumptions: list = _field(default_factory=list)
     network: str = ""
     seconds: float = 0.0
 
@@ -279,6 +280,8 @@ def _value(expr, env, field):
             return field.constant(Fraction(int(expr.p), int(expr.q)))
         return field.constant(Fraction(float(expr)))
     if expr.is_Add:
+        if isinstance(field, ExactField):
+            return _exact_sum(expr.args, env, field)
         args = expr.args
         total = _value(args[0], env, field)
         for a in args[1:]:
@@ -301,6 +304,10 @@ def _value(expr, env, field):
             return field.call("exp", _value(exponent, env, field))
         return field.other("Pow", (base, _value(exponent, env, field)))
     func = expr.func
+    if func is sp.exp:  # exp(k u) = exp(u)**k for a whole k, as SymPy writes exp(u)**2 (cf. exact.py)
+        coeff, rest = expr.args[0].as_coeff_Mul()
+        if coeff.is_Integer and rest != 1:
+            return field.call("exp", _value(rest, env, field)) ** int(coeff)
     if func in _FUNCTION_NAMES:
         return field.call(_FUNCTION_NAMES[func], _value(expr.args[0], env, field))
     if func is sp.Heaviside:
@@ -314,6 +321,24 @@ def _value(expr, env, field):
     if func is sp.Min:
         return min(args)
     return field.other(func.__name__, args)
+
+
+def _exact_sum(terms, env, field):
+    """A sum of exact terms, with integer numerators gathered per denominator (no gcd per term):
+    the forward sums ``W_i0 x_0 + ... + b_i`` share one denominator, so this is one big-integer sum."""
+    buckets = {}
+    for term in terms:
+        if term.is_Mul and len(term.args) == 2 and term.args[0].is_Symbol and term.args[1].is_Symbol:
+            u, v = env[term.args[0]], env[term.args[1]]
+            n, d = u.numerator * v.numerator, u.denominator * v.denominator
+        else:
+            value = _value(term, env, field)
+            n, d = value.numerator, value.denominator
+        buckets[d] = buckets.get(d, 0) + n
+    total = Fraction(0)
+    for d, n in buckets.items():
+        total += Fraction(n, d)
+    return total
 
 
 class _Redraw(Exception):
@@ -383,11 +408,12 @@ def _scalar_array(value):
     return out
 
 
-def _exact_base(net, rng, *, unit_rows: bool):
-    """Random exact inputs and parameters; targets with rows summing to 1 when ``unit_rows``."""
+def _exact_base(net, rng, *, unit_rows: bool, spread: int = 2):
+    """Random exact inputs and parameters in ``[-spread, spread]``; targets with rows summing to 1
+    when ``unit_rows``."""
     D = _DENOMINATOR
 
-    def rational(low=-2 * D, high=2 * D):
+    def rational(low=-spread * D, high=spread * D):
         return Fraction(rng.randint(low, high) or 1, D)
 
     base = {}
@@ -435,30 +461,50 @@ class _Judge:
 
     # ---- points
 
-    def points(self, kind):
-        """``kind``: "unit" (targets' rows sum to 1), "general", or "float"."""
+    def points(self, kind, limit=None):
+        """``kind``: "unit" (targets' rows sum to 1), "general", "float" or "float-general"; only
+        the first ``limit`` points are drawn if that is all that is asked for."""
+        if limit is not None and kind not in self._points:
+            key = (kind, limit)
+            if key not in self._points:
+                self._points[key] = self._draw(kind, limit)
+            return self._points[key]
         if kind not in self._points:
-            points = []
-            if kind in ("float", "float-general"):
-                for k in range(2):
-                    base = _float_base(self.net, self.seed + 7 * k)
-                    if kind == "float-general":  # targets whose rows no longer sum to 1
-                        base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
-                    points.append(_Point(self.net, self.grads, FloatField(), base))
-            else:
-                rng = random.Random(f"{self.seed}-{kind}")
-                while len(points) < (EXACT_POINTS if kind == "unit" or not self.side else EXACT_POINTS):
-                    field = ExactField(rng)
-                    try:
-                        points.append(_Point(self.net, self.grads, field,
-                                             _exact_base(self.net, rng, unit_rows=kind == "unit")))
-                    except _Redraw:
-                        continue
-            self._points[kind] = points
+            self._points[kind] = self._draw(kind, EXACT_POINTS if kind in ("unit", "general") else 2)
         return self._points[kind]
+
+    def _draw(self, kind, count):
+        points = []
+        if kind in ("float", "float-general"):
+            for k in range(count):
+                base = _float_base(self.net, self.seed + 7 * k)
+                if kind == "float-general":  # targets whose rows no longer sum to 1
+                    base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+                points.append(_Point(self.net, self.grads, FloatField(), base))
+            return points
+        rng = random.Random(f"{self.seed}-{kind}")
+        for _ in range(200):
+            try:
+                points.append(_Point(self.net, self.grads, ExactField(rng),
+                                     _exact_base(self.net, rng, unit_rows=kind.startswith("unit"),
+                                                 spread=200 if kind.endswith("wide") else 2)))
+            except _Redraw:
+                continue
+            if len(points) == count:
+                return points
+        raise SymbpError("verify: could not draw random points away from the kinks")  # pragma: no cover
 
     def exact_kinds(self):
         return ["unit", "general"] if self.side else ["general"]
+
+    def wide_mismatch(self, node, target):
+        """A claim that puts a kink where the network has none (``step(z2 + 100)``) agrees with the
+        truth near the origin; such claims are also checked at points 100 times wider."""
+        piecewise = any(n.op == "func" and n.value in ("relu", "leaky_relu", "step") and n.args[0].op != "name"
+                        for n in node.walk())
+        if not piecewise:
+            return None
+        return self.exact_mismatch(node, target, self.exact_kinds()[0] + "-wide", limit=2)
 
     # ---- evaluation
 
@@ -468,10 +514,10 @@ class _Judge:
         except (ZeroDivisionError, OverflowError, ValueError):
             return None
 
-    def exact_mismatch(self, node, target, kind):
-        """None when the claim equals the truth at every exact point of ``kind``, else
-        ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
-        for point in self.points(kind):
+    def exact_mismatch(self, node, target, kind, limit=None):
+        """None when the claim equals the truth at every exact point of ``kind`` (the first ``limit``),
+        else ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
+        for point in self.points(kind, limit):
             got = self.values(node, point)
             if got is None:
                 return point, None
@@ -487,10 +533,28 @@ class _Judge:
         """Whether ``node`` holds at the exact points (under the side condition if there is one)."""
         if node.shape != self.net.shape(target):
             return False
-        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
+        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None and \
+            self.wide_mismatch(node, target) is None
+
+    def float_points(self, target, kind):
+        """Float points where dL/d<target> is not identically zero (dead ReLUs can zero a whole
+        gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
+        key = (kind, target)
+        if key not in self._points:
+            chosen = []
+            for point in self._draw(kind, 12):
+                if np.any(np.asarray(point.truth(target), dtype=float) != 0):
+                    chosen.append(point)
+                if len(chosen) == 3:
+                    break
+            self._points[key] = chosen
+        return self._points[key]
 
     def numeric_close(self, node, target, kind="float"):
-        for point in self.points(kind):
+        points = self.float_points(target, kind)
+        if not points:
+            return False
+        for point in points:
             got = self.values(node, point)
             if got is None:
                 return False
@@ -554,9 +618,12 @@ class _Judge:
                               detail=f"assuming {assumption}" if assumption else "")
         kinds = self.exact_kinds()
         mismatch = self.exact_mismatch(node, target, kinds[0])
+        wide = self.wide_mismatch(node, target) if mismatch is None else None
+        if wide is not None:
+            return self.diagnose(target, claim_text, node, wide)
         if mismatch is None:
             assumption = None
-            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1]) is not None:
+            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
@@ -574,7 +641,7 @@ class _Judge:
         shape = net.shape(target)
         result = Result(target, claim_text, "fails", "exact-random", diagnosis="other")
         if node.shape != shape:
-            result.method = None
+            result.method = "symbolic"  # the shapes alone prove it wrong
             T = Node("transpose", (node,), node.shape[::-1], text=f"({node}).T")
             if node.shape == shape[::-1] and self.holds_exactly(T, target):
                 result.diagnosis = "transposed"
@@ -882,9 +949,9 @@ def _judge_code(net, grads, function, seed):
         try:
             out = function({k: np.array(v) for k, v in values.items()})
         except Exception as exc:  # the user's code: any failure is a verdict, not a crash
-            return [Result("*", label, "error", detail=f"{label} raised {type(exc).__name__}: {exc}")]
+            return [Result("*", label, "error", "numeric", detail=f"{label} raised {type(exc).__name__}: {exc}")]
         if not isinstance(out, dict):
-            return [Result("*", label, "error", detail=f"{label} returned {type(out).__name__}, expected a dict "
+            return [Result("*", label, "error", "numeric", detail=f"{label} returned {type(out).__name__}, expected a dict "
                            "{name: array}")]
         outputs.append(out)
     names = list(outputs[0])
@@ -894,14 +961,14 @@ def _judge_code(net, grads, function, seed):
     truths = [truth_fn(**values) for values in points] if truth_fn else [{} for _ in points]
     for name in names:
         if name not in grads:
-            results.append(Result(str(name), label, "error",
+            results.append(Result(str(name), label, "error", "numeric",
                                   detail=f"'{name}' is not a gradient of this network ({', '.join(grads)})"))
             continue
         results.append(_judge_array(net, name, label, [o.get(name) for o in outputs], [t[name] for t in truths],
                                     points))
     for name in net.params:
         if name not in names:
-            results.append(Result(name, label, "error", detail=f"{label} returned no gradient for {name}"))
+            results.append(Result(name, label, "error", "numeric", detail=f"{label} returned no gradient for {name}"))
     return results
 
 
@@ -915,14 +982,14 @@ def _judge_array(net, name, label, gots, truths, points):
     try:
         gots = [np.asarray(g, dtype=float) for g in gots]
     except (TypeError, ValueError) as exc:
-        return Result(name, label, "error", detail=f"{name}: not an array of numbers ({exc})")
+        return Result(name, label, "error", "numeric", detail=f"{name}: not an array of numbers ({exc})")
     if gots[0].ndim == 1 and shape[1] == 1 and gots[0].shape == (shape[0],):
         gots = [g.reshape(-1, 1) for g in gots]
     if gots[0].shape != shape:
         if gots[0].shape == shape[::-1] and all(_close(g.T, t) for g, t in zip(gots, truths)):
             return Result(name, label, "fails", "numeric", "transposed",
                           detail=f"returned shape {gots[0].shape}; its transpose holds")
-        return Result(name, label, "error", None, "shape",
+        return Result(name, label, "error", "numeric", "shape",
                       detail=f"returned shape {gots[0].shape}, dL/d{name} has shape {shape}")
     if all(_close(g, t) for g, t in zip(gots, truths)):
         return Result(name, label, "holds", "numeric", detail="equal in float64 at random points")
@@ -1038,7 +1105,3 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -
             if a not in assumptions:
                 assumptions.append(a)
     return Report(results, assumptions, net.describe(), time.perf_counter() - start)
-
-
-def report_json(report: Report) -> str:
-    return json.dumps(report.to_json(), indent=2)

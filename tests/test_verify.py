@@ -5,7 +5,6 @@ import functools
 import importlib.util
 import json
 import random
-import time
 import tomllib
 from fractions import Fraction
 from pathlib import Path
@@ -52,6 +51,7 @@ def test_corpus_verdict_and_diagnosis(name, k):
     report = verify(net, {case["target"]: case["claim"]}, grads=grads)
     result = report.results[0]
     assert (result.target, result.verdict) == (case["target"], case["verdict"]), result.detail
+    assert result.method in ("symbolic", "exact-random", "numeric")
     assert result.diagnosis == case.get("diagnosis"), result.detail
     if "method" in case:
         assert result.method == case["method"], result.detail
@@ -115,21 +115,18 @@ def test_activation_derivative_of_custom_activation_is_translated():
     assert verify(net, {"z1": f"da1 * {text}"}).ok
 
 
-def test_textbook_speed_on_a_three_layer_network():
+def test_textbook_on_a_three_layer_network_is_proved_symbolically():
     net = symbp.MLP([4, 5, 3, 3])
-    start = time.perf_counter()
     report = verify(net, textbook(net))
-    assert report.ok and time.perf_counter() - start < 10
+    assert report.ok and {r.method for r in report.results} == {"symbolic"}
 
 
 @pytest.mark.slow
-def test_textbook_on_784_128_64_10_checks_every_element_quickly():
+def test_textbook_on_784_128_64_10_checks_every_element():
+    # correctness at MNIST size; its time is measured by the benchmarks, not asserted here
     net = symbp.MLP([784, 128, 64, 10])
-    grads = symbp.derive(net)
-    start = time.perf_counter()
-    report = verify(net, textbook(net), grads=grads)
+    report = verify(net, textbook(net), grads=symbp.derive(net))
     assert report.ok and report["W1"].method == "exact-random"
-    assert time.perf_counter() - start < 60
 
 
 # --------------------------------------------------------------------------- tiers and soundness
@@ -225,7 +222,7 @@ def test_code_claims(function, expected):
     report = verify(net, getattr(CODE, function))
     got = {r.target: (r.verdict, r.diagnosis) for r in report.results}
     assert got == expected, report.text()
-    assert all(r.claim == function for r in report.results)
+    assert all(r.claim == function and r.method == "numeric" for r in report.results)
     assert report.ok == all(v == "holds" for v, _ in expected.values())
 
 
@@ -243,3 +240,82 @@ def test_code_claims_that_break_are_error_results(function, message):
     report = verify(symbp.MLP(**SEED002), getattr(CODE, function))
     assert [r.verdict for r in report.results] == ["error"]
     assert message in report.results[0].detail
+
+
+# --------------------------------------------------------------------------- command line
+
+
+SPEC = """\
+[model]
+sizes = [4, 6, 5, 3]
+bias = false
+batch = 4
+
+[claims]
+z3 = "(a3 - y) / N"
+W3 = "dz3.T @ a2"
+W2 = "a1.T @ dz2"
+"""
+
+
+def test_cli_verify_text_and_exit_codes(tmp_path, capsys):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC)
+    assert main(["verify", str(spec)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("MLP [4, 6, 5, 3]: hidden relu, relu; output softmax")
+    assert lines[1] == "dL/dz3  holds  symbolic      assuming every target row sums to 1"
+    assert lines[2] == "dL/dW3  holds  symbolic"
+    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds: claim has shape (6, 5), dL/dW2 has (5, 6)"
+    assert lines[4] == "2 of 3 claims hold (assuming every target row sums to 1)"
+    spec.write_text(SPEC.replace('W2 = "a1.T @ dz2"', 'W2 = "dz2.T @ a1"'))
+    assert main(["verify", str(spec)]) == 0
+
+
+def test_cli_verify_json_with_code(tmp_path, capsys):
+    from symbp.cli import main
+
+    (tmp_path / "bp.py").write_text((CLAIMS / "backward_seed002.py").read_text())
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SPEC + '\n[code]\npath = "bp.py"\nfunction = "backward_no_mean"\n')
+    assert main(["verify", str(spec), "--json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["assumptions"] == [SIDE]
+    code = [r for r in payload["results"] if r["claim"] == "backward_no_mean"]
+    assert [(r["target"], r["verdict"], r["diagnosis"], r["factor"]) for r in code] == \
+        [(n, "fails", "scaled", 0.25) for n in ("W3", "W2", "W1")]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such spec file"),
+    ("[model\n", "not valid TOML"),
+    ("[model]\nsizes = [2, 2]\nsize = 3\n", "model: unknown field 'size' (did you mean 'sizes'?)"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ x'\n", "claims.W1 'dz1 @ x', column 5"),
+    ("[model]\nsizes = [2, 2]\n", "nothing to verify"),
+])
+def test_cli_verify_bad_input_is_one_line_exit_2(tmp_path, capsys, content, message):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    if content is not None:
+        spec.write_text(content)
+    assert main(["verify", str(spec)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+    assert captured.err.startswith("symbp verify: error: ")
+
+
+def test_verify_against_expand_and_numerator_layout_grads():
+    net = symbp.MLP([2, 3, 2], hidden="tanh", batch=2)
+    expand = symbp.derive(net, method="expand")  # written-out truths: judged exactly, no error terms
+    report = verify(net, textbook(net), grads=expand)
+    assert report.ok and {r.method for r in report.results} == {"exact-random"}
+    numerator = symbp.derive(net, layout="numerator")  # claims stay in denominator layout
+    report = verify(net, {"W1": "dz1.T @ x", "z2": "a2 - y"}, grads=numerator)
+    assert [(r.verdict, r.diagnosis, r.factor) for r in report.results] == \
+        [("holds", None, None), ("fails", "scaled", 0.5)]
+    with pytest.raises(SymbpError, match="grads must come from symbp.derive of this network"):
+        verify(symbp.MLP([2, 3, 2]), {}, grads=expand)
