@@ -22,5 +22,5 @@ from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "Report", "Result", "SymbpError", "compile", "custom_activation", "derive", "flow",
-           "lambdify", "textbook", "verify", "__version__"]
+__all__ = ["MLP", "Gradients", "Report", "Result", "SymbpError", "compile", "custom_activation", "derive",
+           "flow", "lambdify", "textbook", "verify", "__version__"]
