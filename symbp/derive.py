@@ -130,7 +130,7 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
         raise SymbpError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     _check_layout(layout)
     start = time.perf_counter()
-    steps = len(net.intermediates) + (len(net.params) if method == "expand" else 0)
+    steps = len(net.intermediates) + (len(net.params) if method == "expand" else 1)
     report = _Progress(progress, total=steps)
     with paused_gc():
         if method == "expand":
@@ -181,12 +181,18 @@ class _Progress:
         self.start, self.count, self.total, self.shown = time.perf_counter(), 0, total, False
 
     def step(self, label):
+        """A new stage begins."""
         self.count += 1
+        self.label = label
+        self.within("")
+
+    def within(self, detail):
+        """Progress inside the current stage (on a terminal only: a log gets one line a stage)."""
         elapsed = time.perf_counter() - self.start
-        if not self.wanted or elapsed < self.patience:
+        if not self.wanted or elapsed < self.patience or detail and not self.terminal:
             return
         self.shown = True
-        line = f"symbp derive: {label} ({self.count}/{self.total}, {elapsed:.1f} s)"
+        line = f"symbp derive: {self.label}{detail} (stage {self.count}/{self.total}, {elapsed:.1f} s)"
         if self.terminal:
             print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
         else:
@@ -283,9 +289,12 @@ def _chain(net, report):
         G = acc.gradient(stage.symbols)
         matrices[stage.name] = G
         upstream = net.grad_symbols(stage.name)
-        for u, g, local in zip(upstream, G, stage.local):
+        for k, (u, g, local) in enumerate(zip(upstream, G, stage.local), 1):
             definitions.append((u, g))
             acc.push(local, u)
+            if k % 16 == 0:
+                report.within(f", entry {k} of {len(upstream)}")
+    report.step("chain: the parameters' gradients")
     for name in net.params:
         matrices[name] = acc.gradient(net.symbols(name))
     return {n: matrices[n] for n in net.params + net.intermediates}, definitions
