@@ -191,13 +191,14 @@ def best_of(engines, rounds, number):
 
 
 def evaluation(net, report, threads, rounds):
-    """``net`` is a batch network of the MNIST sizes (a small symbolic batch: the compiled code takes
-    any number of rows), ``report`` its verified textbook claims."""
+    """``net`` is a batch network with two hidden layers (a small symbolic batch: the compiled code
+    takes any number of rows), ``report`` its verified textbook claims."""
     took, fast = seconds(symbp.compile, net, symbp.textbook(net), report=report)
+    sizes = list(net.sizes)
     rng = np.random.default_rng(0)
-    values = {"x": rng.normal(size=(256, MNIST[0])), "y": rng.dirichlet(np.ones(MNIST[-1]), size=256)}
+    values = {"x": rng.normal(size=(256, sizes[0])), "y": rng.dirichlet(np.ones(sizes[-1]), size=256)}
     for l in range(1, 4):
-        values[f"W{l}"] = rng.normal(size=net.shape(f"W{l}")) / np.sqrt(MNIST[l - 1])
+        values[f"W{l}"] = rng.normal(size=net.shape(f"W{l}")) / np.sqrt(sizes[l - 1])
         values[f"b{l}"] = rng.normal(size=net.shape(f"b{l}")) * 0.1
     backward = fast.backward  # the generated function itself, as a user importing the module calls it
     engines = {"hand NumPy (baseline)": lambda: hand_backprop(**values), "symbp.compile": lambda: backward(**values)}
@@ -210,7 +211,7 @@ def evaluation(net, report, threads, rounds):
     best = best_of(engines, rounds, 20)
     base = best["hand NumPy (baseline)"]
     rows = [[name, f"{t * 1e3:.2f}", f"{t / base:.2f}", f"{agree[name]:.1e}"] for name, t in best.items()]
-    table(f"4. one gradient of {MNIST}, batch of 256, float64 (best of {rounds} rounds of 20 calls; "
+    table(f"4. one gradient of {sizes}, batch of 256, float64 (best of {rounds} rounds of 20 calls; "
           f"compiled from a symbolic batch of {net.batch} in {took * 1e3:.0f} ms)",
           ["engine", "ms per batch", "ratio to hand NumPy", "max |diff| to hand NumPy"], rows)
     return best
@@ -274,8 +275,7 @@ def main(options):
     reports = verification(nets)
     code_generation(nets, reports, sorted({tuple(sizes_list[1]), tuple(sizes_list[-1])}, key=sum))
     big = (tuple(batches[-1][0]), batches[-1][1])
-    if not options.quick:
-        evaluation(nets[big][0], reports[big], options.threads, rounds=15)
+    evaluation(nets[big][0], reports[big], options.threads, rounds=3 if options.quick else 15)
     del nets, reports
     if not options.no_expand:
         expand_search(widths=range(2, 5) if options.quick else range(2, 12))
