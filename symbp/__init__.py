@@ -14,7 +14,9 @@ numeric engine and exported as LaTeX derivation documents.
 from .codegen import compile  # noqa: A004 - symbp.compile, as INTERFACE.md names it
 from .derive import Gradients, derive
 from .errors import SymbpError
+from .example import worked_example
 from .flow import flow
+from .graph import Node, graph
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
@@ -22,5 +24,5 @@ from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "Report", "Result", "SymbpError", "compile", "custom_activation", "derive",
-           "flow", "lambdify", "textbook", "verify", "__version__"]
+__all__ = ["MLP", "Gradients", "Node", "Report", "Result", "SymbpError", "compile", "custom_activation",
+           "derive", "flow", "graph", "lambdify", "textbook", "verify", "worked_example", "__version__"]

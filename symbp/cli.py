@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 
 from . import __version__
 from .errors import SymbpError
@@ -135,6 +136,127 @@ def _run_derive(args):
 
 FD_LIMIT = 2000
 
+# --------------------------------------------------------------------------- graph
+
+
+def parse_point(text: str) -> dict:
+    """``"a=2,b=-3,c=1/2"`` -> ``{"a": "2", "b": "-3", "c": "1/2"}`` (values parsed exactly later).
+
+    >>> parse_point("a=2, b=-3")
+    {'a': '2', 'b': '-3'}
+    """
+    point = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise SymbpError(f"--at {text!r}: '{part}' is not name=value (write e.g. --at a=2,b=-3)")
+        if name.strip() in point:
+            raise SymbpError(f"--at {text!r}: '{name.strip()}' is given twice")
+        point[name.strip()] = value.strip()
+    return point
+
+
+def _add_graph(sub):
+    p = sub.add_parser("graph", help="the computation graph of a scalar expression, with every gradient",
+                       description=textwrap.fill(
+                           "Build the computation graph of a scalar expression (SymPy syntax: + - * / **, exp, log, "
+                           "sqrt, abs, sigmoid, tanh, relu, softplus, sin, cos, max/Max, min/Min; parsed, never "
+                           "evaluated), one node per operation, and backpropagate through it micrograd-style. Each "
+                           "gate is named for what it does to the gradient (add: distributor, mul: switcher, "
+                           "max/min/relu: router, neg: sign flipper, other unary gates: scaler); a value used twice "
+                           "accumulates (+=). Every input gradient is checked against sympy.diff of the whole "
+                           "expression. Values are exact for exact inputs (2, -3, 1/2, 0.1). relu'(0) = 0; a tie "
+                           "in max/min splits the gradient equally.", 100)
+                       + "\n\nexit codes: 0 all gradients agree with sympy.diff, 1 one does not, 2 bad input",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("expression", help="e.g. '(a*b + c)*f'")
+    p.add_argument("--at", required=True, help="the point, e.g. a=2,b=-3,c=5,f=-2")
+    p.add_argument("--structure", default="source", choices=["source", "sympy"],
+                   help="source: gates as written, binary, in source order (default); sympy: SymPy's canonical "
+                   "tree (n-ary add and mul, a - b as a + (-1)*b, x/y as x*y**-1)")
+    p.add_argument("--primitives", "--expand-sigmoid", dest="primitives", action="store_true",
+                   help="draw sigmoid, tanh, softplus and relu as their primitives (exp, +, 1/x, max)")
+    p.add_argument("--title", default=None, help="title of the document")
+    p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
+    p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_graph)
+
+
+def _write_document(args, tex):
+    """Write ``-o FILE.tex`` (and ``FILE.pdf`` with ``--pdf``); nothing is written if LaTeX fails."""
+    from pathlib import Path
+
+    from .latex import compile_pdf, write_atomic
+
+    if args.pdf and not args.out:
+        raise SymbpError("--pdf needs -o FILE.tex")
+    if not args.out:
+        return None
+    path = Path(args.out)
+    if path.suffix != ".tex":
+        raise SymbpError(f"-o {args.out}: expected a .tex file name")
+    if args.pdf:
+        compile_pdf(tex, path.with_suffix(".pdf"))
+    write_atomic(path, tex)
+    return str(path)
+
+
+def _run_graph(args):
+    from .graph import document, graph
+
+    g = graph(args.expression, at=parse_point(args.at), structure=args.structure,
+              granularity="primitives" if args.primitives else "gates")
+    checks = g.check()
+    written = _write_document(args, document(g, title=args.title) if args.out else None)
+    payload = g.to_json()
+    payload["checks"] = {n: {"graph": str(a), "sympy_diff": str(b), "agree": ok} for n, (a, b, ok) in checks.items()}
+    payload["output"] = written
+    bad = [n for n, (_, _, ok) in checks.items() if not ok]
+    text = g.report() + "\n\n" + (f"checked against sympy.diff of the whole expression: all {len(checks)} agree"
+                                   if not bad else f"DIFFERS from sympy.diff for {', '.join(bad)}")
+    if written:
+        text += f"\nwrote {written}" + (" and its PDF" if args.pdf else "")
+    _emit(args, payload, text)
+    return 1 if bad else 0
+
+
+# --------------------------------------------------------------------------- example
+
+
+def _add_example(sub):
+    p = sub.add_parser("example", help="every cell of a small network by hand; check hand-computed cells",
+                       description=textwrap.fill(
+                           "Compute every cell of the forward and backward pass (z, a, the loss, dz, da, dW, db) of "
+                           "the network in a spec file at its [values], exactly, and judge the hand-computed "
+                           "[claimed_values]: each claimed cell is right (equal, or within the tolerance) or wrong, "
+                           "with its reason (a forgotten ReLU mask, a transposed product, a wrong sign, a missing "
+                           "1/N, ...).", 100)
+                       + "\n\nexit codes: 0 every claimed cell is right, 1 one is wrong, 2 bad input\n\n" + CONVENTIONS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="a TOML spec file with [model], [values] and optional [claimed_values]")
+    p.add_argument("--tolerance", default=None,
+                   help="how far a claimed cell may be from the true value and still be right (default 0.005, "
+                   "or [example] tolerance in the spec)")
+    p.add_argument("--title", default=None, help="title of the document")
+    p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
+    p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_example)
+
+
+def _run_example(args):
+    from .example import document, from_spec
+
+    ex = from_spec(args.spec, tolerance=args.tolerance)
+    written = _write_document(args, document(ex, title=args.title) if args.out else None)
+    payload = ex.to_json()
+    payload["output"] = written
+    text = ex.report() + (f"\nwrote {written}" + (" and its PDF" if args.pdf else "") if written else "")
+    _emit(args, payload, text)
+    return 0 if ex.ok else 1
+
+
 # --------------------------------------------------------------------------- verify
 
 
@@ -220,7 +342,7 @@ def _run_flow(args):
 
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_derive, _add_verify, _add_flow]
+COMMANDS = [_add_derive, _add_verify, _add_flow, _add_graph, _add_example]
 
 
 def build_parser() -> argparse.ArgumentParser:

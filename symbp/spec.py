@@ -42,7 +42,7 @@ from pathlib import Path
 from .errors import SymbpError, closest
 from .network import MLP
 
-TABLES = ("model", "claims", "code", "values", "claimed_values")
+TABLES = ("model", "claims", "code", "values", "claimed_values", "example")
 MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
 CODE_FIELDS = ("path", "function")
 
@@ -59,6 +59,7 @@ class Spec:
     values: dict = field(default_factory=dict)
     claimed_values: dict = field(default_factory=dict)
     path: Path | None = None
+    example: dict = field(default_factory=dict)  # options of ``symbp example``: title, note, tolerance
 
     def function(self):
         """The ``[code]`` function, imported from its file (the user's own code, run as Python)."""
@@ -124,7 +125,8 @@ def loads(text: str, *, path=None) -> Spec:
     code = _code(data["code"]) if "code" in data else None
     values = _arrays(data.get("values", {}), "values")
     claimed = _arrays(data.get("claimed_values", {}), "claimed_values")
-    return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None)
+    return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None,
+                dict(data.get("example", {})))
 
 
 def model_from_table(table: dict) -> MLP:
