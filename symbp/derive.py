@@ -37,7 +37,7 @@ from collections.abc import Mapping
 import sympy as sp
 
 from .errors import SymbpError
-from .names import TextPrinter
+from .names import TextPrinter, times
 from .network import MLP
 
 METHODS = ("chain", "expand")
@@ -249,24 +249,13 @@ class _Accumulator:
                 for k, s in enumerate(factors):
                     if s in tracked:
                         rest = term._new_rawargs(*factors[:k], *factors[k + 1:])
-                        parts[s].append(_times(upstream, rest))
+                        parts[s].append(times(upstream, rest))
             else:
                 for s in term.free_symbols & tracked:
                     parts[s].append(upstream * sp.diff(term, s))
 
     def gradient(self, M: sp.Matrix) -> sp.Matrix:
         return M.applyfunc(lambda s: sp.Add(*self.parts.pop(s, ())))
-
-
-def _times(u, v):
-    """``u * v`` as SymPy writes it. For two different symbols (the bulk: ``dz2_0_0 * a1_3_0``) the
-    product is built directly with its factors in SymPy's canonical order (``Basic.compare``), which is
-    what ``Mul`` would do after its general flattening."""
-    if u.is_Symbol and v.is_Symbol:
-        order = u.compare(v)
-        if order:
-            return sp.Mul._from_args((u, v) if order < 0 else (v, u))
-    return sp.Mul(u, v)
 
 
 def _chain(net, report):
