@@ -9,7 +9,10 @@ shared, so only ratios taken side by side mean much):
 1. Derivation (``derive(net, method="chain")``) against the network's size: seconds, and
    microseconds per parameter, which stays flat if the cost grows linearly with the parameters.
    Building the symbolic network (``MLP(...)``) is timed apart. Peak memory (RSS) at the end.
-2. Verification of the textbook claim set (``verify(net, textbook(net))``).
+2. Verification of the textbook claim set (``verify(net, textbook(net))``); and (2b) on [4, 5, 3, 3],
+   the whole set against plain ``sympy.simplify`` of one written-out entry of the difference per
+   target (the textbook chain composed down to that target, side condition substituted), each
+   stopped after a time limit.
 3. Turning gradients into NumPy: ``lambdify`` (per-element code) against ``compile`` (matrix code
    from the verified claims; code generation alone, the verification being item 2).
 4. One gradient of [784, 128, 64, 10] on a batch of 256 (float64): the compiled code against a
@@ -116,6 +119,60 @@ def verification(nets):
     table("2. verify(net, textbook(net)), every element (derivation given)",
           ["sizes", "batch", "claims", "all hold", "verify s", "methods"], rows)
     return reports
+
+
+def _simplify_child(sizes, target, queue):
+    """Plain ``sympy.simplify`` of (claim - truth) for entry (0, 0) of ``target``. The claim is the
+    textbook chain composed all the way down (each ``dV`` replaced by the claim for ``V``, not by the
+    truth), written out in x, y, W*, b*, as is the truth; the softmax + cross-entropy side condition
+    is substituted (y_last = 1 - others)."""
+    import sympy as sp
+
+    from symbp.errors import SymbpError
+    from symbp.formula import evaluate, parse
+
+    net = symbp.MLP(sizes)
+    grads = symbp.derive(net)
+    env = {name: net.symbols(name) for name in net.inputs + net.params}
+    env.update({name: net.written_out(name) for name in net.intermediates})
+    pending = dict(symbp.textbook(net))
+    while "d" + target not in env:
+        for name, claim in list(pending.items()):
+            try:
+                env["d" + name] = evaluate(parse(claim, net), env, N=net.batch)
+            except SymbpError:  # an upstream claim is not composed yet
+                continue
+            del pending[name]
+    y = list(net.symbols("y"))
+    condition = {y[-1]: 1 - sum(y[:-1])}
+    difference = (env["d" + target][0, 0] - grads.written_out(target)[0, 0]).xreplace(condition)
+    took, result = seconds(sp.simplify, difference)
+    queue.put((took, result == 0))
+
+
+def verification_against_simplify(sizes=(4, 5, 3, 3), targets=("z3", "z2", "W1"), limit=120.0):
+    """symbp's verify of the whole textbook set against plain ``simplify`` of one entry per target."""
+    net = symbp.MLP(list(sizes))
+    grads = symbp.derive(net)
+    claims = symbp.textbook(net)
+    took, report = seconds(symbp.verify, net, claims, grads=grads)
+    rows = [[f"verify: all {len(claims)} claims, every element", "yes" if report.ok else "NO", f"{took:.2f}", "1.0"]]
+    for target in targets:
+        queue = multiprocessing.Queue()
+        child = multiprocessing.Process(target=_simplify_child, args=(list(sizes), target, queue))
+        child.start()
+        child.join(limit)
+        if child.is_alive():
+            child.terminate()
+            child.join()
+            rows.append([f"simplify: {target}[1,1] = {claims[target]!r}", "-", f"> {limit:.0f} (stopped)",
+                         f"> {limit / took:,.0f}"])
+            continue
+        spent, zero = queue.get()
+        rows.append([f"simplify: {target}[1,1] = {claims[target]!r}", "yes" if zero else "not shown",
+                     f"{spent:.1f}", f"{spent / took:,.0f}"])
+    table(f"2b. verify against plain sympy.simplify of (claim - truth), written out, {list(sizes)}",
+          ["what", "zero / holds", "seconds", "ratio to verify"], rows)
 
 
 # --------------------------------------------------------------------------- 3. lambdify vs compile
@@ -273,6 +330,7 @@ def main(options):
     nets = derivation(sizes_list, batches)
     print(f"\npeak memory so far: {peak_rss_mb():.0f} MB")
     reports = verification(nets)
+    verification_against_simplify(limit=20.0 if options.quick else 120.0)
     code_generation(nets, reports, sorted({tuple(sizes_list[1]), tuple(sizes_list[-1])}, key=sum))
     big = (tuple(batches[-1][0]), batches[-1][1])
     evaluation(nets[big][0], reports[big], options.threads, rounds=3 if options.quick else 15)
