@@ -11,6 +11,7 @@ numeric engine and exported as LaTeX derivation documents.
 (3, 5)
 """
 
+from .codegen import compile  # noqa: A004 - symbp.compile, as INTERFACE.md names it
 from .derive import Gradients, derive
 from .errors import SymbpError
 from .example import worked_example
@@ -23,5 +24,5 @@ from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "Node", "Report", "Result", "SymbpError", "custom_activation", "derive",
-           "flow", "graph", "lambdify", "textbook", "verify", "worked_example", "__version__"]
+__all__ = ["MLP", "Gradients", "Node", "Report", "Result", "SymbpError", "compile", "custom_activation",
+           "derive", "flow", "graph", "lambdify", "textbook", "verify", "worked_example", "__version__"]

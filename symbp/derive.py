@@ -12,9 +12,12 @@ How it works, for the two methods:
     entries get their gradient as the sum of the contributions pushed to them (the multivariable chain
     rule, with ``+=`` as in micrograd); each is named by a symbol ``dV_i_j``, and its contribution to
     every symbol ``s`` in its local definition is ``dV_i_j * diff(term, s)`` for each term of that
-    definition containing ``s``. Every local derivative comes from ``sympy.diff``; nothing like
-    ``a - y`` is written by hand. The cost grows with the number of edges of the network (about twice
-    the number of parameters), not with the size of the written-out loss.
+    definition containing ``s``. Every local derivative is taken, never written by hand (nothing like
+    ``a - y``): by ``sympy.diff``, except for a plain product of atoms such as ``W2_0_3*a1_3_0``, whose
+    derivative with respect to one factor is the product of the others (the product rule; the tests
+    compare the result with ``sympy.diff`` of the written-out loss). The cost grows with the number of
+    edges of the network (about twice the number of parameters), not with the size of the written-out
+    loss: about 2 s for the 109,386 parameters of [784, 128, 64, 10] on a laptop-class core.
 
 The result, :class:`Gradients`, maps every parameter and intermediate to a ``sympy.Matrix``. For
 ``chain`` its entries are compact (``dL/dW1_ij = dz1_i * x_j``) and :attr:`Gradients.definitions`
@@ -24,15 +27,17 @@ everything to ``x, y, W*, b*``.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from collections.abc import Mapping
 
 import sympy as sp
 
 from .errors import SymbpError
-from .names import TextPrinter
+from .names import TextPrinter, times
 from .network import MLP
 
 METHODS = ("chain", "expand")
@@ -111,8 +116,8 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
     """Every dL/dV_ij of ``net``, assembled into matrices.
 
     ``method`` is ``"chain"`` (fast; compact entries in named error terms) or ``"expand"`` (diff of the
-    written-out loss). ``progress`` prints stage timings to stderr (default: only on a terminal, for
-    derivations that take more than a second).
+    written-out loss). ``progress`` shows the stage being derived on stderr: ``None`` (default) only on
+    a terminal once it has taken more than a second, ``True`` always, ``False`` never.
 
     >>> import symbp
     >>> net = symbp.MLP([1, 1], hidden=[], output="sigmoid", loss="binary_cross_entropy")
@@ -125,14 +130,35 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
         raise SymbpError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     _check_layout(layout)
     start = time.perf_counter()
-    report = _Progress(progress)
-    if method == "expand":
-        matrices, definitions = _expand(net, report), []
-    else:
-        matrices, definitions = _chain(net, report)
+    steps = len(net.intermediates) + (len(net.params) if method == "expand" else 1)
+    report = _Progress(progress, total=steps)
+    with paused_gc():
+        if method == "expand":
+            matrices, definitions = _expand(net, report), []
+        else:
+            matrices, definitions = _chain(net, report)
     report.done()
     return Gradients(net, matrices, method=method, layout=layout, definitions=definitions,
                      seconds=time.perf_counter() - start)
+
+
+@contextmanager
+def paused_gc():
+    """Python's cyclic garbage collector paused for the duration (and resumed as it was).
+
+    A derivation allocates millions of small SymPy objects that form no cycles; each of the
+    collector's full passes walks every live object, the caller's included, so the time grows with
+    whatever else is in memory (measured at [784, 128, 64, 10]: 1.6 s alone, 4.5 s with three smaller
+    derivations kept alive, 2.0 s with the collector paused). Reference counting still frees
+    everything meanwhile; cycles, if any, are collected once it resumes.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_layout(layout):
@@ -141,23 +167,39 @@ def _check_layout(layout):
 
 
 class _Progress:
-    """Stage-by-stage timings on stderr, only when asked or on a terminal after the first second."""
+    """Which stage a derivation is at, on stderr.
 
-    def __init__(self, wanted):
-        self.wanted = wanted if wanted is not None else sys.stderr.isatty()
-        self.start = time.perf_counter()
-        self.shown = False
+    ``wanted=None`` (the default): only on a terminal, and only once the derivation has taken more than
+    a second; one line rewritten in place. ``True``: every stage, from the start (one line each when
+    stderr is not a terminal, e.g. a log file). ``False``: nothing.
+    """
+
+    def __init__(self, wanted, total=0):
+        self.terminal = sys.stderr.isatty()
+        self.wanted = self.terminal if wanted is None else bool(wanted)
+        self.patience = 1.0 if wanted is None else 0.0
+        self.start, self.count, self.total, self.shown = time.perf_counter(), 0, total, False
 
     def step(self, label):
+        """A new stage begins."""
+        self.count += 1
+        self.label = label
+        self.within("")
+
+    def within(self, detail):
+        """Progress inside the current stage (on a terminal only: a log gets one line a stage)."""
         elapsed = time.perf_counter() - self.start
-        if self.wanted and (elapsed > 1.0 or self.shown or self.wanted is True and not sys.stderr.isatty()):
-            self.shown = True
-            print(f"\rsymbp derive: {label} ({elapsed:.1f} s)\033[K" if sys.stderr.isatty()
-                  else f"symbp derive: {label} ({elapsed:.1f} s)", end="" if sys.stderr.isatty() else "\n",
-                  file=sys.stderr, flush=True)
+        if not self.wanted or elapsed < self.patience or detail and not self.terminal:
+            return
+        self.shown = True
+        line = f"symbp derive: {self.label}{detail} (stage {self.count}/{self.total}, {elapsed:.1f} s)"
+        if self.terminal:
+            print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def done(self):
-        if self.shown and sys.stderr.isatty():
+        if self.shown and self.terminal:
             print(file=sys.stderr)
 
 
@@ -181,16 +223,36 @@ def _expand(net, report):
 # --------------------------------------------------------------------------- chain
 
 class _Accumulator:
-    """Contributions to each symbol's gradient, pushed term by term (``grad += upstream * local``)."""
+    """Contributions to each symbol's gradient, pushed term by term (``grad += upstream * local``).
+
+    Each contribution is ``upstream * d(term)/ds`` for a term of a local definition and a tracked
+    symbol ``s`` in it. Almost every term of an MLP is a plain product of distinct atoms
+    (``W2_0_3*a1_3_0``: SymPy's ``Mul`` merges a repeated factor into a power), and the derivative of
+    such a product with respect to one of its factors is the product of the other factors: the product
+    rule with every other factor constant. That case is taken directly (the same canonical ``Mul``
+    ``sympy.diff`` returns, without its generic machinery, which dominates the cost at scale); every
+    other term (``relu(z)``, ``log(sum(exp(z)))``, powers) goes to ``sympy.diff``.
+    """
 
     def __init__(self, tracked):
         self.tracked = tracked
         self.parts = defaultdict(list)
 
     def push(self, expression, upstream):
+        tracked, parts = self.tracked, self.parts
         for term in sp.Add.make_args(expression):
-            for s in term.free_symbols & self.tracked:
-                self.parts[s].append(upstream * sp.diff(term, s))
+            if term.is_Symbol:
+                if term in tracked:
+                    parts[term].append(upstream)  # d s / d s = 1
+            elif term.is_Mul and all(f.is_Symbol or f.is_Number for f in term.args):
+                factors = term.args
+                for k, s in enumerate(factors):
+                    if s in tracked:
+                        rest = term._new_rawargs(*factors[:k], *factors[k + 1:])
+                        parts[s].append(times(upstream, rest))
+            else:
+                for s in term.free_symbols & tracked:
+                    parts[s].append(upstream * sp.diff(term, s))
 
     def gradient(self, M: sp.Matrix) -> sp.Matrix:
         return M.applyfunc(lambda s: sp.Add(*self.parts.pop(s, ())))
@@ -210,15 +272,18 @@ def _chain(net, report):
         matrices[last] = side.gradient(net.symbols(last))
     acc.push(net.local_loss, sp.S.One)
     for stage in reversed(net.stages):
+        report.step(f"chain {stage.name}")
         if stage.name in matrices:
             continue
-        report.step(f"chain {stage.name}")
         G = acc.gradient(stage.symbols)
         matrices[stage.name] = G
         upstream = net.grad_symbols(stage.name)
-        for u, g, local in zip(upstream, G, stage.local):
+        for k, (u, g, local) in enumerate(zip(upstream, G, stage.local), 1):
             definitions.append((u, g))
             acc.push(local, u)
+            if k % 16 == 0:
+                report.within(f", entry {k} of {len(upstream)}")
+    report.step("chain: the parameters' gradients")
     for name in net.params:
         matrices[name] = acc.gradient(net.symbols(name))
     return {n: matrices[n] for n in net.params + net.intermediates}, definitions

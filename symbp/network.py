@@ -22,7 +22,7 @@ import sympy as sp
 
 from . import registry
 from .errors import SymbpError
-from .names import matrix_symbols
+from .names import matrix_symbols, times
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class MLP:
             shape = self.shape(f"z{l}")
 
             def entry(n, i, prev=prev, W=W, b=b):
-                terms = [W[i, j] * (prev[n, j] if self.batch else prev[j, 0]) for j in range(W.cols)]
+                terms = [times(W[i, j], prev[n, j] if self.batch else prev[j, 0]) for j in range(W.cols)]
                 return sp.Add(*terms, *([b[i, 0]] if b is not None else []))
 
             if self.batch:

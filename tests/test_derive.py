@@ -111,3 +111,16 @@ def test_latex_display_for_notebooks():
 def test_bad_options(kwargs, message):
     with pytest.raises(SymbpError, match=message):
         symbp.derive(symbp.MLP([2, 2]), **kwargs)
+
+
+def test_progress_is_shown_when_asked_and_silent_otherwise(capsys):
+    net = symbp.MLP([3, 2, 2])
+    symbp.derive(net, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "symbp derive: chain a2", "symbp derive: chain z2", "symbp derive: chain a1", "symbp derive: chain z1",
+        "symbp derive: chain: the parameters' gradients"]
+    assert lines[-1].split(" (")[1].startswith("stage 5/5, ")
+    symbp.derive(net)  # stderr is not a terminal under pytest: nothing, as with progress=False
+    symbp.derive(net, method="expand", progress=False)
+    assert capsys.readouterr().err == ""

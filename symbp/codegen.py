@@ -1,0 +1,517 @@
+"""Matrix-level NumPy code for a verified backward pass: ``symbp.compile``.
+
+How it works: the claims are first judged by :func:`symbp.verify` against the per-element
+derivation; nothing is compiled unless every one holds. Each claim is then parsed by the formula
+parser (:mod:`symbp.formula`) into a typed tree, and the tree is walked to write one line of NumPy:
+``dW3 = dz3.T @ a2``. The user's text is never pasted into the code: every token of the generated
+module comes from a node of the tree (an operator, a name the network knows, a number the parser
+read), so the module is as safe as the tree. The claims are ordered so that each one's upstream
+gradients (``dz3`` in ``dz3.T @ a2``) are computed before it; a claim may only use upstream gradients
+that another claim defines.
+
+The generated module is standalone (it imports NumPy only) and readable: a header naming the network
+and the verified claims, a few helper functions (numerically stable ``softmax`` and ``sigmoid``; the
+step function with ``step(0) = 0``), ``forward`` (matrix products, one line per stage), ``loss`` (in
+stable form: log-sum-exp for softmax with cross-entropy) and ``backward`` (one line per claim). Batch
+networks are compiled for any number of rows: ``N`` is read from ``x.shape[0]``, never written in.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import linecache
+import re
+from collections.abc import Mapping
+from fractions import Fraction
+
+import numpy as np
+import sympy as sp
+
+from . import functions as F
+from .errors import SymbpError, closest
+from .formula import parse
+from .network import MLP
+from .verify import verify
+
+# Python's operator precedence, as far as the generated code needs it (higher binds tighter).
+_ADD, _MUL, _UNARY, _POW, _ATOM = 1, 2, 3, 4, 5
+_BINARY = {"add": ("+", _ADD), "sub": ("-", _ADD), "mul": ("*", _MUL), "div": ("/", _MUL),
+           "matmul": ("@", _MUL)}
+
+#: Element-wise functions of the formula language -> the name they are called by in generated code.
+_FUNCTION_CODE = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "relu": "relu", "step": "step",
+                  "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "softplus": "softplus"}
+
+#: Helper functions the generated module defines when it uses them (stable forms, one each).
+_HELPERS = {
+    "relu": '''def relu(z):
+    return np.maximum(z, 0.0)
+''',
+    "step": '''def step(z):
+    """The derivative of relu, with step(0) = 0 (as PyTorch): Heaviside(z, 0)."""
+    return (z > 0).astype(z.dtype)
+''',
+    "leaky_relu": '''def leaky_relu(z):
+    """Slope 0.01 below zero (PyTorch's default)."""
+    return np.where(z > 0, z, 0.01 * z)
+''',
+    "sigmoid": '''def sigmoid(z):
+    """The logistic function; exp only ever sees -|z|, so it cannot overflow."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+''',
+    "softplus": '''def softplus(z):
+    """log(1 + exp(z)), computed without overflow."""
+    return np.logaddexp(0.0, z)
+''',
+    "softmax": '''def softmax(z, axis):
+    """Softmax along an axis (1: each row is an example; 0: each column), shifted by the maximum."""
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+''',
+    "logsumexp": '''def logsumexp(z, axis):
+    """log(sum(exp(z))) along an axis, shifted by the maximum so it cannot overflow."""
+    m = z.max(axis=axis, keepdims=True)
+    return m + np.log(np.exp(z - m).sum(axis=axis, keepdims=True))
+''',
+}
+
+
+class CompiledGradients:
+    """The compiled backward pass: ``fast(x=..., y=..., W1=..., ...) -> {name: ndarray}``.
+
+    Returns dL/dV for every claimed ``V``, in denominator layout (shaped like ``V``). ``source`` is the
+    standalone module (functions ``forward``, ``loss``, ``backward``); ``names`` the targets in the
+    order they are computed; ``claims`` each target's claim as compiled; ``report`` the verification.
+    """
+
+    def __init__(self, net, names, claims, source, report, namespace):
+        self.net, self.names, self.claims, self.source, self.report = net, names, claims, source, report
+        self._namespace = namespace
+        self.forward, self.backward, self.loss = (namespace[f] for f in ("forward", "backward", "loss"))
+
+    def __call__(self, **values):
+        return self.backward(**_arrays(self.net, values))
+
+    def __repr__(self):
+        return f"CompiledGradients({self.net!r}, names={self.names})"
+
+
+def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # noqa: A001 - the API name
+    """Matrix-level NumPy code for the backward pass described by ``claims``, once they are verified.
+
+    ``claims`` maps targets (``"W3"``, ``"z2"``) to formulas for dL/d<target> (denominator layout,
+    the formula language of :mod:`symbp.formula`); :func:`symbp.textbook` gives the standard set.
+    They are judged by :func:`symbp.verify` first (pass ``report=`` a report of ``verify(net,
+    claims)`` to reuse it); a claim that does not hold is refused with a :class:`SymbpError` naming
+    it. The result computes, from raw arrays, the gradient of every claimed target; for a batch
+    network, for any number of rows.
+
+    >>> import numpy as np, symbp
+    >>> net = symbp.MLP([3, 2], output="identity", loss="mse", batch=4)
+    >>> fast = symbp.compile(net, {"z1": "2 * (a1 - y) / (2 * N)", "W1": "dz1.T @ x"})
+    >>> g = fast(x=np.ones((5, 3)), y=np.zeros((5, 2)), W1=np.eye(2, 3), b1=np.zeros((2, 1)))
+    >>> g["W1"].shape, float(g["W1"][0, 0])     # 5 rows: N is read from x, not fixed at 4
+    ((2, 3), 1.0)
+    >>> print(fast.source.split("def backward")[1].split("return")[0].strip())
+    (x, y, W1, b1):
+        \"\"\"dL/dV for every claimed V (denominator layout: shaped like V).\"\"\"
+        N = x.shape[0]
+        v = forward(x, W1, b1)
+        a1 = v["a1"]
+        dz1 = 2 * (a1 - y) / (2 * N)
+        dW1 = dz1.T @ x
+    """
+    if not isinstance(net, MLP):
+        raise SymbpError(f"compile: expected a symbp.MLP, got {type(net).__name__}")
+    if not isinstance(claims, Mapping) or not claims:
+        raise SymbpError("compile: claims must be a non-empty mapping of target -> formula, "
+                         "e.g. symbp.textbook(net)")
+    targets = net.params + net.intermediates
+    for target, claim in claims.items():
+        if target not in targets:
+            raise SymbpError(f"compile: no variable '{target}'{closest(str(target), targets)}; "
+                             f"targets: {', '.join(targets)}")
+        if not isinstance(claim, str):
+            raise SymbpError(f"compile: the claim for {target} is not a formula string "
+                             f"({type(claim).__name__}); only formulas can be compiled")
+    trees = {target: parse(claim, net, what=f"claim for {target}") for target, claim in claims.items()}
+    order = _order(net, trees)
+    report = _verified(net, claims, report)
+    source = _generate(net, {t: trees[t] for t in order}, assumptions=getattr(report, "assumptions", ()))
+    return CompiledGradients(net, order, {t: claims[t] for t in order}, source, report, _load(source, net))
+
+
+def _verified(net, claims, report):
+    """The report of ``verify(net, claims)``, computed unless given; refuse claims that do not hold."""
+    if report is None:
+        report = verify(net, dict(claims))
+    judged = {r.target: r for r in report.results}
+    for target, claim in claims.items():
+        if target not in judged or judged[target].claim != claim:
+            raise SymbpError(f"compile: the report given does not judge the claim for {target} ({claim!r}); "
+                             "pass report=symbp.verify(net, claims) for these claims")
+    for target in claims:
+        result = judged[target]
+        if result.verdict != "holds":
+            diagnosis = f" ({result.diagnosis})" if result.diagnosis else ""
+            raise SymbpError(f"compile: the claim for {target}, {result.claim!r}, does not hold{diagnosis}: "
+                             f"{result.detail}; nothing was compiled")
+    return report
+
+
+def _order(net, trees):
+    """The targets in an order where each claim's upstream gradients come first; refuse a claim that
+    uses an upstream gradient nobody defines, and circular claims."""
+    needs = {}
+    for target, tree in trees.items():
+        upstream = set()
+        for name in sorted(tree.names()):
+            if name.startswith("d") and name[1:] in net.params + net.intermediates:
+                if name[1:] not in trees:
+                    raise SymbpError(f"compile: the claim for {target} uses {name}, the gradient of {name[1:]}, "
+                                     f"but no claim defines it; add a claim for {name[1:]}")
+                upstream.add(name[1:])
+        needs[target] = upstream
+    natural = [n for l in range(net.L, 0, -1) for n in (f"a{l}", f"z{l}", f"W{l}", f"b{l}") if n in trees]
+    order, done = [], set()
+    while len(order) < len(natural):
+        ready = [t for t in natural if t not in done and needs[t] <= done]
+        if not ready:
+            stuck = [t for t in natural if t not in done]
+            uses = "; ".join(f"{t} uses " + ", ".join("d" + u for u in sorted(needs[t])) for t in stuck)
+            raise SymbpError(f"compile: the claims for {', '.join(stuck)} cannot be ordered: their upstream "
+                             f"gradients depend on each other in a circle ({uses})")
+        order.append(ready[0])
+        done.add(ready[0])
+    return order
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _generate(net: MLP, trees: Mapping, *, assumptions=()) -> str:
+    """The source of the standalone module for ``trees`` (target -> formula tree, in computing order).
+
+    This writes code only; :func:`compile` is the entry point, which verifies the claims first.
+    """
+    writer = _Writer(net)
+    backward = writer.backward(trees)
+    forward = writer.forward()
+    loss = writer.loss()
+    parts = [writer.header(trees, assumptions) + "\nimport numpy as np\n"]
+    parts += [_HELPERS[name] for name in _HELPERS if name in writer.helpers]
+    parts += [code for _, code in writer.custom.values()]
+    parts += [forward, loss, backward]
+    return "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+
+
+class _Writer:
+    """Writes the three functions of the module for one network, noting the helpers they call."""
+
+    def __init__(self, net):
+        self.net = net
+        self.helpers = set()
+        self.custom = {}  # activation name -> (function name, source)
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def args(self):
+        return ", ".join(("x",) + self.net.params)
+
+    def activation(self, layer, z):
+        """Code applying hidden layer ``layer``'s activation to the expression ``z``."""
+        row = self.net.hidden[layer - 1]
+        if row.name == "identity":
+            return z
+        if row.name in ("relu", "leaky_relu", "sigmoid", "softplus"):
+            self.helpers.add(row.name)
+            return f"{row.name}({z})"
+        if row.name == "tanh":
+            return f"np.tanh({z})"
+        return f"{self.custom_activation(row)}({z})"
+
+    def custom_activation(self, row):
+        """A function for a user-defined activation, printed from its SymPy form."""
+        if row.name not in self.custom:
+            function = f"f{len(self.custom) + 1}"
+            body = _ExpressionPrinter(self).doprint(row.sympy(sp.Symbol("z", real=True)))
+            shown = _comment_safe(sp.sstr(row.sympy(sp.Symbol("x"))))
+            self.custom[row.name] = (function, f'def {function}(z):\n    """The activation f(x) = {shown}."""\n'
+                                               f"    return {body}\n")
+        return self.custom[row.name][0]
+
+    def header(self, trees, notes):
+        net = self.net
+        lines = [*_wrap(f'"""Gradients of {_comment_safe(net.describe())}.', 100), "",
+                 "Generated by symbp.compile from these claims, each verified against the per-element",
+                 "derivation (dL/dV in denominator layout: shaped like V):", ""]
+        lines += [f"    d{target} = {_Formula(formula=True).code(tree)}" for target, tree in trees.items()]
+        if notes:
+            lines += ["", "Assumed: " + "; ".join(_comment_safe(n) for n in notes) + "."]
+        shapes = ", ".join(f"{n} {_shape_text(net, n)}" for n in net.inputs + net.params)
+        lines += ["", "backward(x, y, W1, b1, ...) returns {name: dL/dname}; forward(x, W1, b1, ...) the",
+                  "intermediates; loss(x, y, W1, b1, ...) the loss. NumPy arrays of float64, shaped:",
+                  *_wrap(shapes, 96), '"""']
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ the functions
+
+    def forward(self):
+        net = self.net
+        lines = [f"def forward({self.args}):",
+                 f'    """Every intermediate z1, a1, ..., z{net.L}, a{net.L} ('
+                 + ("rows are examples" if net.batch else "column vectors") + ')."""']
+        previous = "x"
+        for l in range(1, net.L + 1):
+            if net.batch:
+                z = f"{previous} @ W{l}.T" + (f" + b{l}.T" if net.bias else "")
+            else:
+                z = f"W{l} @ {previous}" + (f" + b{l}" if net.bias else "")
+            lines.append(f"    z{l} = {z}")
+            if l < net.L:
+                a = self.activation(l, f"z{l}")
+                if l in net.residual_layers:
+                    a = f"{previous} + {a}"
+            else:
+                a = self.output(f"z{l}")
+            lines.append(f"    a{l} = {a}")
+            previous = f"a{l}"
+        lines.append("    return {")
+        lines += _wrap(" ".join(f'"{n}": {n},' for n in net.intermediates), 92, indent=" " * 8)
+        lines.append("    }")
+        return "\n".join(lines) + "\n"
+
+    def output(self, z):
+        name = self.net.output.name
+        if name == "softmax":
+            self.helpers.add("softmax")
+            return f"softmax({z}, axis={self._axis})"
+        if name == "sigmoid":
+            self.helpers.add("sigmoid")
+            return f"sigmoid({z})"
+        return z
+
+    @property
+    def _axis(self):
+        return 1 if self.net.batch else 0
+
+    def loss(self):
+        """The loss, per example then reduced, in the stable form of the output/loss pair."""
+        net, axis, L = self.net, self._axis, self.net.L
+        lines = [f"def loss(x, y, {', '.join(net.params)}):",
+                 f'    """The scalar loss: {net.loss_row.name} of output {net.output.name}'
+                 + (f', {net.reduction} over the rows."""' if net.batch else '."""'),
+                 f"    v = forward({self.args})",
+                 f'    z{L}, a{L} = v["z{L}"], v["a{L}"]']
+        pair = (net.output.name, net.loss_row.name)
+        if pair == ("softmax", "cross_entropy"):  # -sum y log softmax(z) = sum y (logsumexp(z) - z)
+            self.helpers.add("logsumexp")
+            per = f"np.sum(y * (logsumexp(z{L}, axis={axis}) - z{L}), axis={axis})"
+        elif pair == ("sigmoid", "binary_cross_entropy"):  # softplus(z) - y z, averaged over units
+            self.helpers.add("softplus")
+            per = f"np.mean(softplus(z{L}) - y * z{L}, axis={axis})"
+        elif pair == ("sigmoid", "cross_entropy"):  # -y log sigmoid(z) = y softplus(-z)
+            self.helpers.add("softplus")
+            per = f"np.sum(y * softplus(-z{L}), axis={axis})"
+        elif net.loss_row.name == "cross_entropy":
+            per = f"-np.sum(y * np.log(a{L}), axis={axis})"
+        elif net.loss_row.name == "binary_cross_entropy":
+            per = f"-np.mean(y * np.log(a{L}) + (1 - y) * np.log(1 - a{L}), axis={axis})"
+        else:
+            per = f"np.mean((a{L} - y) ** 2, axis={axis})"
+        reduce = "np.mean" if net.batch and net.reduction == "mean" else "np.sum"
+        lines.append(f"    return float({reduce}({per}))")
+        return "\n".join(lines) + "\n"
+
+    def backward(self, trees):
+        net = self.net
+        formula = _Formula(self)
+        bodies = {target: formula.code(tree) for target, tree in trees.items()}
+        used = set().union(*(tree.names() for tree in trees.values()))
+        stages = [n for n in net.intermediates if n in used]
+        lines = [f"def backward(x, y, {', '.join(net.params)}):",
+                 '    """dL/dV for every claimed V (denominator layout: shaped like V)."""']
+        if "N" in used or any(t.op == "ones" and "N" in t.value for tree in trees.values() for t in tree.walk()):
+            lines.append("    N = x.shape[0]")
+        if stages:
+            lines.append(f"    v = forward({self.args})")
+            lines.append(f"    {', '.join(stages)} = {', '.join(f'v[{n!r}]' for n in stages)}".replace("'", '"'))
+        for target, body in bodies.items():
+            lines.append(f"    d{target} = {body}")
+        lines.append("    return {")
+        lines += _wrap(" ".join(f'"{t}": d{t},' for t in trees), 92, indent=" " * 8)
+        lines.append("    }")
+        return "\n".join(lines) + "\n"
+
+
+class _Formula:
+    """Prints a formula tree as Python/NumPy code (with a writer: noting helpers) or for the header."""
+
+    def __init__(self, writer=None, *, formula=False):
+        self.writer, self.formula = writer, formula
+
+    def code(self, node) -> str:
+        return self.visit(node)[0]
+
+    def use(self, helper):
+        if self.writer is not None:
+            self.writer.helpers.add(helper)
+
+    def visit(self, node):
+        op = node.op
+        if op == "name":
+            return ("x" if node.value == "a0" and not self.formula else node.value), _ATOM
+        if op == "number":
+            return _number(node.value)
+        if op == "neg":
+            return "-" + self.wrap(node.args[0], _UNARY), _UNARY
+        if op in _BINARY:
+            symbol, level = _BINARY[op]
+            left = self.wrap(node.args[0], level)
+            right = self.wrap(node.args[1], level + 1)  # left-associative: a - (b - c) keeps its brackets
+            return f"{left} {symbol} {right}", level
+        if op == "pow":
+            exponent, _ = _number(node.value)
+            return f"{self.wrap(node.args[0], _POW + 1)} ** {exponent}", _POW
+        if op == "transpose":
+            return self.wrap(node.args[0], _ATOM) + ".T", _ATOM
+        inner = [self.code(a) for a in node.args]
+        if self.formula:
+            return self.formula_call(node, inner), _ATOM
+        if op == "func":
+            name = _FUNCTION_CODE[node.value]
+            if not name.startswith("np."):
+                self.use(node.value)
+            return f"{name}({inner[0]})", _ATOM
+        if op == "softmax":
+            self.use("softmax")
+            return f"softmax({inner[0]}, axis={node.value})", _ATOM
+        if op == "sum":
+            axis = "" if node.value is None else f"axis={node.value}, "
+            return f"np.sum({inner[0]}, {axis}keepdims=True)", _ATOM
+        if op == "ones":
+            return f"np.ones(({node.value[0]}, {node.value[1]}))", _ATOM
+        if op == "diag":
+            return f"np.diag({inner[0]}.ravel())", _ATOM
+        if op == "outer":
+            return f"np.outer({inner[0]}, {inner[1]})", _ATOM
+        raise SymbpError(f"compile: formula op {op!r} has no NumPy form")  # pragma: no cover
+
+    def formula_call(self, node, inner):
+        """A function of the formula language, written as the claim would write it."""
+        if node.op == "func":
+            return f"{node.value}({inner[0]})"
+        if node.op == "sum":
+            return f"sum({inner[0]}" + ("" if node.value is None else f", axis={node.value}") + ")"
+        if node.op == "ones":
+            return f"ones({node.value[0]}, {node.value[1]})"
+        return f"{node.op}({', '.join(inner)})"
+
+    def wrap(self, node, level):
+        text, own = self.visit(node)
+        return text if own >= level else f"({text})"
+
+
+def _number(value: Fraction):
+    """A number literal and its precedence (a negative literal binds like unary minus)."""
+    if value.denominator == 1:
+        text = str(value.numerator)
+    else:
+        text = repr(float(value))
+    return text, (_UNARY if value < 0 else _ATOM)
+
+
+class _ExpressionPrinter:
+    """Prints a scalar SymPy expression (a custom activation) as NumPy code, element-wise."""
+
+    _CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sqrt: "np.sqrt", sp.Abs: "np.abs",
+              F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus"}
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def doprint(self, expr):
+        from sympy.printing.numpy import NumPyPrinter
+
+        writer = self.writer
+
+        class Printer(NumPyPrinter):
+            def _module_format(self, fqn, register=True):
+                return "np." + fqn.split(".", 1)[1] if fqn.startswith("numpy.") else fqn
+
+            def _print_Function(self, e):
+                for function, name in _ExpressionPrinter._CALLS.items():
+                    if e.func == function and not name.startswith("np."):
+                        writer.helpers.add(name)
+                        return f"{name}({self._print(e.args[0])})"
+                return super()._print_Function(e)
+
+        for function, name in self._CALLS.items():
+            if not name.startswith("np."):
+                setattr(Printer, f"_print_{function.__name__}", Printer._print_Function)
+        return Printer({"fully_qualified_modules": True}).doprint(expr)
+
+
+def _comment_safe(text: str) -> str:
+    """Text for the module's docstring: no quotes or backslashes that could end it."""
+    return re.sub(r'["\\]', "", text)
+
+
+def _shape_text(net, name):
+    rows, cols = net.shape(name)
+    return f"({'N' if net.batch and name in ('x', 'y') else rows}, {cols})"
+
+
+def _wrap(text, width, indent=""):
+    """``text`` in lines of at most ``width`` characters (after ``indent``), broken at spaces."""
+    lines, line = [], ""
+    for word in text.split(" "):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(indent + line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return lines + [indent + line]
+
+
+# --------------------------------------------------------------------------- loading and calling
+
+def _load(source, net):
+    """Execute the generated module's source in a fresh namespace (registered for tracebacks)."""
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    filename = f"<symbp.compile {list(net.sizes)} {digest}>"
+    code = builtins.compile(source, filename, "exec")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "symbp.compiled"}
+    exec(code, namespace)  # our generated code, written from formula trees (never from user text)
+    return namespace
+
+
+def _arrays(net, values):
+    """``values`` as float64 arrays shaped as the network expects; for a batch network, any number of
+    rows (the same for ``x`` and ``y``)."""
+    names = net.inputs + net.params
+    for name in values:
+        if name not in names:
+            raise SymbpError(f"unknown argument '{name}'{closest(name, names)}; expected {', '.join(names)}")
+    out = {}
+    for name in names:
+        if name not in values:
+            raise SymbpError(f"missing value for '{name}' (expected shape {_shape_text(net, name)})")
+        array = np.asarray(values[name], dtype=float)
+        expected = net.shape(name)
+        if array.ndim == 1 and expected[1] == 1 and not (net.batch and name in net.inputs):
+            array = array.reshape(-1, 1)
+        if net.batch and name in net.inputs:
+            ok = array.ndim == 2 and array.shape[1] == expected[1]
+        else:
+            ok = array.shape == expected
+        if not ok:
+            raise SymbpError(f"{name}: expected shape {_shape_text(net, name)}, got {array.shape}")
+        out[name] = array
+    if net.batch and out["x"].shape[0] != out["y"].shape[0]:
+        raise SymbpError(f"x has {out['x'].shape[0]} rows but y has {out['y'].shape[0]}: one target row per example")
+    return out
