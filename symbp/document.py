@@ -30,6 +30,7 @@ from . import latex as tex
 from .derive import Gradients, derive
 from .errors import SymbpError
 from .network import MLP
+from .numeric import error_exponent
 
 #: The worked numeric example is included by default when every width is at most this ...
 EXAMPLE_MAX_WIDTH = 6
@@ -43,8 +44,6 @@ MAX_TERMS = 5
 LINE_WIDTH = 46
 #: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
 MATRIX_WIDTH = 50
-#: Numeric errors are printed as a bound ``< 10^k``, never below this ``k``.
-ERROR_FLOOR = -12
 
 
 # --------------------------------------------------------------------------- public API
@@ -429,17 +428,6 @@ def verification(net: MLP, grads, printer=None) -> dict:
                "ok": report.ok, "assumptions": list(report.assumptions),
                "methods": sorted({r.method for r in report.results if r.method})}
     return {"closed": closed, "marks": marks, "summary": summary}
-
-
-def error_exponent(error: float) -> int:
-    """The smallest ``k >= ERROR_FLOOR`` with ``error < 10^k``: how numeric errors are printed.
-
-    >>> error_exponent(3.1e-16), error_exponent(0.002)
-    (-12, -2)
-    """
-    if error <= 0:
-        return ERROR_FLOOR
-    return max(ERROR_FLOOR, math.floor(math.log10(error)) + 1)
 
 
 # --------------------------------------------------------------------------- worked example

@@ -48,6 +48,7 @@ from .errors import SymbpError
 from .exact import frozen_zero
 from .names import matrix_symbols
 from .network import MLP
+from .numeric import error_exponent
 
 #: Above this many parameters the per-element derivation takes minutes; :func:`flow` refuses.
 MAX_PARAMS = 60_000
@@ -539,7 +540,7 @@ def flow_document(result: Flow, *, title: str | None = None, user_dir=None) -> s
                   title=title or f"Gradient flow through {result.depth} {result.hidden} layers",
                   flow=result, block=block, small=small, small_grads=small_grads, checks=checks,
                   activation_tex=_tex(row.sympy(u)), derivative_tex=_tex(derivative_of(row)(u)),
-                  number=_tex_number, regime=regime, spread=SPREAD)
+                  number=_tex_number, regime=regime, spread=SPREAD, error_exponent=error_exponent)
 
 
 def _tex(expr, **kw) -> str:

@@ -18,6 +18,7 @@ How it works:
 from __future__ import annotations
 
 import linecache
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -332,3 +333,19 @@ def max_rel_error(got: dict, truth: dict, names=None) -> float:
         scale = max(float(np.max(np.abs(truth[n]))), 1e-300)
         worst = max(worst, float(np.max(np.abs(np.asarray(got[n]) - truth[n]))) / scale)
     return worst
+
+
+#: Numeric errors are printed in documents as a bound ``< 10^k``, never below this ``k``: the digits
+#: of a float64 rounding error differ from machine to machine, and documents must not.
+ERROR_FLOOR = -12
+
+
+def error_exponent(error: float) -> int:
+    """The smallest ``k >= ERROR_FLOOR`` with ``error < 10^k``: how numeric errors are printed.
+
+    >>> error_exponent(3.1e-16), error_exponent(0.002)
+    (-12, -2)
+    """
+    if error <= 0:
+        return ERROR_FLOOR
+    return max(ERROR_FLOOR, math.floor(math.log10(error)) + 1)

@@ -15,6 +15,7 @@ import pytest
 import sympy as sp
 
 import symbp
+from symbp import numeric
 from symbp import document, numeric
 from symbp import latex as L
 from symbp.cli import main
@@ -220,8 +221,8 @@ def test_number_format_is_explicit():
 
 
 def test_error_bound_is_a_power_of_ten():
-    assert document.error_exponent(0.0) == document.ERROR_FLOOR
-    assert document.error_exponent(9.9e-7) == -6 and document.error_exponent(1e-6) == -5
+    assert numeric.error_exponent(0.0) == numeric.ERROR_FLOOR
+    assert numeric.error_exponent(9.9e-7) == -6 and numeric.error_exponent(1e-6) == -5
 
 
 def test_rendering_is_deterministic_and_undated():

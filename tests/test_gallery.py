@@ -47,15 +47,16 @@ def test_committed_tex_files_are_up_to_date(tmp_path):
         assert (GALLERY / f"{entry.name}.pdf").exists(), f"{entry.name}.pdf is missing: run `symbp gallery`"
 
 
+@pytest.mark.slow
 def test_gallery_regenerates_the_flow_documents_too(tmp_path):
-    """`symbp gallery` also writes the gradient-flow documents (compared by content, not bytes: they
-    print a float64 error, which is not reproducible across machines)."""
-    small = (("flow-small", dict(depth=2, width=3, hidden="tanh", init_scale=0.5, residual=True)),)
-    written = document.gallery(tmp_path, pdf=False, entries=(), flows=small)
-    assert [p.name for p in written] == ["flow-small.tex"]
-    assert "\\documentclass" in written[0].read_text()
-    for name, _ in document.FLOW_GALLERY:
-        assert (GALLERY / f"{name}.tex").exists() and (GALLERY / f"{name}.pdf").exists()
+    """`symbp gallery` also writes the gradient-flow documents, and the committed ones are up to date
+    (their float64 check error is printed as a bound, so the bytes do not depend on rounding)."""
+    written = document.gallery(tmp_path, pdf=False, entries=())
+    assert [p.name for p in written] == [f"{name}.tex" for name, _ in document.FLOW_GALLERY]
+    for path in written:
+        fresh, old = path.read_bytes(), (GALLERY / path.name).read_bytes()
+        assert old == fresh, f"{path.name} is out of date: run `symbp gallery`"
+        assert (GALLERY / path.name).with_suffix(".pdf").exists()
 
 
 def test_gallery_refuses_a_file_as_its_folder(tmp_path, capsys):
