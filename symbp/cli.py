@@ -158,23 +158,6 @@ FD_LIMIT = 2000
 # --------------------------------------------------------------------------- graph
 
 
-def parse_point(text: str) -> dict:
-    """``"a=2,b=-3,c=1/2"`` -> ``{"a": "2", "b": "-3", "c": "1/2"}`` (values parsed exactly later).
-
-    >>> parse_point("a=2, b=-3")
-    {'a': '2', 'b': '-3'}
-    """
-    point = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, eq, value = part.partition("=")
-        if not eq or not name.strip() or not value.strip():
-            raise SymbpError(f"--at {text!r}: '{part}' is not name=value (write e.g. --at a=2,b=-3)")
-        if name.strip() in point:
-            raise SymbpError(f"--at {text!r}: '{name.strip()}' is given twice")
-        point[name.strip()] = value.strip()
-    return point
-
-
 def _add_graph(sub):
     p = sub.add_parser("graph", help="the computation graph of a scalar expression, with every gradient",
                        description=textwrap.fill(
@@ -204,25 +187,17 @@ def _add_graph(sub):
 
 def _write_document(args, tex):
     """Write ``-o FILE.tex`` (and ``FILE.pdf`` with ``--pdf``); nothing is written if LaTeX fails."""
-    from pathlib import Path
-
-    from .latex import compile_pdf, write_atomic
+    from .latex import write_document
 
     if args.pdf and not args.out:
         raise SymbpError("--pdf needs -o FILE.tex")
     if not args.out:
         return None
-    path = Path(args.out)
-    if path.suffix != ".tex":
-        raise SymbpError(f"-o {args.out}: expected a .tex file name")
-    if args.pdf:
-        compile_pdf(tex, path.with_suffix(".pdf"))
-    write_atomic(path, tex)
-    return str(path)
+    return str(write_document(tex, args.out, pdf=args.pdf)["tex"])
 
 
 def _run_graph(args):
-    from .graph import document, graph
+    from .graph import document, graph, parse_point
 
     g = graph(args.expression, at=parse_point(args.at), structure=args.structure,
               granularity="primitives" if args.primitives else "gates")

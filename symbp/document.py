@@ -71,17 +71,10 @@ def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, 
           example: bool | None = None, template_dir=None) -> dict:
     """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
     ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
-    path = Path(path)
-    if path.suffix != ".tex":
+    if Path(path).suffix != ".tex":  # before the (slow) rendering
         raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
-    if not path.parent.is_dir():
-        raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
-    pdf_path = None
-    if pdf:  # compile first: a LaTeX error leaves neither file behind
-        pdf_path = tex.compile_pdf(source, path.with_suffix(".pdf"))
-    tex.write_atomic(path, source)
-    return {"tex": path, "pdf": pdf_path}
+    return tex.write_document(source, path, pdf=pdf)
 
 
 @dataclass(frozen=True)
@@ -119,9 +112,27 @@ FLOW_GALLERY = (
 )
 
 
-def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY) -> list[Path]:
-    """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per derivation entry, and
-    the gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page). Returns the paths."""
+#: Computation-graph documents of the gallery (seeds 003 and 004):
+#: name -> (expression, point, options of ``symbp.graph``, title).
+GRAPH_GALLERY = (
+    ("graph-seed003", "(a*b + c)*f", "a=2,b=-3,c=5,f=-2", {}, "Seed 003: L = (a*b + c)*f, as in micrograd"),
+    ("graph-seed003-accumulation", "a + a", "a=2", {}, "Seed 003: b = a + a accumulates, a.grad = 2"),
+    ("graph-seed004-neuron", "1/(1+exp(-(w0*x0+w1*x1+w2)))", "w0=2,x0=-1,w1=-3,x1=-2,w2=-3", {},
+     "Seed 004: the sigmoid neuron, gate by gate (cs231n)"),
+    ("graph-seed004-sigmoid-gate", "sigmoid(w0*x0 + w1*x1 + w2)", "w0=2,x0=-1,w1=-3,x1=-2,w2=-3", {},
+     "Seed 004: the sigmoid neuron with one sigmoid gate"),
+)
+
+#: Worked examples of the gallery: name -> spec file shipped in ``symbp/data`` (copied beside them,
+#: so that ``symbp example derivations/seed000.toml`` works on the copy).
+EXAMPLE_GALLERY = (("example-seed000", "seed000.toml"),)
+
+
+def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, graphs=GRAPH_GALLERY,
+            examples=EXAMPLE_GALLERY) -> list[Path]:
+    """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per derivation entry, the
+    gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page), the computation
+    graphs and the worked examples (with their spec files). Returns the paths."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SymbpError(f"{str(out_dir)!r} is not a folder")
@@ -136,6 +147,20 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY) -
         for name, options in flows:
             done = write_flow(flow(**options), out_dir / f"{name}.tex", pdf=pdf)
             written += [Path(done[k]) for k in ("tex", "pdf", "png") if done[k] is not None]
+    for name, expression, point, options, title in graphs:
+        from .graph import document as graph_document, graph, parse_point
+
+        g = graph(expression, at=parse_point(point), **options)
+        done = tex.write_document(graph_document(g, title=title), out_dir / f"{name}.tex", pdf=pdf)
+        written += [p for p in (done["tex"], done["pdf"]) if p is not None]
+    for name, spec_name in examples:
+        from importlib import resources
+
+        from .example import document as example_document, from_spec
+
+        spec = tex.write_atomic(out_dir / spec_name, (resources.files("symbp") / "data" / spec_name).read_bytes())
+        done = tex.write_document(example_document(from_spec(spec)), out_dir / f"{name}.tex", pdf=pdf)
+        written += [spec] + [p for p in (done["tex"], done["pdf"]) if p is not None]
     return written
 
 

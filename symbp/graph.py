@@ -945,3 +945,20 @@ def document(g: Graph, *, title: str | None = None, user_dir=None) -> str:
                   granularity=g.granularity, picture=picture, fit=bool(picture and picture["width"] > 16),
                   rotate=bool(picture and picture["width"] > 24),
                   nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT)
+
+
+def parse_point(text: str) -> dict:
+    """``"a=2,b=-3,c=1/2"`` -> ``{"a": "2", "b": "-3", "c": "1/2"}`` (values parsed exactly later).
+
+    >>> parse_point("a=2, b=-3")
+    {'a': '2', 'b': '-3'}
+    """
+    point = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise SymbpError(f"point {text!r}: '{part}' is not name=value (write e.g. a=2,b=-3)")
+        if name.strip() in point:
+            raise SymbpError(f"point {text!r}: '{name.strip()}' is given twice")
+        point[name.strip()] = value.strip()
+    return point

@@ -543,3 +543,17 @@ def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180, log_
             if done.returncode != 0 or not (Path(work) / "doc.pdf").exists():
                 raise SymbpError(f"LaTeX error: {first_error(log)}")
         return write_atomic(pdf_path, (Path(work) / "doc.pdf").read_bytes())
+
+
+def write_document(source: str, path, *, pdf: bool = False) -> dict:
+    """Write LaTeX ``source`` to ``path`` (a ``.tex`` file) and, with ``pdf``, the compiled
+    ``path.pdf``. It compiles first, so a LaTeX error leaves neither file behind.
+    Returns ``{"tex": Path, "pdf": Path | None}``."""
+    path = Path(path)
+    if path.suffix != ".tex":
+        raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
+    if not path.parent.is_dir():
+        raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    pdf_path = compile_pdf(source, path.with_suffix(".pdf")) if pdf else None
+    write_atomic(path, source)
+    return {"tex": path, "pdf": pdf_path}

@@ -21,7 +21,7 @@ from conftest import config_id, configurations, make
 
 needs_tex = pytest.mark.skipif(shutil.which("pdflatex") is None, reason="TeX is installed by .ci/run")
 
-SPEC = Path(__file__).resolve().parent.parent / "derivations" / "seed000.toml"
+SPEC = Path(__file__).resolve().parent.parent / "symbp" / "data" / "seed000.toml"
 E10 = sp.exp(10)
 
 

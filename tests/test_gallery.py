@@ -32,7 +32,7 @@ def test_gallery_has_the_curated_documents():
 
 def test_committed_tex_files_are_up_to_date(tmp_path):
     """Regenerate into a temporary folder and compare bytes: run `symbp gallery` if this fails."""
-    written = document.gallery(tmp_path, pdf=False, flows=())
+    written = document.gallery(tmp_path, pdf=False, flows=(), graphs=(), examples=())
     assert sorted(p.name for p in written) == sorted(f"{e.name}.tex" for e in document.GALLERY)
     for entry in document.GALLERY:
         fresh = (tmp_path / f"{entry.name}.tex").read_bytes()
@@ -48,15 +48,19 @@ def test_committed_tex_files_are_up_to_date(tmp_path):
 
 
 @pytest.mark.slow
-def test_gallery_regenerates_the_flow_documents_too(tmp_path):
-    """`symbp gallery` also writes the gradient-flow documents, and the committed ones are up to date
-    (their float64 check error is printed as a bound, so the bytes do not depend on rounding)."""
+def test_gallery_regenerates_the_flow_graph_and_example_documents_too(tmp_path):
+    """`symbp gallery` also writes the gradient-flow, computation-graph and worked-example documents
+    (and the example's spec), and the committed ones are up to date, byte for byte (the flow
+    document's float64 check error is printed as a bound, so its bytes do not depend on rounding)."""
     written = document.gallery(tmp_path, pdf=False, entries=())
-    assert [p.name for p in written] == [f"{name}.tex" for name, _ in document.FLOW_GALLERY]
+    expected = ([f"{name}.tex" for name, _ in document.FLOW_GALLERY]
+                + [f"{entry[0]}.tex" for entry in document.GRAPH_GALLERY]
+                + [name for entry in document.EXAMPLE_GALLERY for name in (entry[1], f"{entry[0]}.tex")])
+    assert [p.name for p in written] == expected
     for path in written:
-        fresh, old = path.read_bytes(), (GALLERY / path.name).read_bytes()
-        assert old == fresh, f"{path.name} is out of date: run `symbp gallery`"
-        assert (GALLERY / path.name).with_suffix(".pdf").exists()
+        assert (GALLERY / path.name).read_bytes() == path.read_bytes(), f"{path.name} is out of date: run `symbp gallery`"
+        if path.suffix == ".tex":
+            assert (GALLERY / path.name).with_suffix(".pdf").exists()
 
 
 def test_gallery_refuses_a_file_as_its_folder(tmp_path, capsys):
