@@ -329,6 +329,16 @@ def topological(root: Node) -> list[Node]:
     >>> [n.op for n in topological(y)]
     ['input', 'mul', 'exp']
     """
+    return postorder(root, lambda node: node.inputs)
+
+
+def postorder(root, children) -> list:
+    """Every node reachable from ``root``, each after its ``children(node)`` (in their order), once:
+    an iterative depth-first search, so thousands of levels do not reach the recursion limit.
+
+    >>> postorder(3, lambda n: [n - 1, n - 2] if n > 1 else [])
+    [1, 0, 2, 3]
+    """
     order, seen = [], set()
     stack = [(root, False)]
     while stack:
@@ -340,7 +350,7 @@ def topological(root: Node) -> list[Node]:
             continue
         seen.add(node)
         stack.append((node, True))
-        stack.extend((child, False) for child in reversed(node.inputs) if child not in seen)
+        stack.extend((child, False) for child in reversed(children(node)) if child not in seen)
     return order
 
 
@@ -729,18 +739,10 @@ def _primitives(expr):
 
 def _variable_subtrees(expr) -> set:
     """The subexpressions of ``expr`` that contain a symbol (the rest are constants, folded into gates)."""
-    variable, seen, stack = set(), set(), [(expr, False)]
-    while stack:
-        e, ready = stack.pop()
-        if ready:
-            if e.is_Symbol or any(a in variable for a in e.args):
-                variable.add(e)
-            continue
-        if e in seen:
-            continue
-        seen.add(e)
-        stack.append((e, True))
-        stack.extend((a, False) for a in e.args if a not in seen)
+    variable = set()
+    for e in postorder(expr, lambda e: e.args):
+        if e.is_Symbol or any(a in variable for a in e.args):
+            variable.add(e)
     return variable
 
 
