@@ -202,7 +202,7 @@ def _run_graph(args):
     g = graph(args.expression, at=parse_point(args.at), structure=args.structure,
               granularity="primitives" if args.primitives else "gates")
     checks = g.check()
-    written = _write_document(args, document(g, title=args.title) if args.out else None)
+    written = _write_document(args, document(g, title=args.title, checks=checks) if args.out else None)
     payload = g.to_json()
     payload["checks"] = {n: {"graph": str(a), "sympy_diff": str(b), "agree": ok} for n, (a, b, ok) in checks.items()}
     payload["output"] = written

@@ -71,8 +71,7 @@ def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, 
           example: bool | None = None, template_dir=None) -> dict:
     """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
     ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
-    if Path(path).suffix != ".tex":  # before the (slow) rendering
-        raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
+    tex.check_output(path)  # before the (slow) rendering
     source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
     return tex.write_document(source, path, pdf=pdf)
 

@@ -582,21 +582,23 @@ def write_flow(result: Flow, tex_path, *, pdf: bool = False, title: str | None =
     """Write the flow document to ``tex_path``; with ``pdf`` also the PDF and a PNG of the plot page
     next to it (``pdftoppm -png -singlefile -r 100``). Returns ``{"tex", "pdf", "png"}`` (paths or None).
     Nothing is written if the document does not compile."""
-    from .latex import compile_pdf, write_atomic
+    from .latex import check_output, compile_pdf, write_atomic
 
-    tex_path = Path(tex_path)
-    if tex_path.suffix != ".tex":
-        raise SymbpError(f"-o {str(tex_path)!r}: the document's name must end in .tex")
+    tex_path = check_output(tex_path)  # before the slow work
+    if pdf:
+        for tool in ("pdftoppm", "pdftotext"):
+            if shutil.which(tool) is None:
+                raise SymbpError(f"{tool} not found: install poppler-utils (it finds and renders the plot page)")
     tex = flow_document(result, title=title, user_dir=user_dir)
     written = {"tex": None, "pdf": None, "png": None}
     if pdf:
-        if shutil.which("pdftoppm") is None:
-            raise SymbpError("pdftoppm not found: install poppler-utils (it renders the plot page as a PNG)")
         with tempfile.TemporaryDirectory(prefix="symbp-flow-") as work:
             built = compile_pdf(tex, Path(work) / "flow.pdf")
             page = _plot_page(built, PLOT_MARKER)
-            subprocess.run(["pdftoppm", "-png", "-singlefile", "-r", "100", "-f", str(page), "-l", str(page),
-                            str(built), str(Path(work) / "plot")], check=True, capture_output=True)
+            done = subprocess.run(["pdftoppm", "-png", "-singlefile", "-r", "100", "-f", str(page), "-l", str(page),
+                                   str(built), str(Path(work) / "plot")], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SymbpError(f"pdftoppm could not render the plot page: {done.stderr.strip()[:200]}")
             written["tex"] = str(write_atomic(tex_path, tex))
             written["pdf"] = str(write_atomic(tex_path.with_suffix(".pdf"), built.read_bytes()))
             written["png"] = str(write_atomic(tex_path.with_suffix(".png"), (Path(work) / "plot.png").read_bytes()))

@@ -545,15 +545,22 @@ def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180, log_
         return write_atomic(pdf_path, (Path(work) / "doc.pdf").read_bytes())
 
 
-def write_document(source: str, path, *, pdf: bool = False) -> dict:
-    """Write LaTeX ``source`` to ``path`` (a ``.tex`` file) and, with ``pdf``, the compiled
-    ``path.pdf``. It compiles first, so a LaTeX error leaves neither file behind.
-    Returns ``{"tex": Path, "pdf": Path | None}``."""
+def check_output(path) -> Path:
+    """``path`` as a ``Path`` if it can take a document: a ``.tex`` name in an existing folder.
+    Called before any slow rendering, so a bad ``-o`` fails at once."""
     path = Path(path)
     if path.suffix != ".tex":
         raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
     if not path.parent.is_dir():
         raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def write_document(source: str, path, *, pdf: bool = False) -> dict:
+    """Write LaTeX ``source`` to ``path`` (a ``.tex`` file) and, with ``pdf``, the compiled
+    ``path.pdf``. It compiles first, so a LaTeX error leaves neither file behind.
+    Returns ``{"tex": Path, "pdf": Path | None}``."""
+    path = check_output(path)
     pdf_path = compile_pdf(source, path.with_suffix(".pdf")) if pdf else None
     write_atomic(path, source)
     return {"tex": path, "pdf": pdf_path}

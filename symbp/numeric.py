@@ -55,6 +55,8 @@ def random_values(net: MLP, seed=0, *, margin: float = 0.05) -> dict:
     Targets fit the loss: rows of probabilities summing to 1 for cross-entropy, entries in (0, 1) for
     binary cross-entropy, normal numbers for mse.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SymbpError(f"seed: expected a whole number >= 0, got {seed!r}")
     rng = np.random.default_rng(seed)
     for _ in range(200):
         values = {name: rng.normal(size=net.shape(name)) for name in ("x",) + net.params}

@@ -64,3 +64,14 @@ def test_help_states_the_conventions(capsys):
     out = capsys.readouterr().out
     assert "denominator layout: dL/dV has the shape of V" in out
     assert "relu'(0) = 0" in out
+
+
+def test_a_negative_seed_is_bad_input(capsys):
+    assert main(["derive", "2,2", "--seed", "-1"]) == 2
+    assert capsys.readouterr().err == "symbp derive: error: seed: expected a whole number >= 0, got -1\n"
+
+
+def test_output_in_a_missing_folder_fails_before_any_work(tmp_path, capsys):
+    assert main(["flow", "--depth", "1", "--width", "2", "--init-scale", "1", "--classes", "2",
+                 "-o", str(tmp_path / "missing" / "f.tex"), "--pdf"]) == 2
+    assert "folder" in capsys.readouterr().err and list(tmp_path.iterdir()) == []

@@ -361,3 +361,10 @@ def test_long_chain_document_turns_the_page_and_compiles(tmp_path):
     pdf = compile_pdf(tex, tmp_path / "chain.pdf")
     text = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
     assert text.count("agrees") == 6
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="TeX is installed by .ci/run")
+def test_names_with_underscores_and_greek_letters_are_typeset(tmp_path):
+    # the point's names go through SymPy's printer: a_b is a_{b}, alpha is \alpha (raw, a_b_c broke LaTeX)
+    assert main(["graph", "a_b_c*alpha", "--at", "a_b_c=1,alpha=2", "-o", str(tmp_path / "g.tex"), "--pdf"]) == 0
+    assert r"\alpha = 2" in (tmp_path / "g.tex").read_text()
