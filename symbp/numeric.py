@@ -133,14 +133,14 @@ def _program(net: MLP, grads: Gradients, shift: bool):
     return program + list(grads.definitions)
 
 
-def _restage(net: MLP, expressions):
+def _restage(net: MLP, matrices):
     """Replace written-out forward subexpressions (from ``expand``) by the stage symbols."""
     written = {}
     for symbol, expr in net.forward_env().items():
         if not expr.is_Atom:
             written[expr] = symbol
             written[-expr] = -symbol  # as in exp(-z), which diff produces from 1/softmax
-    return [e.xreplace(written) for e in expressions]
+    return [M.xreplace(written) for M in matrices]
 
 
 def _all_logits_staged(net, outputs):
@@ -170,7 +170,7 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
     arg_symbols = [s for name in args for s in net.symbols(name)]
     outputs = [grads._matrices[name] for name in names]
     if grads.method == "expand":
-        outputs = [M.applyfunc(lambda e: _restage(net, [e])[0]) for M in outputs]
+        outputs = _restage(net, outputs)
     # chain results are written in the stage symbols (exp(z3_0_0), never exp(W3_0_0*a2_0_0 + ...)), so
     # the shift is always safe for them; only expand results need the (costly at scale) look.
     staged = grads.method == "chain" or _all_logits_staged(net, outputs)
