@@ -101,10 +101,7 @@ def _run_derive(args):
     from . import numeric
     from .derive import derive
 
-    if args.out is None:
-        for flag, value in (("--pdf", args.pdf), ("--title", args.title), ("--template-dir", args.template_dir)):
-            if value:
-                raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
+    _check_document_options(args, args.out)
     net = network_from_args(args)
     grads = derive(net, method=args.method, layout=args.layout)
     values = numeric.random_values(net, args.seed)
@@ -185,12 +182,19 @@ def _add_graph(sub):
     p.set_defaults(run=_run_graph)
 
 
+def _check_document_options(args, out) -> None:
+    """``--pdf``, ``--title`` and ``--template-dir`` belong to a document: refuse them without
+    ``-o FILE.tex``, before any work (one rule and one message for every command)."""
+    if out is None:
+        for flag, attr in (("--pdf", "pdf"), ("--title", "title"), ("--template-dir", "template_dir")):
+            if getattr(args, attr, None):
+                raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
+
+
 def _write_document(args, tex):
     """Write ``-o FILE.tex`` (and ``FILE.pdf`` with ``--pdf``); nothing is written if LaTeX fails."""
     from .latex import write_document
 
-    if args.pdf and not args.out:
-        raise SymbpError("--pdf needs -o FILE.tex")
     if not args.out:
         return None
     return str(write_document(tex, args.out, pdf=args.pdf)["tex"])
@@ -199,6 +203,7 @@ def _write_document(args, tex):
 def _run_graph(args):
     from .graph import document, graph, parse_point
 
+    _check_document_options(args, args.out)
     g = graph(args.expression, at=parse_point(args.at), structure=args.structure,
               granularity="primitives" if args.primitives else "gates")
     checks = g.check()
@@ -242,6 +247,7 @@ def _add_example(sub):
 def _run_example(args):
     from .example import document, from_spec
 
+    _check_document_options(args, args.out)
     ex = from_spec(args.spec, tolerance=args.tolerance)
     written = _write_document(args, document(ex, title=args.title) if args.out else None)
     payload = ex.to_json()
@@ -318,8 +324,7 @@ def _add_flow(sub):
 def _run_flow(args):
     from .flow import flow, write_flow
 
-    if args.pdf and not args.output_file:
-        raise SymbpError("--pdf needs -o FILE.tex (the PDF and PNG are written next to it)")
+    _check_document_options(args, args.output_file)
     result = flow(depth=args.depth, width=args.width, hidden=args.hidden, init_scale=args.init_scale,
                   classes=args.classes, residual=args.residual, seed=args.seed)
     written = {"tex": None, "pdf": None, "png": None}

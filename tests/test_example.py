@@ -287,3 +287,8 @@ def test_documents_compile_for_batches_and_other_losses(tmp_path, config):
     assert net.describe() in text
     wrong = len(ex.wrong)
     assert wrong > 0 and f"{wrong} of {net.shape('W1')[0] * net.shape('W1')[1]} claimed cells are wrong" in text
+
+
+def test_title_without_a_document_is_bad_input(capsys):
+    assert main(["example", str(SPEC), "--title", "mine"]) == 2
+    assert capsys.readouterr().err == "symbp example: error: --title is an option of the document: add -o FILE.tex\n"

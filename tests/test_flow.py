@@ -216,7 +216,7 @@ def test_cli_json_and_table():
     (["--depth", "0", "--width", "4", "--init-scale", "1"], "depth = 0"),
     (["--depth", "2", "--width", "4", "--init-scale", "0"], "init scale = 0.0"),
     (["--depth", "2", "--width", "4", "--init-scale", "1", "--hidden", "tahn"], "did you mean 'tanh'"),
-    (["--depth", "2", "--width", "4", "--init-scale", "1", "--pdf"], "--pdf needs -o"),
+    (["--depth", "2", "--width", "4", "--init-scale", "1", "--pdf"], "--pdf is an option of the document: add -o FILE.tex"),
     (["--depth", "2", "--width", "4", "--init-scale", "1", "-o", "/nonexistent/f.tex"], "does not exist"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message):

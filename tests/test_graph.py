@@ -282,7 +282,7 @@ def test_cli_graph_text_and_json(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["graph", "a*b", "--at", "a=2"], "no value for 'b'"),
     (["graph", "a*b", "--at", "a=2,b"], "'b' is not name=value"),
-    (["graph", "a*b", "--at", "a=2,b=1", "--pdf"], "--pdf needs -o"),
+    (["graph", "a*b", "--at", "a=2,b=1", "--pdf"], "--pdf is an option of the document: add -o FILE.tex"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
