@@ -27,6 +27,7 @@ import sympy as sp
 
 from . import __version__
 from . import latex as tex
+from . import registry
 from .derive import Gradients, derive
 from .errors import SymbpError
 from .network import MLP
@@ -571,9 +572,8 @@ def worked_example(net: MLP, grads, printer) -> dict:
 
 def _slope(activation):
     """The derivative f' of an activation row, as a function of an exact number."""
-    z = sp.Dummy("z")
-    derivative = sp.diff(activation.sympy(z), z)
-    return lambda value: _exact(derivative.xreplace({z: value}))
+    derivative = registry.derivative(activation)
+    return lambda value: _exact(derivative(value))
 
 
 def _frobenius(M):

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from . import functions as F
+from . import registry
 from .derive import derive
 from .errors import SymbpError, closest
 from .expression import parse_scalar
@@ -488,8 +489,7 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
 
 
 def _derivative(act, z):
-    s = sp.Symbol("s", real=True)
-    return tidy(sp.diff(act.sympy(s), s).xreplace({s: z}))
+    return tidy(registry.derivative(act)(z))
 
 
 def _transposed_alternative(ex: Example, name: str, i: int, j: int):

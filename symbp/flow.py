@@ -92,12 +92,6 @@ def identity_check(derived: sp.Matrix, claimed: sp.Matrix) -> IdentityCheck:
     return IdentityCheck(not failures, tuple(failures))
 
 
-def derivative_of(row) -> sp.Lambda:
-    """``f'`` of a registry activation row, as ``sympy.diff`` gives it (``relu' = step``)."""
-    u = sp.Dummy("u", real=True)
-    return sp.Lambda(u, sp.diff(row.sympy(u), u))
-
-
 @dataclass(frozen=True)
 class BlockJacobians:
     """One block ``F(x) = f(W x + b)`` with a square ``W``, its Jacobians, and the verdicts.
@@ -151,7 +145,7 @@ def residual_block(*, n: int = 2, hidden: str = "tanh") -> BlockJacobians:
         return sp.Matrix(n, n, lambda i, j: sp.diff(V[i, 0], x[j, 0])).xreplace(back)
 
     dF, dH = jacobian(F_written), jacobian(H_written)
-    fprime = derivative_of(row)
+    fprime = registry.derivative(row)
     closed_form = sp.diag(*[fprime(z[i, 0]) for i in range(n)]) * W
     return BlockJacobians(n=n, hidden=row.name, x=x, W=W, b=b, z=z, F=z.applyfunc(row.sympy), dF=dF, dH=dH,
                           closed_form=closed_form, residual=identity_check(dH, dF + sp.eye(n)),
@@ -206,7 +200,7 @@ def network_identity(net: MLP, grads: Gradients | None = None, *, with_identity=
     for l in range(2, net.L):
         upstream = resolved(f"a{l}")
         derived = resolved(f"a{l - 1}")
-        fprime = derivative_of(net.hidden[l - 1])
+        fprime = registry.derivative(net.hidden[l - 1])
         z = net.symbols(f"z{l}")
         dz = sp.Matrix(z.rows, 1, lambda i, _: upstream[i, 0] * fprime(z[i, 0]).xreplace(env))
         claimed = net.symbols(f"W{l}").T * dz
@@ -539,7 +533,7 @@ def flow_document(result: Flow, *, title: str | None = None, user_dir=None) -> s
     return render("flow.tex.j2", user_dir=user_dir, author="symbp flow",
                   title=title or f"Gradient flow through {result.depth} {result.hidden} layers",
                   flow=result, block=block, small=small, small_grads=small_grads, checks=checks,
-                  activation_tex=_tex(row.sympy(u)), derivative_tex=_tex(derivative_of(row)(u)),
+                  activation_tex=_tex(row.sympy(u)), derivative_tex=_tex(registry.derivative(row)(u)),
                   number=_tex_number, regime=regime, spread=SPREAD, error_exponent=error_exponent)
 
 

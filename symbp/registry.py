@@ -259,6 +259,17 @@ def custom_activation(expression: str, *, name: str | None = None, latex: str | 
     )
 
 
+def derivative(row: Activation) -> sp.Lambda:
+    """``f'`` of an activation row, as ``sympy.diff`` gives it (``relu' = Heaviside(z, 0)``), as a
+    ``Lambda`` to apply to a symbol or a number: the one place documents, examples and flow get it.
+
+    >>> derivative(ACTIVATIONS["relu"])(sp.Integer(0)), derivative(ACTIVATIONS["tanh"])(sp.Integer(0))
+    (0, 1)
+    """
+    u = sp.Dummy("u", real=True)
+    return sp.Lambda(u, sp.diff(row.sympy(u), u))
+
+
 def activation(spec) -> Activation:
     """The registry row for ``spec``: a name, an :class:`Activation`, or an expression in ``x``.
 
