@@ -231,8 +231,6 @@ def _network(net: MLP, layout: str) -> dict:
             "simplified": net.fused.simplified,
         },
         "residual": list(net.residual_layers),
-        "n_params": net.n_params,
-        "description": net.describe(),
     }
 
 
@@ -293,7 +291,6 @@ def _target(net, grads, name, printer, checks) -> dict:
         "kind": name[0],
         "layer": int(name[1:]),
         "tex": printer.base(name),
-        "grad_tex": printer.grad_base(name) if name[0] in "za" else None,
         "shape": _shape(net.shape(name)),
         "entries": [_entry(net, M, net.symbols(name), printer, i, j) for i, j in _samples(M.shape)],
         "matrix": rows if fits else None,
@@ -316,8 +313,6 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "f": net.activation(l).latex,
             "fname": net.activation(l).name,
             "n": net.sizes[l],
-            "n_prev": net.sizes[l - 1],
-            "n_next": net.sizes[l + 1] if l < net.L else None,
             "prev": printer.base(f"a{l - 1}"),
             "prev_grad": printer.grad_base(f"a{l - 1}") if l > 1 else None,
             "W": printer.base(f"W{l}"),
@@ -325,10 +320,6 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "a": printer.base(f"a{l}"),
             "delta": printer.grad_base(f"z{l}"),
             "abar": printer.grad_base(f"a{l}"),
-            "W_next": printer.base(f"W{l + 1}") if l < net.L else None,
-            "delta_next": printer.grad_base(f"z{l + 1}") if l < net.L else None,
-            "abar_next": printer.grad_base(f"a{l + 1}") if l < net.L else None,
-            "residual_next": (l + 1) in net.residual_layers,
             "residual": l in net.residual_layers,
             "targets": targets,
         })
@@ -449,7 +440,7 @@ def verification(net: MLP, grads, printer=None) -> dict:
     for mark in marks.values():
         mark["numeric_ok"] = mark["bound"] <= -8
     worst = max(errors.values())
-    summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8, "verify": True,
+    summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8,
                "ok": report.ok, "assumptions": list(report.assumptions),
                "methods": sorted({r.method for r in report.results if r.method})}
     return {"closed": closed, "marks": marks, "summary": summary}
