@@ -64,6 +64,7 @@ DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "s
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
 EXACT_POINTS = 3
+EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
 NUMERIC_RTOL = 1e-9
 _DENOMINATOR = 1009
 
@@ -473,7 +474,7 @@ class _Judge:
             self._points[kind] = self._draw(kind, EXACT_POINTS if kind in ("unit", "general") else 2)
         return self._points[kind]
 
-    def _draw(self, kind, count):
+    def _draw(self, kind, count, rng=None):
         points = []
         if kind in ("float", "float-general"):
             for k in range(count):
@@ -482,7 +483,7 @@ class _Judge:
                     base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
                 points.append(_Point(self.net, self.grads, FloatField(), base))
             return points
-        rng = random.Random(f"{self.seed}-{kind}")
+        rng = rng or random.Random(f"{self.seed}-{kind}")
         for _ in range(200):
             try:
                 points.append(_Point(self.net, self.grads, ExactField(rng),
@@ -514,10 +515,39 @@ class _Judge:
         except (ZeroDivisionError, OverflowError, ValueError):
             return None
 
+    def _pool_point(self, kind, k):
+        """The ``k``-th exact point of ``kind`` (drawn lazily, in a fixed order per seed)."""
+        if ("pool", kind) not in self._points:
+            self._points[("pool", kind)] = (random.Random(f"{self.seed}-{kind}"), [])
+        rng, pool = self._points[("pool", kind)]
+        while len(pool) <= k:
+            pool.append(self._draw(kind, 1, rng)[0])
+        return pool[k]
+
+    def exact_points(self, target, kind, limit=None):
+        """Exact points of ``kind`` where dL/d<target> is not all zero (a dead ReLU layer can zero a
+        whole gradient, and a wrong claim would agree there): up to ``EXACT_POINTS`` (or ``limit``),
+        from up to ``EXACT_DRAWS`` draws. Fewer than asked for means the draws ran out."""
+        want = EXACT_POINTS if limit is None else limit
+        key = ("exact", kind, target)
+        chosen, tried = self._points.get(key, ([], 0))
+        while len(chosen) < want and tried < EXACT_DRAWS:
+            point = self._pool_point(kind, tried)
+            tried += 1
+            try:
+                truth = point.truth(target)
+            except _Redraw:
+                continue
+            if any(t != 0 for t in truth.reshape(-1)):
+                chosen.append(point)
+        self._points[key] = (chosen, tried)
+        return chosen[:want]
+
     def exact_mismatch(self, node, target, kind, limit=None):
-        """None when the claim equals the truth at every exact point of ``kind`` (the first ``limit``),
-        else ``(point, (i, j))`` of the first difference (``(point, None)`` if undefined there)."""
-        for point in self.points(kind, limit):
+        """None when the claim equals the truth at every exact point of ``kind`` (the first ``limit``)
+        where the truth is not all zero, else ``(point, (i, j))`` of the first difference
+        (``(point, None)`` if undefined there)."""
+        for point in self.exact_points(target, kind, limit):
             got = self.values(node, point)
             if got is None:
                 return point, None
@@ -533,7 +563,8 @@ class _Judge:
         """Whether ``node`` holds at the exact points (under the side condition if there is one)."""
         if node.shape != self.net.shape(target):
             return False
-        return self.exact_mismatch(node, target, self.exact_kinds()[0]) is None and \
+        return len(self.exact_points(target, self.exact_kinds()[0])) == EXACT_POINTS and \
+            self.exact_mismatch(node, target, self.exact_kinds()[0]) is None and \
             self.wide_mismatch(node, target) is None
 
     def float_points(self, target, kind):
@@ -621,7 +652,7 @@ class _Judge:
         wide = self.wide_mismatch(node, target) if mismatch is None else None
         if wide is not None:
             return self.diagnose(target, claim_text, node, wide)
-        if mismatch is None:
+        if mismatch is None and len(self.exact_points(target, kinds[0])) == EXACT_POINTS:
             assumption = None
             if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
                 assumption = self.side
@@ -632,6 +663,9 @@ class _Judge:
             detail = "equal in float64 at random points only (not proved exactly)"
             return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
                           detail=f"{detail}; assuming {assumption}" if assumption else detail)
+        if mismatch is None and not self.float_points(target, "float"):
+            return Result(target, claim_text, "error", "exact-random",
+                          detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units)")
         return self.diagnose(target, claim_text, node, mismatch)
 
     # ---- diagnosis
@@ -683,7 +717,7 @@ class _Judge:
     def ratio(self, node, target):
         """truth / claim if it is the same number at every nonzero element of every exact point."""
         ratio = None
-        for point in self.points(self.exact_kinds()[0]):
+        for point in self.exact_points(target, self.exact_kinds()[0]):
             got = self.values(node, point)
             if got is None:
                 return None

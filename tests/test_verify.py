@@ -319,3 +319,16 @@ def test_verify_against_expand_and_numerator_layout_grads():
         [("holds", None, None), ("fails", "scaled", 0.5)]
     with pytest.raises(SymbpError, match="grads must come from symbp.derive of this network"):
         verify(symbp.MLP([2, 3, 2]), {}, grads=expand)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+@pytest.mark.parametrize("seed", [19, 21, 0, 5])
+def test_a_wrong_claim_does_not_hold_where_a_dead_relu_zeroes_the_gradient(seed):
+    # MLP([2, 1, 2]) has one hidden ReLU: at many random points it is dead and dL/dW1 is all zero,
+    # where the doubled gradient agrees with the truth; dL/dW1 = dz1 @ x.T, so 2x of it is wrong.
+    net = symbp.MLP([2, 1, 2], output="identity", loss="mse")
+    result = verify(net, {"W1": "2 * dz1 @ x.T"}, seed=seed).results[0]
+    assert result.verdict == "fails"
+    assert verify(net, {"W1": "dz1 @ x.T"}, seed=seed).results[0].verdict == "holds"
