@@ -664,12 +664,13 @@ class _Judge:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
-        if self.numeric_close(node, target):
+        float_kind = "float" if self.side else "float-general"  # targets summing to 1 only under the side condition
+        if self.numeric_close(node, target, float_kind):
             assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
             detail = "equal in float64 at random points only (not proved exactly)"
             return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
                           detail=f"{detail}; assuming {assumption}" if assumption else detail)
-        if mismatch is None and not self.float_points(target, "float"):
+        if mismatch is None and not self.float_points(target, float_kind):
             return Result(target, claim_text, "error", "exact-random",
                           detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units)")
         return self.diagnose(target, claim_text, node, mismatch)

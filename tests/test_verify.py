@@ -347,3 +347,13 @@ def test_a_kink_moved_away_from_the_networks_fails(claim):
                                    "da2 * (1 - step(-z2))"])
 def test_a_kink_at_zero_of_a_scaled_pre_activation_holds(claim):
     assert verify(symbp.MLP([4, 5, 3, 3]), {"z2": claim}).results[0].verdict == "holds"
+
+
+def test_the_numeric_tier_uses_general_targets_when_no_side_condition_applies():
+    # sigmoid + cross-entropy has no side condition: a term vanishing only when the targets sum to 1
+    # must not hold (the float points used to draw such targets).
+    net = symbp.MLP([3, 4, 2], hidden="tanh", output="sigmoid", loss="cross_entropy")
+    report = verify(net, {"z2": "-y*(1-a2) + 3*(sum(y)-1)"})
+    assert report.results[0].verdict == "fails"
+    assert report.assumptions == []
+    assert verify(net, {"z2": "-y*(1-a2)"}).results[0].verdict == "holds"
