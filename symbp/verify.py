@@ -261,9 +261,10 @@ class FloatField(Semantics):
 
     def power(self, v, exponent):
         try:
-            return float(v) ** float(exponent)
+            result = float(v) ** float(exponent)
         except (ZeroDivisionError, OverflowError):
             return float("nan")
+        return float("nan") if isinstance(result, complex) else result  # (-4) ** 0.5 is not real
 
     def other(self, name, args):
         return float(getattr(sp, name)(*args).evalf())
@@ -470,7 +471,10 @@ class _Judge:
                 base = _float_base(self.net, self.seed + 7 * k)
                 if kind == "float-general":  # targets whose rows no longer sum to 1
                     base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
-                points.append(_Point(self.net, self.grads, FloatField(), base))
+                try:
+                    points.append(_Point(self.net, self.grads, FloatField(), base))
+                except _Redraw:  # a pole in float64 (-y / a with a underflowing): skip the point
+                    continue
             return points
         rng = rng or random.Random(f"{self.seed}-{kind}")
         for _ in range(200):
@@ -515,7 +519,7 @@ class _Judge:
     def values(self, node, point):
         try:
             return evaluate_array(node, point, point.field)
-        except (ZeroDivisionError, OverflowError, ValueError):
+        except (ZeroDivisionError, OverflowError, ValueError, TypeError):
             return None
 
     def _pool_point(self, kind, k):

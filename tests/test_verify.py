@@ -357,3 +357,22 @@ def test_the_numeric_tier_uses_general_targets_when_no_side_condition_applies():
     assert report.results[0].verdict == "fails"
     assert report.assumptions == []
     assert verify(net, {"z2": "-y*(1-a2)"}).results[0].verdict == "holds"
+
+
+@pytest.mark.parametrize("claim", ["(a3 - y) ** 0.5", "(y - a3) ** 1.5 + a3 - y"])
+def test_a_fractional_power_of_a_negative_number_is_a_verdict_not_a_traceback(tmp_path, capsys, claim):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[model]\nsizes = [4, 5, 3, 3]\n[claims]\nz3 = "{claim}"\n')
+    assert main(["verify", str(spec), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert json.loads(out)["results"][0]["verdict"] == "fails"
+
+
+def test_float_field_power_of_a_negative_base_is_nan():
+    from symbp.verify import FloatField
+
+    assert np.isnan(FloatField().power(-4.0, Fraction(1, 2)))
+    assert FloatField().power(4.0, Fraction(1, 2)) == 2.0
