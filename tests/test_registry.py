@@ -127,3 +127,18 @@ def test_unknown_output_and_loss():
         registry.output("sofmax")
     with pytest.raises(SymbpError, match="unknown loss 'hinge'"):
         registry.loss("hinge")
+
+
+@pytest.mark.parametrize("expression", ["max(x, 0)", "Max(x, 0)", "relu(x)"])
+def test_custom_max_has_derivative_zero_at_its_kink(expression):
+    row = registry.custom_activation(expression)
+    assert [float(row.numpy_derivative(np.array(v))) for v in (-1.0, 0.0, 1.0)] == [0.0, 0.0, 1.0]
+    assert row.kinks == (0.0,)
+
+
+def test_custom_kinks_are_where_the_heaviside_arguments_vanish():
+    assert registry.custom_activation("max(x, 1)").kinks == (1.0,)
+    assert registry.custom_activation("max(x, 1) + min(x, -2)").kinks == (-2.0, 1.0)
+    assert registry.custom_activation("abs(x - 3)").kinks == (3.0,)
+    assert registry.custom_activation("x**3/3 + x").kinks == ()
+    assert float(registry.custom_activation("max(x, 1)").numpy_derivative(np.array(1.0))) == 0.0
