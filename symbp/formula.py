@@ -298,6 +298,10 @@ class _Walker:
         if name == "ones":
             dims = tuple(self.dimension(arg) for arg in node.args)
             shape = tuple(self.batch if d == "N" else d for d in dims)
+            cap = 10 * max(r * c for r, c in self.shapes.values())  # 10 x the largest variable
+            if shape[0] * shape[1] > cap:
+                self.fail(node, f"ones(): {shape[0]} x {shape[1]} = {shape[0] * shape[1]} entries, more than {cap} "
+                          "(10 times the largest variable of the network)", name)
             return self.make(node, "ones", (), shape, dims)
         if name == "sum":
             operand = self.visit(node.args[0])

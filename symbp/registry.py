@@ -238,11 +238,24 @@ def custom_activation(expression: str, *, name: str | None = None, latex: str | 
     z*sigmoid(z)
     >>> float(swish.numpy_derivative(np.array(0.0)))
     0.5
+
+    A kinked expression follows the convention relu'(0) = 0: ``max`` and ``min`` are written with
+    ``relu`` (:func:`_through_relu`; SymPy would differentiate ``max(x, 0)`` to ``Heaviside(x, 1/2)``),
+    and any other ``Heaviside(u, h)`` of the derivative becomes ``Heaviside(u, 0)`` (derivative 0 exactly
+    at a kink). The kinks are the real solutions of ``u = 0`` for those ``u``
+    (and for the arguments of ``sign``, the derivative of ``abs``):
+
+    >>> shifted = custom_activation("max(x, 1)")
+    >>> shifted.kinks
+    (1.0,)
+    >>> [float(shifted.numpy_derivative(np.array(v))) for v in (0.0, 1.0, 2.0)]
+    [0.0, 0.0, 1.0]
     """
-    body = parse_scalar(expression, {"x": _X}, what="activation")
+    body = _through_relu(parse_scalar(expression, {"x": _X}, what="activation"))
     if _X not in body.free_symbols:
         raise SymbpError(f"activation {expression!r}: does not depend on x")
-    derivative = sp.diff(body, _X)
+    derivative = sp.diff(body, _X).replace(lambda e: isinstance(e, sp.Heaviside),
+                                           lambda e: sp.Heaviside(e.args[0], 0))
     modules = [NUMPY_FUNCTIONS, "numpy"]
     fn = sp.lambdify([_X], body, modules=modules)
     dfn = sp.lambdify([_X], derivative, modules=modules)
@@ -253,7 +266,7 @@ def custom_activation(expression: str, *, name: str | None = None, latex: str | 
         sympy=lambda z: body.xreplace({_X: z}),
         numpy=lambda z: np.asarray(fn(z), dtype=float) + np.zeros_like(z),
         numpy_derivative=lambda z: np.asarray(dfn(z), dtype=float) + np.zeros_like(z),
-        kinks=() if smooth else (0.0,),
+        kinks=() if smooth else _kinks(derivative),
         note=f"f(x) = {expression}",
         expression=expression,
     )
@@ -268,6 +281,38 @@ def derivative(row: Activation) -> sp.Lambda:
     """
     u = sp.Dummy("u", real=True)
     return sp.Lambda(u, sp.diff(row.sympy(u), u))
+
+
+def _through_relu(expr):
+    """``Max`` and ``Min`` written with ``relu`` (numbers first: ``max(x, 1) = 1 + relu(x - 1)``,
+    ``min(x, 0) = -relu(-x)``), so that the symbolic derivative follows relu'(0) = 0 too, not SymPy's
+    ``Heaviside(0) = 1/2``.
+
+    >>> _through_relu(sp.Max(_X, 0)), _through_relu(sp.Min(_X, 0))
+    (relu(x), -relu(-x))
+    """
+    def fold(args, step):
+        args = sorted(args, key=lambda a: not a.is_number)
+        result = args[0]
+        for arg in args[1:]:
+            result = step(result, arg)
+        return result
+
+    expr = expr.replace(lambda e: isinstance(e, sp.Max), lambda e: fold(e.args, lambda a, b: a + F.relu(b - a)))
+    return expr.replace(lambda e: isinstance(e, sp.Min), lambda e: fold(e.args, lambda a, b: a - F.relu(a - b)))
+
+
+def _kinks(derivative) -> tuple:
+    """The real x where an argument of a Heaviside or sign in ``derivative`` is 0, sorted; (0.0,) if
+    SymPy cannot solve for them (the usual place of a kink)."""
+    kinks = set()
+    for atom in derivative.atoms(sp.Heaviside, sp.sign):
+        try:
+            solutions = sp.solve(atom.args[0], _X)
+        except NotImplementedError:
+            return (0.0,)
+        kinks.update(float(v) for v in solutions if v.is_real)
+    return tuple(sorted(kinks)) or (0.0,)
 
 
 def activation(spec) -> Activation:

@@ -70,6 +70,8 @@ class Spec:
         if not file.is_file():
             raise SymbpError(f"code.path: no such file '{self.code['path']}' (looked in {base})")
         module_spec = importlib.util.spec_from_file_location(f"symbp_user_{file.stem}", file)
+        if module_spec is None or module_spec.loader is None:  # Python imports only .py (and the like)
+            raise SymbpError(f"code.path: '{self.code['path']}' is not a Python file (.py)")
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)

@@ -91,6 +91,8 @@ def test_numbers_are_exact():
     ("dz3 / 0", 1, "dz3 / 0", "division by zero"),
     ("diag(W1)", 6, "W1", "diag() takes vectors"),
     ("dz3 @", 6, "", "syntax error"),
+    ("sum(ones(100000, 100000))", 5, "ones", "ones(): 100000 x 100000 = 10000000000 entries, more than 200"),
+    ("sum(ones(21, 10))", 5, "ones", "ones(): 21 x 10 = 210 entries, more than 200"),
 ])
 def test_errors_name_the_culprit_and_column(text, column, token, message):
     with pytest.raises(FormulaError) as info:
@@ -125,6 +127,7 @@ def test_evaluate_softmax_sum_diag_outer_ones():
     assert evaluate(parse("sum(z1, axis=0)", net), {"z1": z}) == sp.Matrix([[z[0, 0] + z[1, 0], z[0, 1] + z[1, 1]]])
     assert evaluate(parse("sum(z1)", net), {"z1": z}) == sp.Matrix([[sum(z)]])
     assert evaluate(parse("ones(N, 1) * N", net), {}, N=2) == sp.Matrix([[2], [2]])
+    assert parse("ones(20, 10)", NET).shape == (20, 10)  # 10 x the largest variable (W1: 5 x 4) is allowed
     single = symbp.MLP([2, 2])
     a = single.symbols("a1")
     assert evaluate(parse("diag(a1) - outer(a1, a1)", single), {"a1": a}) == sp.diag(*a) - a * a.T

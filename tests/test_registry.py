@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
+import symbp
 from symbp import functions as F
 from symbp import registry
 from symbp.errors import SymbpError
@@ -127,3 +128,29 @@ def test_unknown_output_and_loss():
         registry.output("sofmax")
     with pytest.raises(SymbpError, match="unknown loss 'hinge'"):
         registry.loss("hinge")
+
+
+@pytest.mark.parametrize("expression", ["max(x, 0)", "Max(x, 0)", "relu(x)"])
+def test_custom_max_has_derivative_zero_at_its_kink(expression):
+    row = registry.custom_activation(expression)
+    assert [float(row.numpy_derivative(np.array(v))) for v in (-1.0, 0.0, 1.0)] == [0.0, 0.0, 1.0]
+    assert row.kinks == (0.0,)
+
+
+def test_custom_kinks_are_where_the_heaviside_arguments_vanish():
+    assert registry.custom_activation("max(x, 1)").kinks == (1.0,)
+    assert registry.custom_activation("max(x, 1) + min(x, -2)").kinks == (-2.0, 1.0)
+    assert registry.custom_activation("abs(x - 3)").kinks == (3.0,)
+    assert registry.custom_activation("x**3/3 + x").kinks == ()
+    assert float(registry.custom_activation("max(x, 1)").numpy_derivative(np.array(1.0))) == 0.0
+
+
+def test_custom_max_follows_the_relu_convention_symbolically():
+    # the symbolic gradient (what derive and verify use), not only the NumPy derivative, has f'(0) = 0
+    row = registry.custom_activation("max(x, 0)")
+    d = sp.diff(row.sympy(z), z)
+    assert [d.xreplace({z: sp.Integer(v)}) for v in (-1, 0, 1)] == [0, 0, 1]
+    net = symbp.MLP([1, 1, 1], hidden="max(x, 0)", output="identity", loss="mse")
+    grads = symbp.derive(net, method="expand")
+    point = {net.symbols(n)[0]: sp.Integer(v) for n, v in zip(("x", "y", "W1", "b1", "W2", "b2"), (1, 0, 2, -2, 1, 0))}
+    assert grads["W1"][0].xreplace(point) == 0  # z1 = 0 exactly

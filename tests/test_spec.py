@@ -104,3 +104,11 @@ def test_load_reads_files_and_code(tmp_path):
         load(tmp_path / "nope.toml")
     with pytest.raises(SymbpError, match="spec has no \\[code\\] table"):
         loads("[model]\nsizes = [2, 2]").function()
+
+
+def test_code_path_that_is_not_a_python_file_is_bad_input(tmp_path):
+    (tmp_path / "back.txt").write_text("def backward(values):\n    return {}\n")
+    path = tmp_path / "spec.toml"
+    path.write_text(FULL.replace('path = "backward.py"', 'path = "back.txt"'))
+    with pytest.raises(SymbpError, match="code.path: 'back.txt' is not a Python file \\(\\.py\\)"):
+        load(path).function()
