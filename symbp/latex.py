@@ -34,6 +34,7 @@ from sympy.printing.latex import LatexPrinter
 
 from .errors import SymbpError
 from .names import parse
+from .registry import ACTIVATIONS
 
 
 class SymbpLatexPrinter(LatexPrinter):
@@ -152,19 +153,19 @@ class SymbpLatexPrinter(LatexPrinter):
         return rf"{tex}^{{{exp}}}" if exp else tex
 
     def _print_relu(self, expr, exp=None):
-        return self._function(r"\operatorname{ReLU}", expr, exp)
+        return self._function(FUNCTION_NAMES["relu"], expr, exp)
 
     def _print_leaky_relu(self, expr, exp=None):
-        return self._function(r"\operatorname{LeakyReLU}", expr, exp)
+        return self._function(FUNCTION_NAMES["leaky_relu"], expr, exp)
 
     def _print_sigmoid(self, expr, exp=None):
-        return self._function(r"\sigma", expr, exp)
+        return self._function(FUNCTION_NAMES["sigmoid"], expr, exp)
 
     def _print_softplus(self, expr, exp=None):
-        return self._function(r"\operatorname{softplus}", expr, exp)
+        return self._function(FUNCTION_NAMES["softplus"], expr, exp)
 
     def _print_Heaviside(self, expr, exp=None):
-        return self._function(r"\operatorname{step}", expr, exp)
+        return self._function(FUNCTION_NAMES["step"], expr, exp)
 
 
 def _natural_key(term):
@@ -197,14 +198,11 @@ def latex(expr, *, columns=(), **settings) -> str:
 
 # --------------------------------------------------------------------------- formulas (claims) as LaTeX
 
-#: LaTeX names of the formula language's element-wise functions.
+#: LaTeX names of the element-wise functions (of the printer and of the formula language): the
+#: registry's ``latex`` column, plus ``step`` (the ReLU derivative), ``exp`` and ``log``.
 FUNCTION_NAMES = {
-    "relu": r"\operatorname{ReLU}",
-    "leaky_relu": r"\operatorname{LeakyReLU}",
+    **{row.name: row.latex for row in ACTIVATIONS.values() if row.name != "identity"},
     "step": r"\operatorname{step}",
-    "sigmoid": r"\sigma",
-    "tanh": r"\tanh",
-    "softplus": r"\operatorname{softplus}",
     "exp": r"\exp",
     "log": r"\log",
 }
