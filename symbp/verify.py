@@ -836,7 +836,7 @@ def _neighbours(name, net):
     """Names a slip of the pen could have put in place of ``name`` (same shape): z<->a of one layer,
     the same kind one layer up or down."""
     out = []
-    kind, layer = name[:-1], name[-1:]
+    kind = name[:1]  # z12 is kind z, layer 12
     if name in net.intermediates and kind in ("z", "a"):
         l = int(name[1:])
         candidates = [("a" if kind == "z" else "z") + str(l), f"{kind}{l - 1}", f"{kind}{l + 1}"]

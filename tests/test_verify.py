@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sympy as sp
 
 import symbp
 from symbp.errors import SymbpError
@@ -376,3 +375,11 @@ def test_float_field_power_of_a_negative_base_is_nan():
 
     assert np.isnan(FloatField().power(-4.0, Fraction(1, 2)))
     assert FloatField().power(4.0, Fraction(1, 2)) == 2.0
+
+
+def test_slip_of_the_pen_neighbours_past_layer_nine():
+    # the z<->a and layer +-1 candidates of a diagnosis; "z11" is kind z of layer 11, not kind "z1"
+    from symbp.verify import _neighbours
+
+    net = symbp.MLP([2] + [2] * 11 + [2])
+    assert _neighbours("z11", net) == ["a11", "z10", "z12"]
