@@ -294,6 +294,8 @@ def _run_verify(args):
     report = Report(results, assumptions, spec.net.describe())
     _emit(args, report.to_json(), report.text())
     return 0 if report.ok else 1
+
+
 # --------------------------------------------------------------------------- flow
 
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import functions as F
 from . import registry
 from .derive import derive
 from .errors import SymbpError, closest

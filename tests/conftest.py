@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 import symbp
-from symbp import numeric
 
 
 def configurations():

@@ -15,7 +15,6 @@ import pytest
 import sympy as sp
 
 import symbp
-from symbp import numeric
 from symbp import document, numeric
 from symbp import latex as L
 from symbp.cli import main

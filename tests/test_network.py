@@ -1,6 +1,5 @@
 """The symbolic network: shapes, local definitions, the written-out loss, and bad input."""
 
-import numpy as np
 import pytest
 import sympy as sp
 

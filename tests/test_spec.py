@@ -1,6 +1,5 @@
 """Spec files: what loads, and each mistake named by its table and field."""
 
-import textwrap
 
 import pytest
 
