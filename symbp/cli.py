@@ -79,6 +79,7 @@ def _add_derive(sub):
     p.add_argument("--template-dir", default=None, metavar="DIR",
                    help="a folder of your own templates, looked up before symbp's (e.g. derivation.tex.j2)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_progress(p)
     p.set_defaults(run=_run_derive)
 
 
@@ -91,6 +92,17 @@ def network_from_args(args):
                residual=args.residual)
 
 
+def _add_progress(p):
+    p.add_argument("--progress", action="store_true", default=None,
+                   help="show each step and its time on stderr (default: steps past a second, on a terminal only)")
+
+
+def _progress(args):
+    from .progress import Progress
+
+    return Progress(f"symbp {args.command}", args.progress)
+
+
 def _batch(value):
     if value < 0:
         raise SymbpError(f"--batch {value}: the batch size must be positive (or 0 for one example)")
@@ -98,20 +110,31 @@ def _batch(value):
 
 
 def _run_derive(args):
-    from . import numeric
+    from . import cost, numeric
     from .derive import derive
 
     _check_document_options(args, args.out)
-    net = network_from_args(args)
-    grads = derive(net, method=args.method, layout=args.layout)
+    steps = cost.DERIVE_STEPS + (("document",) if args.out is not None else ())
+    estimate = cost.refuse_if_too_big(parse_sizes(args.sizes), batch=_batch(args.batch), output=args.output,
+                                      hidden=args.hidden.split(";") if ";" in args.hidden else args.hidden,
+                                      steps=steps, method=args.method)
+    guess = estimate.seconds if estimate else {}
+    progress = _progress(args)
+    with progress.step(f"building the network {args.sizes}", guess.get("build")):
+        net = network_from_args(args)
+    with progress.step(f"derive ({args.method})", guess.get("derive")):
+        grads = derive(net, method=args.method, layout=args.layout, progress=False)
     values = numeric.random_values(net, args.seed)
-    got = numeric.lambdify(net, grads)(**values)
-    if args.layout == "numerator":
-        got = {n: v.T for n, v in got.items()}
-    reference_error = numeric.max_abs_error(got, numeric.reference_gradients(net, values))
-    fd_error = None
-    if net.n_params <= FD_LIMIT:
-        fd_error = numeric.max_abs_error(got, numeric.finite_differences(net, values).gradients)
+    with progress.step("lambdify", guess.get("lambdify")):
+        fn = numeric.lambdify(net, grads)
+    with progress.step("the numeric check", guess.get("check")):
+        got = fn(**values)
+        if args.layout == "numerator":
+            got = {n: v.T for n, v in got.items()}
+        reference_error = numeric.max_abs_error(got, numeric.reference_gradients(net, values))
+        fd_error, fd_excluded = None, 0
+        if net.n_params <= FD_LIMIT:
+            fd_error, fd_excluded = numeric.finite_differences(net, values).max_abs_error(got)
     payload = {
         "sizes": list(net.sizes),
         "network": net.describe(),
@@ -121,14 +144,16 @@ def _run_derive(args):
         "params": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.params},
         "intermediates": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.intermediates},
         "checks": {"numeric_max_abs_error": reference_error, "engine": "numpy reference backprop",
-                   "finite_difference_max_abs_error": fd_error},
+                   "finite_difference_max_abs_error": fd_error,
+                   "finite_difference_kink_crossings": fd_excluded if fd_error is not None else None},
         "output": None,
     }
     if args.out is not None:
         from . import document
 
-        written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
-                                 template_dir=args.template_dir)
+        with progress.step(f"writing {args.out}" + (" and its PDF" if args.pdf else ""), guess.get("document")):
+            written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
+                                     template_dir=args.template_dir)
         payload["output"] = str(written["tex"])
         payload["pdf"] = str(written["pdf"]) if written["pdf"] else None
     lines = [net.describe(),
@@ -142,6 +167,9 @@ def _run_derive(args):
         lines.append(f"  {name:<{width}}  {f'{r}x{c}':>7}  {grads.text(name)}")
     fd = f", {fd_error:.1e} vs central differences" if fd_error is not None else \
         f" (central differences skipped above {FD_LIMIT} parameters)"
+    if fd_excluded:
+        fd += (f" (leaving out {fd_excluded} entr{'y' if fd_excluded == 1 else 'ies'} whose perturbation "
+               "crosses a kink: there a difference quotient is not a derivative)")
     lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
               f"vs NumPy reference backprop{fd}"]
     if args.out is not None:
@@ -241,6 +269,7 @@ def _add_example(sub):
     p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_progress(p)
     p.set_defaults(run=_run_example)
 
 
@@ -248,8 +277,13 @@ def _run_example(args):
     from .example import document, from_spec
 
     _check_document_options(args, args.out)
-    ex = from_spec(args.spec, tolerance=args.tolerance)
-    written = _write_document(args, document(ex, title=args.title) if args.out else None)
+    progress = _progress(args)
+    with progress.step("every cell by hand"):
+        ex = from_spec(args.spec, tolerance=args.tolerance)
+    written = None
+    if args.out:
+        with progress.step(f"writing {args.out}"):
+            written = _write_document(args, document(ex, title=args.title))
     payload = ex.to_json()
     payload["output"] = written
     text = ex.report() + (f"\nwrote {written}" + (" and its PDF" if args.pdf else "") if written else "")
@@ -272,6 +306,7 @@ def _add_verify(sub):
     p.add_argument("spec", help="the spec file (TOML): [model], [claims], optional [code]")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check points")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_progress(p)
     p.set_defaults(run=_run_verify)
 
 
@@ -279,18 +314,22 @@ def _run_verify(args):
     from .spec import load
     from .verify import Report, verify
 
-    spec = load(args.spec)
+    progress = _progress(args)
+    with progress.step("reading the spec and building the network"):
+        spec = load(args.spec, steps=("build", "derive", "verify"))
     claims = dict(spec.claims)
     function = spec.function() if spec.code else None
     if not claims and function is None:
         raise SymbpError(f"{args.spec}: nothing to verify (no [claims] and no [code])")
     results, assumptions = [], []
     if claims:
-        report = verify(spec.net, claims, seed=args.seed)
+        with progress.step(f"verify: {len(claims)} claim{'s' if len(claims) != 1 else ''}"):
+            report = verify(spec.net, claims, seed=args.seed)
         results += report.results
         assumptions += report.assumptions
     if function is not None:
-        results += verify(spec.net, function, seed=args.seed).results
+        with progress.step(f"verify: the code {spec.code.get('function', 'backward')}"):
+            results += verify(spec.net, function, seed=args.seed).results
     report = Report(results, assumptions, spec.net.describe())
     _emit(args, report.to_json(), report.text())
     return 0 if report.ok else 1
@@ -320,18 +359,29 @@ def _add_flow(sub):
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf and render its plot page as FILE.png")
     p.add_argument("--title", default=None, help="the document's title")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_progress(p)
     p.set_defaults(run=_run_flow)
 
 
 def _run_flow(args):
-    from .flow import flow, write_flow
+    from . import cost
+    from .flow import MAX_PARAMS, flow, write_flow
 
     _check_document_options(args, args.output_file)
-    result = flow(depth=args.depth, width=args.width, hidden=args.hidden, init_scale=args.init_scale,
-                  classes=args.classes, residual=args.residual, seed=args.seed)
+    if 1 <= args.depth * (args.width + 1) * args.width <= MAX_PARAMS and args.classes >= 2:  # else flow refuses
+        cost.refuse_if_too_big([args.width] * (args.depth + 1) + [args.classes], hidden=args.hidden,
+                               steps=("build", "derive", "lambdify", "check"), runs=2 if args.residual else 1,
+                               way_out="choose a smaller --depth or --width",
+                               what=f"the flow network of depth {args.depth} and width {args.width}"
+                               + (" (plain and residual)" if args.residual else ""))
+    progress = _progress(args)
+    with progress.step("building, deriving and measuring the network" + ("s" if args.residual else "")):
+        result = flow(depth=args.depth, width=args.width, hidden=args.hidden, init_scale=args.init_scale,
+                      classes=args.classes, residual=args.residual, seed=args.seed)
     written = {"tex": None, "pdf": None, "png": None}
     if args.output_file:
-        written = write_flow(result, args.output_file, pdf=args.pdf, title=args.title)
+        with progress.step(f"writing {args.output_file}"):
+            written = write_flow(result, args.output_file, pdf=args.pdf, title=args.title)
     payload = dict(result.to_json(), output=written["tex"], pdf=written["pdf"], png=written["png"])
     text = result.text()
     for kind in ("tex", "pdf", "png"):

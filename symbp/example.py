@@ -54,7 +54,7 @@ def from_spec(path, *, tolerance=None) -> "Example":
     and ``[example]`` (``tolerance``, ``title``)."""
     from .spec import load
 
-    spec = load(path)
+    spec = load(path, steps=("build", "example"))
     if not spec.values:
         raise SymbpError(f"spec file {str(path)!r}: the [values] table is missing")
     options = spec.example

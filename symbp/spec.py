@@ -39,6 +39,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cost
 from .errors import SymbpError, closest
 from .network import MLP
 
@@ -86,8 +87,11 @@ class Spec:
         return fn
 
 
-def load(path) -> Spec:
-    """Read a spec file (``SymbpError`` naming the file, the table or the field on any mistake)."""
+def load(path, *, steps=("build",)) -> Spec:
+    """Read a spec file (``SymbpError`` naming the file, the table or the field on any mistake).
+
+    ``steps`` are the steps of :mod:`symbp.cost` the caller will take: a network whose estimate for
+    them is past the limits is refused before it is built (by default, only building it)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -95,11 +99,12 @@ def load(path) -> Spec:
         raise SymbpError(f"no such spec file: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SymbpError(f"cannot read spec file {path}: {exc}") from None
-    return loads(text, path=path)
+    return loads(text, path=path, steps=steps)
 
 
-def loads(text: str, *, path=None) -> Spec:
-    """Parse the text of a spec file.
+def loads(text: str, *, path=None, steps=("build",)) -> Spec:
+    """Parse the text of a spec file (``steps`` as for :func:`load`; with ``"verify"``, a ``[code]``
+    table adds the ``lambdify`` its judging takes).
 
     >>> spec = loads('[model]\\nsizes = [4, 5, 3, 3]\\n[claims]\\nz3 = "a3 - y"')
     >>> spec.net.sizes, spec.claims
@@ -122,6 +127,12 @@ def loads(text: str, *, path=None) -> Spec:
     if "model" not in data:
         raise SymbpError(f"{where}missing table [model] (with at least sizes = [...])")
     model = _model_kwargs(data["model"])
+    steps = tuple(steps) + (("lambdify",) if "code" in data and "verify" in steps else ())
+    try:
+        cost.refuse_if_too_big(model["sizes"], batch=model.get("batch"), output=model.get("output", "softmax"),
+                               hidden=model.get("hidden", "relu"), steps=steps, batch_option="batch =")
+    except SymbpError as exc:
+        raise SymbpError(f"{where}{exc}") from None
     net = MLP(model.pop("sizes"), **model)
     claims = _claims(data.get("claims", {}), net)
     code = _code(data["code"]) if "code" in data else None

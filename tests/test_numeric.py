@@ -80,3 +80,68 @@ def test_numerator_layout_numbers():
     den = symbp.lambdify(net, symbp.derive(net))(**values)
     num = symbp.lambdify(net, symbp.derive(net, layout="numerator"))(**values)
     assert np.array_equal(num["W1"], den["W1"].T)
+
+
+# --------------------------------------------------------------------------- random points at real sizes
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_points_of_a_wide_layer_keep_every_unit_off_its_kink(seed):
+    # 192 relu units: about 4% of them land within 0.05 of 0 in any one draw, so whole-point redraws
+    # almost never succeed; units are moved off their kinks one at a time instead
+    net = symbp.MLP([64, 192, 10])
+    values = numeric.random_values(net, seed)
+    assert numeric.min_kink_distance(net, values) >= 0.05
+    assert values.near_kinks == []
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_random_points_of_a_small_batch_keep_away_from_kinks(bias):
+    net = symbp.MLP([32, 32, 32, 10], batch=4, bias=bias)
+    for seed in range(3):
+        values = numeric.random_values(net, seed)
+        assert numeric.min_kink_distance(net, values) >= 0.05
+        assert values.near_kinks == []
+
+
+def test_random_points_of_a_large_batch_report_the_entries_left_near_a_kink():
+    # 500 rows: no one bias moves every row of a unit off the kink; the point is returned and the
+    # entries still within the margin are listed, exactly those
+    net = symbp.MLP([8, 16, 3], batch=500)
+    values = numeric.random_values(net, 0)
+    z = numeric.forward_pass(net, values)["z1"]
+    near = {(int(n), int(i)) for n, i in zip(*np.nonzero(np.abs(z) < 0.05))}
+    assert near and set(index for name, index in values.near_kinks) == near
+    assert {name for name, _ in values.near_kinks} == {"z1"}
+
+
+def test_random_points_are_unchanged_when_the_first_draw_is_clear():
+    net = symbp.MLP([4, 8, 8, 3], hidden="relu")
+    rng = np.random.default_rng(5)
+    first = {name: rng.normal(size=net.shape(name)) for name in ("x",) + net.params}
+    for l, n in enumerate(net.sizes[:-1], 1):
+        first[f"W{l}"] *= 1.0 / np.sqrt(n)
+    values = numeric.random_values(net, 5)
+    assert all(np.array_equal(values[name], first[name]) for name in first)
+
+
+def test_a_correct_relu_backprop_verifies_at_a_batch_of_four():
+    # the [code] route draws its points with random_values: it used to give up at this size
+    net = symbp.MLP([32, 32, 32, 10], batch=4)
+
+    def backward(v):
+        return numeric.reference_gradients(net, v)
+
+    report = symbp.verify(net, backward)
+    assert report.ok and {r.verdict for r in report.results} == {"holds"}
+
+
+def test_finite_difference_error_leaves_out_the_entries_that_cross_a_kink():
+    net = symbp.MLP([1, 1, 1], output="identity", loss="mse")
+    values = {"x": [[1.0]], "y": [[1.0]], "W1": [[1.0]], "b1": [[-1.0 + 1e-6]], "W2": [[1.0]], "b2": [[0.0]]}
+    fd = numeric.finite_differences(net, values)
+    truth = numeric.reference_gradients(net, values)
+    assert ("W1", (0, 0)) in fd.kink_crossings and ("b1", (0, 0)) in fd.kink_crossings
+    assert abs(fd.gradients["W1"][0, 0] - truth["W1"][0, 0]) > 1e-3  # across the kink: not a derivative
+    error, excluded = fd.max_abs_error(truth)
+    assert error < 1e-8 and excluded == len(fd.kink_crossings)
