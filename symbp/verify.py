@@ -16,19 +16,33 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     Both sides are evaluated, every element, at random points with exact rational arithmetic
     (``fractions.Fraction``): random rationals for ``x, y, W, b``; the forward pass from the network's
     own definitions; every transcendental value frozen to a random rational keyed by its argument
-    (``exp(u)`` for ``u > 0`` is ``s/(1-s)`` with ``s`` random, ``exp(-u) = 1/exp(u)``, ``sigmoid`` and
-    ``tanh`` are written through ``exp`` so their identities hold exactly; ``log`` of a new number is
-    a new random rational). Equal everywhere at several points means the difference is zero as a
+    (``exp(u)`` for ``u > 0`` is ``s/(1-s)`` with ``s`` random in (1/2, 1), so above 1 as the real one,
+    ``exp(-u) = 1/exp(u)``, ``sigmoid`` and ``tanh`` are written through ``exp`` so their identities
+    hold exactly; ``log`` of a new number is a new random rational with the real one's sign). Equal everywhere at several points means the difference is zero as a
     rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
     pre-activation is exactly 0 are redrawn, and only points where the target's true gradient is
     not all zero count (a dead ReLU layer zeroes it). A claim whose ``relu``/``step`` has its kink
     anywhere but at 0 of a stage (``step(z2 - 0.04)``) fails before any point is drawn. Matrix-level
     (object arrays), so [784, 128, 64, 10] is judged in seconds.
 ``numeric``
-    If exact evaluation disagrees, the claim may still hold through an identity the freezing does not
-    see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of softmax): both sides are compared in
-    float64 at two random points away from kinks. Agreement to 1e-9 (relative) is reported as
-    ``holds`` with method ``numeric``; anything else fails.
+    An exact mismatch *refutes* the claim unless the claim itself applies a frozen function: an
+    ``exp, log, sigmoid, tanh, softplus, softmax``, a fractional power, or a kink whose argument is not
+    a multiple of one symbol (its sign could be a frozen value's). Why: without one, each entry of the
+    claim is a rational (piecewise, through exact ``relu``/``step``) function of the network's own
+    values (``x, y, W, b, z, a``, the true ``dU``), and so is the truth; the freezing keeps every
+    algebraic relation among those values (``exp(-u) = 1/exp(u)``, ``sigmoid = e/(1+e)``, softmax
+    rows summing to 1, each activation and its derivative through one ``exp`` of one argument), so a
+    difference at the frozen point is a difference of the real functions; ``dz1 + 1e-10`` or
+    ``dz3 @ a2.T * 1.0000000001`` fails, with the element. (The premise holds for every registry row; a
+    custom activation written with ``exp`` of two unrelated multiples of ``x``, such as ``exp(x/2)``,
+    is the exception.) Only a claim with a frozen function of its own, whose mismatch may come from an
+    identity the freezing does not see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of
+    softmax), goes to the float tier: both sides in multi-precision floats (:class:`MpField`) at
+    random points away from kinks, with ``NUMERIC_DIGITS`` (30) digits plus the digits of the claim's
+    own numbers (:func:`numeric_digits`), so that an offset written in the claim (``+ 1e-300``) stays
+    visible. Agreement to within ``10 ** -(digits - 10)``, relative to the truth's largest entry, is
+    ``holds`` with method ``numeric`` and a detail saying it is a float judgement, with its tolerance;
+    anything else fails.
 
 A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
 ``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
@@ -66,7 +80,9 @@ DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "s
 SYMBOLIC_LIMIT = 64
 EXACT_POINTS = 3
 EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
-NUMERIC_RTOL = 1e-9
+NUMERIC_DIGITS = 30  # the float tier's working precision (decimal digits) before the claim's own numbers
+NUMERIC_SLACK = 10  # its tolerance: 10 ** -(digits - NUMERIC_SLACK), relative to the truth's largest entry
+_MAX_DIGITS = 3000
 _DENOMINATOR = 1009
 
 
@@ -184,7 +200,10 @@ class ExactField(Semantics):
     def exp(self, v):
         if v == 0:
             return Fraction(1)
-        s = self._atom(("exp", abs(v)), self._unit)
+        # s in (1/2, 1), so exp(u) = s / (1 - s) > 1 for u > 0 and exp(-u) < 1: the signs of
+        # 1 - exp(z), sigmoid(z) - 1/2, tanh(z) (a kink's argument) are the real ones
+        s = self._atom(("exp", abs(v)), lambda: Fraction(self.rng.randint(_DENOMINATOR // 2 + 1, _DENOMINATOR - 1),
+                                                          _DENOMINATOR))
         e = s / (1 - s)
         return e if v > 0 else 1 / e
 
@@ -193,8 +212,8 @@ class ExactField(Semantics):
             raise ZeroDivisionError("log of a number <= 0")
         if q == 1:
             return Fraction(0)
-        return self._atom(("log", q), lambda: Fraction(self.rng.randint(-2 * _DENOMINATOR, 2 * _DENOMINATOR) or 1,
-                                                        _DENOMINATOR))
+        sign = 1 if q > 1 else -1  # log(q) has the sign of q - 1, as the real one
+        return self._atom(("log", q), lambda: sign * Fraction(self.rng.randint(1, 2 * _DENOMINATOR), _DENOMINATOR))
 
     def call(self, name, v):
         if name == "relu":
@@ -270,6 +289,63 @@ class FloatField(Semantics):
         return float(getattr(sp, name)(*args).evalf())
 
 
+class MpField(Semantics):
+    """Multi-precision floats (:mod:`mpmath`, ``dps`` decimal digits, a context of its own) with the real
+    functions: the numeric tier, precise enough to see a perturbation written with the claim's numbers.
+
+    >>> field = MpField(40)
+    >>> x = field.constant(Fraction(1, 3))
+    >>> abs(field.call("sigmoid", x) - 1 / (1 + field.call("exp", -x))) < field.mp.mpf(10) ** -39
+    True
+    """
+
+    def __init__(self, dps: int):
+        import mpmath
+
+        self.mp = mpmath.MPContext()
+        self.mp.dps = dps
+        self.dps = dps
+
+    def constant(self, fraction):
+        fraction = Fraction(fraction)
+        return self.mp.mpf(fraction.numerator) / fraction.denominator
+
+    def call(self, name, v):
+        mp = self.mp
+        if name == "relu":
+            return v if v > 0 else mp.zero
+        if name == "leaky_relu":
+            return v if v > 0 else v / 100
+        if name == "step":
+            return mp.one if v > 0 else mp.zero
+        if name == "exp":
+            return mp.exp(v)
+        if name == "log":
+            return mp.log(v) if v > 0 else mp.nan
+        if name == "sigmoid":
+            return 1 / (1 + mp.exp(-v))
+        if name == "tanh":
+            return mp.tanh(v)
+        if name == "softplus":
+            return mp.log(1 + mp.exp(v))
+        raise SymbpError(f"no float value for {name}")  # pragma: no cover
+
+    def heaviside(self, v, at_zero):
+        return self.mp.one if v > 0 else (self.mp.zero if v < 0 else at_zero)
+
+    def power(self, v, exponent):
+        exponent = Fraction(exponent)
+        if v < 0 and exponent.denominator != 1:
+            return self.mp.nan  # (-4) ** 0.5 is not real
+        if v == 0 and exponent < 0:
+            raise ZeroDivisionError("0 to a negative power")
+        return self.mp.power(v, self.constant(exponent))
+
+    def other(self, name, args):
+        value = getattr(sp, name)(*[sp.Float(str(a), self.dps) for a in args]).evalf(self.dps)
+        return self.mp.mpf(str(value)) if value.is_real else self.mp.nan
+
+
 _FUNCTION_NAMES = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
                    sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
 
@@ -342,6 +418,30 @@ def _exact_sum(terms, env, field):
     for d, n in buckets.items():
         total += Fraction(n, d)
     return total
+
+
+def numeric_digits(node) -> int:
+    """The float tier's working precision for a claim: ``NUMERIC_DIGITS`` plus the digits of its
+    numbers (numerators and denominators, times the largest whole exponent), so that an offset the
+    claim writes (``+ 1e-300``, ``* 1.0000000001``) is far above the tolerance.
+
+    >>> import symbp
+    >>> from symbp.formula import parse
+    >>> net = symbp.MLP([2, 3])
+    >>> numeric_digits(parse("a1 - y", net)), numeric_digits(parse("a1 - y + 1e-10", net))
+    (30, 42)
+    """
+    digits, power = 0, 1
+    for n in node.walk():
+        if n.op == "number":
+            digits += len(str(abs(n.value.numerator))) + len(str(n.value.denominator))
+        elif n.op == "pow":
+            power = max(power, abs(n.value.numerator))
+    return NUMERIC_DIGITS + min(digits * power, _MAX_DIGITS)
+
+
+_FROZEN_FUNCTIONS = ("exp", "log", "sigmoid", "tanh", "softplus")
+_KINKED = ("relu", "leaky_relu", "step")
 
 
 class _Redraw(Exception):
@@ -459,23 +559,33 @@ class _Judge:
         self.side = net.fused.side_condition if net.fused and net.fused.side_condition else None
         self._points = {}
         self._symbolic_cache = None
+        self._all_symbols = None
         self.printer = _Printer(net.columns)
         self.masks = _masks(net)
 
     # ---- points
 
+    def _float_point(self, kind, k, dps):
+        """The ``k``-th float point of ``kind`` in ``dps``-digit arithmetic, or None (a pole)."""
+        base = _float_base(self.net, self.seed + 7 * k)
+        if kind == "float-general":  # targets whose rows no longer sum to 1
+            base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+        field = MpField(dps)
+        for name, array in base.items():
+            converted = np.empty(array.shape, dtype=object)
+            converted[...] = [[field.mp.mpf(float(v)) for v in row] for row in array]
+            base[name] = converted
+        if kind == "float" and self.side:  # rows summing to 1 exactly, not to within float64's rounding
+            rows = base["y"] if self.net.batch else base["y"].T
+            for row in rows:
+                row[-1] = 1 - sum(row[:-1])
+        try:
+            return _Point(self.net, self.grads, field, base)
+        except _Redraw:  # a pole (-y / a with a underflowing): skip the point
+            return None
+
     def _draw(self, kind, count, rng=None):
         points = []
-        if kind in ("float", "float-general"):
-            for k in range(count):
-                base = _float_base(self.net, self.seed + 7 * k)
-                if kind == "float-general":  # targets whose rows no longer sum to 1
-                    base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
-                try:
-                    points.append(_Point(self.net, self.grads, FloatField(), base))
-                except _Redraw:  # a pole in float64 (-y / a with a underflowing): skip the point
-                    continue
-            return points
         rng = rng or random.Random(f"{self.seed}-{kind}")
         for _ in range(200):
             try:
@@ -508,6 +618,33 @@ class _Judge:
                 if not (c.is_Rational and c != 0 and rest in symbols):
                     return n
         return None
+
+    def frozen_part(self, node):
+        """The first part of the claim whose exact value is frozen (an ``exp``, ``log``, ``sigmoid``,
+        ``tanh``, ``softplus``, ``softmax``, a fractional power, or a kink whose argument is not a
+        multiple of one symbol, whose sign a frozen value could flip), as text; None if there is none.
+        Without one, the claim's exact values are rational in the network's own values, and an
+        exact mismatch is a refutation (see the module docstring)."""
+        for n in node.walk():
+            if n.op == "softmax" or (n.op == "func" and n.value in _FROZEN_FUNCTIONS) or \
+                    (n.op == "pow" and n.value.denominator != 1):
+                return f"'{n}'"
+            if n.op == "func" and n.value in _KINKED and not self._simple_kink(n):
+                return f"the sign of the argument of '{n}'"
+        return None
+
+    def _simple_kink(self, n):
+        """Whether every entry of the argument of kink ``n`` is ``c * v`` (rational ``c != 0``, ``v`` one
+        symbol of the network)."""
+        if n.args[0].op == "name":
+            return True
+        if self._all_symbols is None:
+            self._all_symbols = {s for name in self.net.names for s in self.net.symbols(name)}
+        for entry in evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch):
+            c, rest = sp.sympify(entry).as_coeff_Mul()
+            if not (c.is_Rational and c != 0 and rest in self._all_symbols):
+                return False
+        return True
 
     def _symbol_env(self, node):
         net = self.net
@@ -574,14 +711,15 @@ class _Judge:
             self.misplaced_kink(node) is None and \
             self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
 
-    def float_points(self, target, kind):
-        """Float points where dL/d<target> is not identically zero (dead ReLUs can zero a whole
-        gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
-        key = (kind, target)
+    def float_points(self, target, kind, dps=NUMERIC_DIGITS):
+        """Float points (``dps`` digits) where dL/d<target> is not identically zero (dead ReLUs can
+        zero a whole gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
+        key = (kind, target, dps)
         if key not in self._points:
             chosen = []
-            for point in self._draw(kind, 12):
-                if np.any(np.asarray(point.truth(target), dtype=float) != 0):
+            for k in range(12):
+                point = self._float_point(kind, k, dps)
+                if point is not None and any(t != 0 for t in point.truth(target).reshape(-1)):
                     chosen.append(point)
                 if len(chosen) == 3:
                     break
@@ -589,19 +727,23 @@ class _Judge:
         return self._points[key]
 
     def numeric_close(self, node, target, kind="float"):
-        points = self.float_points(target, kind)
+        """Whether claim and truth agree to ``numeric_tolerance(node)`` (relative to the largest entry
+        of the truth) at the float points, in ``numeric_digits(node)``-digit arithmetic."""
+        dps = numeric_digits(node)
+        points = self.float_points(target, kind, dps)
         if not points:
             return False
         for point in points:
+            mp = point.field.mp
             got = self.values(node, point)
             if got is None:
                 return False
-            got = np.asarray(got, dtype=float)
-            truth = np.asarray(point.truth(target), dtype=float)
-            if not np.all(np.isfinite(got)):
+            truth = point.truth(target)
+            if not all(mp.isfinite(g) for g in got.reshape(-1)):
                 return False
-            scale = max(float(np.max(np.abs(truth))), 1e-300)
-            if float(np.max(np.abs(got - truth))) > NUMERIC_RTOL * scale + 1e-300:
+            scale = max(abs(t) for t in truth.reshape(-1))
+            error = max(abs(g - t) for g, t in zip(got.reshape(-1), truth.reshape(-1)))
+            if error > mp.mpf(10) ** -(dps - NUMERIC_SLACK) * scale:
                 return False
         return True
 
@@ -662,16 +804,28 @@ class _Judge:
                               detail=f"assuming {assumption}" if assumption else "")
         kinds = self.exact_kinds()
         mismatch = self.exact_mismatch(node, target, kinds[0])
-        if mismatch is None and len(self.exact_points(target, kinds[0])) == EXACT_POINTS:
+        enough = len(self.exact_points(target, kinds[0])) == EXACT_POINTS
+        if mismatch is None and enough:
             assumption = None
             if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
+        if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None:
+            return self.diagnose(target, claim_text, node, mismatch)  # refuted: no float judgement overrules it
         float_kind = "float" if self.side else "float-general"  # targets summing to 1 only under the side condition
         if self.numeric_close(node, target, float_kind):
             assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
-            detail = "equal in float64 at random points only (not proved exactly)"
+            dps = numeric_digits(node)
+            if mismatch is None:
+                why = f"dL/d{target} is zero at most exact random points"
+            elif mismatch[1] is None:
+                why = "the claim is undefined at an exact random point"
+            else:
+                why = f"the exact tier differs only through {self.frozen_part(node)}, whose frozen values cannot " \
+                      "see identities such as exp(a + b) = exp(a) exp(b)"
+            detail = f"float judgement, not proved: equal to within 1e-{dps - NUMERIC_SLACK} (relative) in " \
+                     f"{dps}-digit arithmetic at {len(self.float_points(target, float_kind, dps))} random points ({why})"
             return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
                           detail=f"{detail}; assuming {assumption}" if assumption else detail)
         if mismatch is None and not self.float_points(target, float_kind):
