@@ -68,7 +68,7 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
-from .formula import Node, Semantics, evaluate, evaluate_array, parse
+from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
 
@@ -833,6 +833,39 @@ class _Judge:
                           detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units)")
         return self.diagnose(target, claim_text, node, mismatch)
 
+    def judge_shape(self, target, claim_text, error):
+        """A claim whose operands' shapes do not fit (``W2 @ dz2`` for ``W2.T @ dz2``): it fails, with
+        ``transposed`` and the fix when transposing operands (at most two, un-transposing ``X.T``),
+        and possibly the whole, gives a claim that holds, else ``shape``."""
+        message = str(error)
+        prefix = f"claim for {target} {claim_text!r}, column {error.column}: "
+        message = message[len(prefix):] if message.startswith(prefix) else message
+        result = Result(target, claim_text, "fails", "symbolic", "shape", detail=message)
+        shape = self.net.shape(target)
+        seen, frontier = set(), [error]
+        for _ in range(2):
+            found = []
+            for exc in frontier:
+                for text in _transposed_texts(exc):
+                    if text in seen:
+                        continue
+                    seen.add(text)
+                    try:
+                        node = parse(text, self.net)
+                    except FormulaError as again:
+                        if again.kind == "shape":
+                            found.append(again)
+                        continue
+                    whole = Node("transpose", (node,), node.shape[::-1], text=f"({text}).T")
+                    for fixed in (node, whole):
+                        if fixed.shape == shape and self.holds_exactly(fixed, target):
+                            result.method, result.diagnosis = "exact-random", "transposed"
+                            result.detail = f"{message}: write {fixed}"
+                            self.condition(result, fixed, target)
+                            return result
+            frontier = found
+        return result
+
     # ---- diagnosis
 
     def diagnose(self, target, claim_text, node, mismatch):
@@ -846,6 +879,7 @@ class _Judge:
                 result.diagnosis = "transposed"
                 result.detail = f"the transpose holds: claim has shape {node.shape}, dL/d{target} has {shape}"
                 result.method = "exact-random"
+                self.condition(result, T, target)
             else:
                 result.diagnosis = "shape"
                 result.detail = f"claim has shape {node.shape}, dL/d{target} has shape {shape}"
@@ -853,12 +887,20 @@ class _Judge:
         for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
             if self.holds_exactly(variant, target):
                 result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+                self.condition(result, variant, target)
                 break
         else:
             result.detail = "no usual mistake explains it"
         if mismatch is not None and mismatch[1] is not None:
             self.locate(result, node, target, mismatch)
         return result
+
+    def condition(self, result, fixed, target):
+        """If the corrected claim ``fixed`` holds only under the side condition (the exact points
+        draw targets with rows summing to 1 when there is one), say so in ``result``."""
+        if self.side and self.exact_mismatch(fixed, target, "general", limit=1) is not None:
+            result.assumptions = (self.side,)
+            result.detail += f" (assuming {self.side})"
 
     def variants(self, node, target, mismatch):
         """Candidate corrections, cheapest first: (diagnosis, corrected node, detail, factor)."""
@@ -957,6 +999,38 @@ class _Printer(TextPrinter):
         if len(expr.args) > 1 and expr.args[1] == 0:
             return f"step({self._print(expr.args[0])})"
         return super()._print_Function(expr)
+
+
+def _transposed_texts(error):
+    """The claim texts with one or both operands of a shape error transposed (``X`` -> ``X.T``,
+    ``X.T`` -> ``X``), from the offsets the parser gives."""
+    source, spans = error.source, [s for s in error.operands if s is not None]
+    if not source or not spans:
+        return []
+
+    def closes_at_end(segment):  # "f(u, v)" or "(u + v)": the first "(" closes at the last character
+        depth = 0
+        for k, ch in enumerate(segment):
+            depth += (ch == "(") - (ch == ")")
+            if ch == ")" and depth == 0:
+                return k == len(segment) - 1
+        return False
+
+    def flip(segment):
+        if segment.endswith(".T"):
+            return segment[:-2]
+        head = segment.split("(", 1)[0]
+        simple = segment.isidentifier() or ((head == "" or head.isidentifier()) and closes_at_end(segment))
+        return f"{segment}.T" if simple else f"({segment}).T"
+
+    def rewrite(chosen):
+        text = source
+        for start, end in sorted(chosen, reverse=True):  # from the right, so offsets stay valid
+            text = text[:start] + flip(source[start:end]) + text[end:]
+        return text
+
+    choices = [[span] for span in spans] + ([spans] if len(spans) > 1 else [])
+    return [rewrite(chosen) for chosen in choices]
 
 
 def _subtrees(node, path=()):
@@ -1291,11 +1365,19 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -
             if target not in grads:
                 raise SymbpError(f"claims: no gradient named '{target}'{closest(target, grads)}; "
                                  f"targets: {', '.join(grads)}")
-            parsed.append((target, text, parse(text, net, what=f"claim for {target}")))
+            try:
+                node = parse(text, net, what=f"claim for {target}")
+            except FormulaError as exc:
+                if exc.kind != "shape":  # unparsable text, unknown names: bad input
+                    raise
+                node = exc  # shapes that do not fit: a verdict, with the fix if a transpose gives one
+            parsed.append((target, text, node))
         judge = _Judge(net, grads, seed)
         for target, text, node in parsed:
             if node is None:
                 results.extend(_judge_code(net, grads, text, seed))
+            elif isinstance(node, FormulaError):
+                results.append(judge.judge_shape(target, text, node))
             else:
                 results.append(judge.judge(target, text, node))
     assumptions = []

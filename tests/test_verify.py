@@ -160,8 +160,10 @@ def test_side_condition_is_listed_only_when_needed():
 
 def test_bad_claims_are_bad_input():
     net = symbp.MLP([4, 5, 3, 3])
-    with pytest.raises(FormulaError, match="claim for W1 'dz1 @ x', column 5"):
-        verify(net, {"W1": "dz1 @ x"})
+    with pytest.raises(FormulaError, match="claim for W1 'dz1 @ xT', column 7: unknown name 'xT'"):
+        verify(net, {"W1": "dz1 @ xT"})
+    with pytest.raises(FormulaError, match="claim for W1 'dz1 @@ x', column"):
+        verify(net, {"W1": "dz1 @@ x"})
     with pytest.raises(SymbpError, match="no gradient named 'W4'"):
         verify(net, {"W4": "dz3"})
     with pytest.raises(SymbpError, match="expected a symbp.MLP"):
@@ -292,7 +294,8 @@ def test_cli_verify_json_with_code(tmp_path, capsys):
     (None, "no such spec file"),
     ("[model\n", "not valid TOML"),
     ("[model]\nsizes = [2, 2]\nsize = 3\n", "model: unknown field 'size' (did you mean 'sizes'?)"),
-    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ x'\n", "claims.W1 'dz1 @ x', column 5"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ xx'\n", "claims.W1 'dz1 @ xx', column 7: unknown name 'xx'"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @'\n", "claims.W1 'dz1 @', column"),
     ("[model]\nsizes = [2, 2]\n", "nothing to verify"),
 ])
 def test_cli_verify_bad_input_is_one_line_exit_2(tmp_path, capsys, content, message):
@@ -426,15 +429,18 @@ def test_cli_verify_exits_1_on_a_tiny_offset(tmp_path, capsys):
 def test_claims_whose_shapes_do_not_align_get_verdicts():
     net = symbp.MLP([4, 5, 3, 3])
     report = verify(net, {"a1": "W2 @ dz2", "W2": "dz2 @ a1", "W1": "dz1 @ y", "W3": "dz3 @ a2.T",
-                          "z2": "da2 * step(z2.T)", "b2": "(a1 @ dz2.T).T @ ones(5, 1) * 0 + dz2 @ a1"})
+                          "z1": "(W2 @ dz2) * step(z1)", "b2": "dz2 + 0 * a1", "a2": "(dz3.T @ W3).T"})
     got = {r.target: (r.verdict, r.method, r.diagnosis) for r in report.results}
     assert got == {"a1": ("fails", "exact-random", "transposed"), "W2": ("fails", "exact-random", "transposed"),
                    "W1": ("fails", "symbolic", "shape"), "W3": ("holds", "symbolic", None),
-                   "z2": ("fails", "exact-random", "transposed"), "b2": ("fails", "symbolic", "shape")}
-    assert "write W2.T @ dz2" in report["a1"].detail
-    assert "write dz2 @ a1.T" in report["W2"].detail
-    assert "write da2 * step(z2.T).T" in report["z2"].detail or "write da2 * step(z2)" in report["z2"].detail
-    assert "dz1 @ y: shapes (5, 1) and (3, 1) do not align" in report["W1"].detail
+                   "z1": ("fails", "exact-random", "transposed"), "b2": ("fails", "symbolic", "shape"),
+                   "a2": ("holds", "symbolic", None)}
+    assert report["a1"].detail == "W2 @ dz2: shapes (3, 5) and (3, 1) do not align (5 columns against 3 rows): " \
+        "write W2.T @ dz2"
+    assert report["W2"].detail.endswith(": write dz2 @ a1.T")
+    assert report["z1"].detail.endswith(": write (W2.T @ dz2) * step(z1)")
+    assert report["W1"].detail == "dz1 @ y: shapes (5, 1) and (3, 1) do not align (1 columns against 3 rows)"
+    assert "do not match for element-wise '+'" in report["b2"].detail
     assert all(r.element is None for r in report.results)
     assert not report.ok
 
@@ -546,3 +552,14 @@ def test_the_element_of_a_failing_claim_is_its_zero_based_row_and_column():
     assert data["expected"] == f"dz1[1]*x[{j + 1}]"
     assert data["got"] == f"dz1[1]*x[{j + 1}] + dz1[1]*relu(-x[{j + 1}])"
     assert f"at dL/dW1[{i + 1},{j + 1}]:" in data["detail"]
+
+
+def test_a_shape_error_carries_the_operands_it_could_not_fit():
+    net = symbp.MLP([4, 5, 3, 3])
+    with pytest.raises(FormulaError) as info:
+        parse("  W2 @ (dz2 + 1)", net)
+    error = info.value
+    assert (error.kind, error.source, error.operands) == ("shape", "W2 @ (dz2 + 1)", ((0, 2), (6, 13)))
+    with pytest.raises(FormulaError) as info:
+        parse("W2 @ dz", net)
+    assert (info.value.kind, info.value.operands) == ("syntax", ())
