@@ -71,6 +71,7 @@ from .exact import frozen_zero
 from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
+from .registry import real_zeros
 
 VERDICTS = ("holds", "fails", "error")
 METHODS = ("symbolic", "exact-random", "numeric")
@@ -560,6 +561,7 @@ class _Judge:
         self._points = {}
         self._symbolic_cache = None
         self._all_symbols = None
+        self._forward_cache = None
         self.printer = _Printer(net.columns)
         self.masks = _masks(net)
 
@@ -601,23 +603,41 @@ class _Judge:
         return ["unit", "general"] if self.side else ["general"]
 
     def misplaced_kink(self, node):
-        """The first ``relu``/``leaky_relu``/``step`` of the claim whose kink is not at 0 of a stage
-        of the network, else None. A kink elsewhere (``step(z2 - 0.04)``) agrees with the truth at
-        almost every random point, so it is decided symbolically: every entry of the argument must be
-        ``c * v`` with a rational ``c != 0`` and ``v`` one symbol of the network (a stage, an input or a
-        parameter, whose sign the random points vary): ``step(2 * z2)`` and ``relu(-x)`` are fine."""
-        symbols = None
+        """``(kink, reason)`` for the first ``relu``/``leaky_relu``/``step`` of the claim whose kink is
+        not at 0 of a stage of the network (``reason`` "misplaced"), or cannot be placed ("undecided");
+        else None. A kink elsewhere (``step(z2 - 0.04)``) agrees with the truth at almost every random
+        point, so it is decided symbolically, by where the argument is zero: each entry of the argument,
+        with the ``a_l`` replaced by their definitions, must be a function of one symbol ``v`` of the
+        network (a stage, an input or a parameter, whose sign the random points vary) that is zero at
+        ``v = 0`` at most (:func:`symbp.registry.real_zeros`): ``step(2 * z2)``, ``relu(-x)`` and
+        ``step(1 - exp(z1))`` are fine, ``step(exp(z2) - 2)`` is not."""
         for n in node.walk():
-            if n.op != "func" or n.value not in ("relu", "leaky_relu", "step") or n.args[0].op == "name":
+            if n.op != "func" or n.value not in _KINKED or self._simple_kink(n):
                 continue
-            if symbols is None:
-                symbols = {s for name in self.net.names for s in self.net.symbols(name)}
-            values = evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch)
-            for entry in values:
-                c, rest = sp.sympify(entry).as_coeff_Mul()
-                if not (c.is_Rational and c != 0 and rest in symbols):
-                    return n
+            forward = self._forward()
+            for entry in evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch):
+                entry = sp.sympify(entry).xreplace(forward)
+                free = entry.free_symbols & self._all_symbols
+                if len(free) != 1 or entry.free_symbols != free:
+                    return n, "misplaced"
+                v = free.pop()
+                t = sp.Symbol("t", real=True)
+                zeros = real_zeros(entry.xreplace({v: t}), t)
+                if zeros is None:
+                    return n, "undecided"
+                if not zeros <= {0}:
+                    return n, "misplaced"
         return None
+
+    def _forward(self):
+        """Each ``a_l`` symbol -> its definition in the ``z`` symbols (``relu(z1_0_0)``...)."""
+        if self._forward_cache is None:
+            forward = {}
+            for stage in self.net.stages:
+                if stage.name[0] == "a":
+                    forward.update(zip(stage.symbols, stage.local.xreplace(forward)))
+            self._forward_cache = forward
+        return self._forward_cache
 
     def frozen_part(self, node):
         """The first part of the claim whose exact value is frozen (an ``exp``, ``log``, ``sigmoid``,
@@ -790,9 +810,13 @@ class _Judge:
         if node.shape != expected_shape:
             return self.diagnose(target, claim_text, node, None)
         kink = self.misplaced_kink(node)
+        if kink is not None and kink[1] == "undecided":
+            return Result(target, claim_text, "error", "symbolic",
+                          detail=f"undecided: where the argument of {kink[0]} is zero is out of reach (its kink "
+                          "must be at 0 of a pre-activation, as the network's)")
         if kink is not None:
             result = Result(target, claim_text, "fails", "symbolic", diagnosis="other",
-                            detail=f"the kink of {kink} is not where the network's is (at 0 of a pre-activation)")
+                            detail=f"the kink of {kink[0]} is not where the network's is (at 0 of a pre-activation)")
             mismatch = self.exact_mismatch(node, target, self.exact_kinds()[0])
             if mismatch is not None and mismatch[1] is not None:
                 self.locate(result, node, target, mismatch)

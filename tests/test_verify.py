@@ -563,3 +563,10 @@ def test_a_shape_error_carries_the_operands_it_could_not_fit():
     with pytest.raises(FormulaError) as info:
         parse("W2 @ dz", net)
     assert (info.value.kind, info.value.operands) == ("syntax", ())
+
+
+def test_a_kink_whose_zeros_are_out_of_reach_is_undecided_not_judged():
+    # z - tanh(z) is zero only at 0, but SymPy cannot solve it: no verdict either way
+    result = verify(symbp.MLP([4, 5, 3, 3], hidden="tanh"), {"z2": "da2 * (1 - a2**2) * step(z2 - a2)"}).results[0]
+    assert (result.verdict, result.method) == ("error", "symbolic")
+    assert result.detail.startswith("undecided: where the argument of step(z2 - a2) is zero is out of reach")
