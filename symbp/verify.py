@@ -22,7 +22,9 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
     pre-activation is exactly 0 are redrawn, and only points where the target's true gradient is
     not all zero count (a dead ReLU layer zeroes it). A claim whose ``relu``/``step`` has its kink
-    anywhere but at 0 of a stage (``step(z2 - 0.04)``) fails before any point is drawn. Matrix-level
+    anywhere but at 0 of a stage (``step(z2 - 0.04)``: the kink is where the argument is zero, found
+    by :func:`symbp.registry.real_zeros`, so ``step(1 - exp(z1))`` is at 0) fails before any point is
+    drawn; one whose zeros SymPy cannot find gets ``error`` (undecided). Matrix-level
     (object arrays), so [784, 128, 64, 10] is judged in seconds.
 ``numeric``
     An exact mismatch *refutes* the claim unless the claim itself applies a frozen function: an
@@ -46,10 +48,15 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
 
 A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
 ``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
-truth / claim, e.g. ``1/N`` for a missing mean), ``missing-activation-derivative`` (multiplying a part
-of the claim by ``f'(z_l)``, or moving such a factor to the right variable, makes it hold), ``shape``
-(the claim's shape is not the target's), else ``other``; plus one element where claim and truth
-differ, with both expressions there.
+truth / claim, e.g. ``1/N`` for a missing mean, ``N`` for a mean applied twice),
+``missing-activation-derivative`` (multiplying a part of the claim by ``f'(z_l)``, the output layer's
+included (its Jacobian for softmax), or moving such a factor to the right variable, makes it hold),
+``extra-activation-derivative`` (removing such a factor makes it hold), ``shape`` (the claim's shape
+is not the target's), else ``other``; plus one element where claim and truth differ, with both
+expressions there. A corrected claim that holds only under the side condition lists it in the
+result's ``assumptions``. A claim whose operands' shapes do not fit (``W2 @ dz2``; the parser's
+:class:`~symbp.formula.FormulaError` with ``kind == "shape"``) fails too, with ``transposed`` and the
+fix (``write W2.T @ dz2``) when transposing operands, or the whole, makes it hold, else ``shape``.
 """
 
 from __future__ import annotations
@@ -75,7 +82,8 @@ from .registry import real_zeros
 
 VERDICTS = ("holds", "fails", "error")
 METHODS = ("symbolic", "exact-random", "numeric")
-DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "shape", "other")
+DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "extra-activation-derivative", "shape",
+             "other")
 
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
@@ -940,8 +948,9 @@ class _Judge:
         if factor is not None and factor not in (0, 1, -1):
             scaled = Node("mul", (Node("number", value=factor), node), shape)
             detail = f"multiplied by {factor} it holds"
-            if self.net.batch and factor in (Fraction(1, self.net.batch), Fraction(self.net.batch)):
-                detail += " (1/N: the mean over the batch)" if factor < 1 else " (N: the mean over the batch)"
+            if self.net.batch and self.net.reduction == "mean" and \
+                    factor in (Fraction(1, self.net.batch), Fraction(self.net.batch)):
+                detail += " (the 1/N of the mean over the batch is missing)" if factor < 1 else " (1/N applied twice)"
             yield "scaled", scaled, detail, float(factor)
         yield from self.mask_variants(node)
 
@@ -975,6 +984,15 @@ class _Judge:
                     fixed = Node("mul", (sub, mask), sub.shape)
                     yield name, _replace(node, path, fixed), f"multiplied by {text} (f'(z{layer})) at " \
                         f"'{sub}' it holds", None
+        output = self.output_derivative()
+        if output is not None:
+            template, text = output
+            L = self.net.L
+            for path, sub in subtrees:
+                if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "ones"):
+                    fixed = _substitute(template, f"d{PLACEHOLDER}", sub)
+                    yield name, _replace(node, path, fixed), f"with the output's f'(z{L}) applied at '{sub}' " \
+                        f"({self.net.output.name}: {text.replace(PLACEHOLDER, str(sub))}) it holds", None
         for path, sub in subtrees:
             if sub.op == "mul":
                 for k in (0, 1):
@@ -986,13 +1004,29 @@ class _Judge:
                             fixed = Node("mul", (other, mask) if k else (mask, other), sub.shape)
                             yield name, _replace(node, path, fixed), f"with {text} in place of '{part}' it holds", None
                     if other.shape == sub.shape:
-                        yield name, _replace(node, path, other), f"without the factor '{part}' it holds", None
+                        yield "extra-activation-derivative", _replace(node, path, other), \
+                            f"without the factor '{part}' it holds", None
         for old in sorted(node.names()):
             for new in _neighbours(old, self.net):
                 fixed = _rename(node, old, new)
                 inside = any(n.op in ("func", "pow") and old in n.names() for n in node.walk())
                 kind = name if inside or old[0] != new[0] else "other"
                 yield kind, fixed, f"with {new} in place of {old} it holds", None
+
+    def output_derivative(self):
+        """The output layer's ``f'`` as ``(template, text)``: the template a claim node in which
+        ``d<PLACEHOLDER>`` stands for the upstream (``a3 * (1 - a3) * X`` for sigmoid, the softmax
+        Jacobian ``a3 * (X - sum(a3 * X, axis))``), or None (identity output)."""
+        L, out = self.net.L, self.net.output.name
+        a = f"a{L}"
+        if out == "sigmoid":
+            text = f"{PLACEHOLDER} * {a} * (1 - {a})"
+        elif out == "softmax":
+            text = f"{a} * ({PLACEHOLDER} - sum({a} * {PLACEHOLDER}, axis={1 if self.net.batch else 0}))"
+        else:
+            return None
+        node = parse(text.replace(PLACEHOLDER, f"d{a}"), self.net)
+        return _rename(node, f"d{a}", f"d{PLACEHOLDER}"), text
 
     def locate(self, result, node, target, mismatch):
         point, (i, j) = mismatch
@@ -1069,6 +1103,18 @@ def _replace(node, path, new):
     args = list(node.args)
     args[path[0]] = _replace(args[path[0]], path[1:], new)
     return Node(node.op, tuple(args), node.shape, node.value)
+
+
+PLACEHOLDER = "X"
+
+
+def _substitute(node, name, sub):
+    """``node`` with every name ``name`` replaced by the tree ``sub``."""
+    if node.op == "name" and node.value == name:
+        return sub
+    if not node.args:
+        return node
+    return Node(node.op, tuple(_substitute(a, name, sub) for a in node.args), node.shape, node.value)
 
 
 def _rename(node, old, new):
