@@ -992,7 +992,7 @@ class _Judge:
                 if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "ones"):
                     fixed = _substitute(template, f"d{PLACEHOLDER}", sub)
                     yield name, _replace(node, path, fixed), f"with the output's f'(z{L}) applied at '{sub}' " \
-                        f"({self.net.output.name}: {text.replace(PLACEHOLDER, str(sub))}) it holds", None
+                        f"({self.net.output.name}: {text.replace(PLACEHOLDER, _operand(sub))}) it holds", None
         for path, sub in subtrees:
             if sub.op == "mul":
                 for k in (0, 1):
@@ -1106,6 +1106,12 @@ def _replace(node, path, new):
 
 
 PLACEHOLDER = "X"
+
+
+def _operand(node):
+    """The text of ``node``, parenthesized unless it is a name, a number or a call."""
+    text = str(node)
+    return text if node.op in ("name", "number", "func", "softmax", "sum", "ones", "diag", "outer") else f"({text})"
 
 
 def _substitute(node, name, sub):
