@@ -300,7 +300,7 @@ def _add_verify(sub):
                        "layout, in the formula language) and the optional [code] function against the derived "
                        "gradients: holds (symbolic proof, exact random rational points, or float agreement) or "
                        "fails, with the nearest usual mistake (transposed, scaled, sign, "
-                       "missing-activation-derivative, shape, other), checked.\n\nexit codes: 0 every claim holds, "
+                       "missing-activation-derivative, extra-activation-derivative, shape, other), checked.\n\nexit codes: 0 every claim holds, "
                        "1 a claim fails, 2 bad input\n\n" + CONVENTIONS,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="the spec file (TOML): [model], [claims], optional [code]")

@@ -473,6 +473,16 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
     if net.batch and net.reduction == "mean" and backward and gives(net.batch * truth):
         return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples, "
                 f"so every gradient carries a factor 1/{net.batch}")
+    if net.batch and net.reduction == "mean" and backward and gives(truth / net.batch):
+        upstream = f"dz{layer}" if kind in "Wb" and layer is not None else "its upstream gradient"
+        return (f"{wrong}: the 1/N is applied twice: the loss is the mean over the N = {net.batch} examples, "
+                f"and {upstream} already carries its factor 1/{net.batch}")
+    if name == "L" and net.batch and net.reduction == "mean" and gives(net.batch * truth):
+        return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples "
+                f"({say(claim)} is their sum)")
+    if name == "L" and gives(2 * truth):
+        forgotten = "the 1/2 of E = 1/2 (a - y)^2 forgotten" if net.loss_row.name == "mse" else "a factor 1/2 forgotten"
+        return f"{wrong}: that is twice L; multiplied by 1/2 it is right ({forgotten})"
     if backward:
         story = _forgotten_upstream(ex, name, i, j, gives)
         if story:

@@ -92,11 +92,19 @@ _MAX_EXPONENT = 100
 
 
 class FormulaError(SymbpError):
-    """A claim that is not in the formula language; ``column`` (1-based) and ``token`` locate it."""
+    """A claim that is not in the formula language; ``column`` (1-based) and ``token`` locate it.
 
-    def __init__(self, message, *, column=0, token=""):
+    ``kind`` is ``"shape"`` when the text is well formed but two operands' shapes do not fit (``@``,
+    an element-wise operator, ``diag``/``outer`` of a matrix); ``source`` is then the stripped text and
+    ``operands`` the ``(start, end)`` offsets in it of each operand of the offending node (for
+    ``diag``/``outer``, of the offending argument), so that a caller can try rewritten claims (a
+    verdict of ``verify``, not bad input). Every other error has ``kind = "syntax"``.
+    """
+
+    def __init__(self, message, *, column=0, token="", kind="syntax", source="", operands=()):
         super().__init__(message)
         self.column, self.token = column, token
+        self.kind, self.source, self.operands = kind, source, tuple(operands)
 
 
 @dataclass(frozen=True)
@@ -172,10 +180,18 @@ class _Walker:
     def __init__(self, source, text, shapes, batch, what):
         self.source, self.text, self.shapes, self.batch, self.what = source, text, shapes, batch, what
 
-    def fail(self, node, message, token="", column=None):
+    def fail(self, node, message, token="", column=None, operands=None):
         column = column or getattr(node, "col_offset", 0) + 1
+        shape = {} if operands is None else {"kind": "shape", "source": self.source,
+                                             "operands": [self.span(o) for o in operands]}
         raise FormulaError(f"{self.what} {self.text!r}, column {column}: {message}", column=column,
-                           token=token or self.segment(node))
+                           token=token or self.segment(node), **shape)
+
+    def span(self, node):
+        """``(start, end)`` offsets of ``node`` in the (one-line) source, or None."""
+        if getattr(node, "lineno", 0) != 1 or getattr(node, "end_lineno", 0) != 1:
+            return None
+        return node.col_offset, node.end_col_offset
 
     def segment(self, node):
         try:
@@ -267,14 +283,15 @@ class _Walker:
     def matmul_fail(self, node, left, right):
         self.fail(node, f"{self.segment(node)}: shapes {left.shape} and {right.shape} do not align "
                   f"({left.shape[1]} columns against {right.shape[0]} rows)", "@",
-                  self.operator_column(node, "@"))
+                  self.operator_column(node, "@"), (node.left, node.right))
 
     def broadcast(self, node, op, left, right):
         shape = []
         for a, b in zip(left.shape, right.shape):
             if a != b and a != 1 and b != 1:
                 self.fail(node, f"{self.segment(node)}: shapes {left.shape} and {right.shape} do not match "
-                          f"for element-wise '{_SYMBOL[op]}'", _SYMBOL[op], self.operator_column(node, _SYMBOL[op]))
+                          f"for element-wise '{_SYMBOL[op]}'", _SYMBOL[op], self.operator_column(node, _SYMBOL[op]),
+                          (node.left, node.right))
             shape.append(max(a, b))
         return tuple(shape)
 
@@ -322,7 +339,8 @@ class _Walker:
             return self.make(node, "softmax", args, args[0].shape, 1 if self.batch else 0)
         for arg, source in zip(args, node.args):
             if 1 not in arg.shape:
-                self.fail(source, f"{name}() takes vectors, got {self.segment(source)} of shape {arg.shape}")
+                self.fail(source, f"{name}() takes vectors, got {self.segment(source)} of shape {arg.shape}",
+                          operands=(source,))
         lengths = [max(arg.shape) for arg in args]
         if name == "diag":
             return self.make(node, "diag", args, (lengths[0], lengths[0]))

@@ -302,16 +302,38 @@ def _through_relu(expr):
     return expr.replace(lambda e: isinstance(e, sp.Min), lambda e: fold(e.args, lambda a, b: a - F.relu(a - b)))
 
 
+def real_zeros(expr, x, *, max_ops: int = 60):
+    """The real zeros of ``expr`` as a function of the symbol ``x``: a finite set of SymPy numbers,
+    or None when undecided (a big expression, zero everywhere, or out of SymPy's reach). The effort
+    is bounded: polynomials by their real roots, anything else by one ``solveset`` over the reals.
+
+    >>> t = sp.Symbol("t", real=True)
+    >>> real_zeros(1 - sp.exp(t), t), real_zeros(t**2 - t / 100, t), real_zeros(sp.exp(t), t)
+    ({0}, {0, 1/100}, set())
+    >>> real_zeros(t - sp.tanh(t), t) is None
+    True
+    """
+    expr = F.explicit(sp.sympify(expr))
+    if x not in expr.free_symbols or sp.count_ops(expr) > max_ops:
+        return None
+    try:
+        if expr.is_polynomial(x):
+            return set(sp.Poly(expr, x).real_roots())
+        solutions = sp.solveset(expr, x, domain=sp.S.Reals)
+    except Exception:  # SymPy's solvers raise many kinds of errors on what they cannot do
+        return None
+    if isinstance(solutions, sp.FiniteSet) or solutions is sp.S.EmptySet:
+        return set(solutions)
+    return None
+
+
 def _kinks(derivative) -> tuple:
-    """The real x where an argument of a Heaviside or sign in ``derivative`` is 0, sorted; (0.0,) if
-    SymPy cannot solve for them (the usual place of a kink)."""
+    """The real x where an argument of a Heaviside or sign in ``derivative`` is 0, sorted; 0.0 (the
+    usual place of a kink) stands for those SymPy cannot find."""
     kinks = set()
     for atom in derivative.atoms(sp.Heaviside, sp.sign):
-        try:
-            solutions = sp.solve(atom.args[0], _X)
-        except NotImplementedError:
-            return (0.0,)
-        kinks.update(float(v) for v in solutions if v.is_real)
+        zeros = real_zeros(atom.args[0], _X)
+        kinks.update({0.0} if zeros is None else {float(v) for v in zeros})
     return tuple(sorted(kinks)) or (0.0,)
 
 

@@ -171,7 +171,7 @@ def _model_kwargs(table):
 
 
 def _claims(table, net):
-    from .formula import parse
+    from .formula import FormulaError, parse
 
     claims = {}
     targets = net.params + net.intermediates
@@ -180,7 +180,11 @@ def _claims(table, net):
             raise SymbpError(f"claims: no gradient named '{key}'{closest(key, targets)}; targets: {', '.join(targets)}")
         if not isinstance(text, str):
             raise SymbpError(f"claims.{key}: expected a formula string, got {text!r}")
-        parse(text, net, what=f"claims.{key}")
+        try:
+            parse(text, net, what=f"claims.{key}")
+        except FormulaError as exc:
+            if exc.kind != "shape":  # shapes that do not fit are a verdict of verify, not bad input
+                raise
         claims[key] = text
     return claims
 

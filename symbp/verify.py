@@ -16,26 +16,47 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     Both sides are evaluated, every element, at random points with exact rational arithmetic
     (``fractions.Fraction``): random rationals for ``x, y, W, b``; the forward pass from the network's
     own definitions; every transcendental value frozen to a random rational keyed by its argument
-    (``exp(u)`` for ``u > 0`` is ``s/(1-s)`` with ``s`` random, ``exp(-u) = 1/exp(u)``, ``sigmoid`` and
-    ``tanh`` are written through ``exp`` so their identities hold exactly; ``log`` of a new number is
-    a new random rational). Equal everywhere at several points means the difference is zero as a
+    (``exp(u)`` for ``u > 0`` is ``s/(1-s)`` with ``s`` random in (1/2, 1), so above 1 as the real one,
+    ``exp(-u) = 1/exp(u)``, ``sigmoid`` and ``tanh`` are written through ``exp`` so their identities
+    hold exactly; ``log`` of a new number is a new random rational with the real one's sign). Equal everywhere at several points means the difference is zero as a
     rational function of the frozen values (Schwartz-Zippel), hence zero. Points where a kinked
     pre-activation is exactly 0 are redrawn, and only points where the target's true gradient is
     not all zero count (a dead ReLU layer zeroes it). A claim whose ``relu``/``step`` has its kink
-    anywhere but at 0 of a stage (``step(z2 - 0.04)``) fails before any point is drawn. Matrix-level
+    anywhere but at 0 of a stage (``step(z2 - 0.04)``: the kink is where the argument is zero, found
+    by :func:`symbp.registry.real_zeros`, so ``step(1 - exp(z1))`` is at 0) fails before any point is
+    drawn; one whose zeros SymPy cannot find gets ``error`` (undecided). Matrix-level
     (object arrays), so [784, 128, 64, 10] is judged in seconds.
 ``numeric``
-    If exact evaluation disagrees, the claim may still hold through an identity the freezing does not
-    see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of softmax): both sides are compared in
-    float64 at two random points away from kinks. Agreement to 1e-9 (relative) is reported as
-    ``holds`` with method ``numeric``; anything else fails.
+    An exact mismatch *refutes* the claim unless the claim itself applies a frozen function: an
+    ``exp, log, sigmoid, tanh, softplus, softmax``, a fractional power, or a kink whose argument is not
+    a multiple of one symbol (its sign could be a frozen value's). Why: without one, each entry of the
+    claim is a rational (piecewise, through exact ``relu``/``step``) function of the network's own
+    values (``x, y, W, b, z, a``, the true ``dU``), and so is the truth; the freezing keeps every
+    algebraic relation among those values (``exp(-u) = 1/exp(u)``, ``sigmoid = e/(1+e)``, softmax
+    rows summing to 1, each activation and its derivative through one ``exp`` of one argument), so a
+    difference at the frozen point is a difference of the real functions; ``dz1 + 1e-10`` or
+    ``dz3 @ a2.T * 1.0000000001`` fails, with the element. (The premise holds for every registry row; a
+    custom activation written with ``exp`` of two unrelated multiples of ``x``, such as ``exp(x/2)``,
+    is the exception.) Only a claim with a frozen function of its own, whose mismatch may come from an
+    identity the freezing does not see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of
+    softmax), goes to the float tier: both sides in multi-precision floats (:class:`MpField`) at
+    random points away from kinks, with ``NUMERIC_DIGITS`` (30) digits plus the digits of the claim's
+    own numbers (:func:`numeric_digits`), so that an offset written in the claim (``+ 1e-300``) stays
+    visible. Agreement to within ``10 ** -(digits - 10)``, relative to the truth's largest entry, is
+    ``holds`` with method ``numeric`` and a detail saying it is a float judgement, with its tolerance;
+    anything else fails.
 
 A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
 ``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
-truth / claim, e.g. ``1/N`` for a missing mean), ``missing-activation-derivative`` (multiplying a part
-of the claim by ``f'(z_l)``, or moving such a factor to the right variable, makes it hold), ``shape``
-(the claim's shape is not the target's), else ``other``; plus one element where claim and truth
-differ, with both expressions there.
+truth / claim, e.g. ``1/N`` for a missing mean, ``N`` for a mean applied twice),
+``missing-activation-derivative`` (multiplying a part of the claim by ``f'(z_l)``, the output layer's
+included (its Jacobian for softmax), or moving such a factor to the right variable, makes it hold),
+``extra-activation-derivative`` (removing such a factor makes it hold), ``shape`` (the claim's shape
+is not the target's), else ``other``; plus one element where claim and truth differ, with both
+expressions there. A corrected claim that holds only under the side condition lists it in the
+result's ``assumptions``. A claim whose operands' shapes do not fit (``W2 @ dz2``; the parser's
+:class:`~symbp.formula.FormulaError` with ``kind == "shape"``) fails too, with ``transposed`` and the
+fix (``write W2.T @ dz2``) when transposing operands, or the whole, makes it hold, else ``shape``.
 """
 
 from __future__ import annotations
@@ -54,19 +75,23 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
-from .formula import Node, Semantics, evaluate, evaluate_array, parse
+from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
+from .registry import real_zeros
 
 VERDICTS = ("holds", "fails", "error")
 METHODS = ("symbolic", "exact-random", "numeric")
-DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "shape", "other")
+DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "extra-activation-derivative", "shape",
+             "other")
 
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
 EXACT_POINTS = 3
 EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
-NUMERIC_RTOL = 1e-9
+NUMERIC_DIGITS = 30  # the float tier's working precision (decimal digits) before the claim's own numbers
+NUMERIC_SLACK = 10  # its tolerance: 10 ** -(digits - NUMERIC_SLACK), relative to the truth's largest entry
+_MAX_DIGITS = 3000
 _DENOMINATOR = 1009
 
 
@@ -184,7 +209,10 @@ class ExactField(Semantics):
     def exp(self, v):
         if v == 0:
             return Fraction(1)
-        s = self._atom(("exp", abs(v)), self._unit)
+        # s in (1/2, 1), so exp(u) = s / (1 - s) > 1 for u > 0 and exp(-u) < 1: the signs of
+        # 1 - exp(z), sigmoid(z) - 1/2, tanh(z) (a kink's argument) are the real ones
+        s = self._atom(("exp", abs(v)), lambda: Fraction(self.rng.randint(_DENOMINATOR // 2 + 1, _DENOMINATOR - 1),
+                                                          _DENOMINATOR))
         e = s / (1 - s)
         return e if v > 0 else 1 / e
 
@@ -193,8 +221,8 @@ class ExactField(Semantics):
             raise ZeroDivisionError("log of a number <= 0")
         if q == 1:
             return Fraction(0)
-        return self._atom(("log", q), lambda: Fraction(self.rng.randint(-2 * _DENOMINATOR, 2 * _DENOMINATOR) or 1,
-                                                        _DENOMINATOR))
+        sign = 1 if q > 1 else -1  # log(q) has the sign of q - 1, as the real one
+        return self._atom(("log", q), lambda: sign * Fraction(self.rng.randint(1, 2 * _DENOMINATOR), _DENOMINATOR))
 
     def call(self, name, v):
         if name == "relu":
@@ -270,6 +298,63 @@ class FloatField(Semantics):
         return float(getattr(sp, name)(*args).evalf())
 
 
+class MpField(Semantics):
+    """Multi-precision floats (:mod:`mpmath`, ``dps`` decimal digits, a context of its own) with the real
+    functions: the numeric tier, precise enough to see a perturbation written with the claim's numbers.
+
+    >>> field = MpField(40)
+    >>> x = field.constant(Fraction(1, 3))
+    >>> abs(field.call("sigmoid", x) - 1 / (1 + field.call("exp", -x))) < field.mp.mpf(10) ** -39
+    True
+    """
+
+    def __init__(self, dps: int):
+        import mpmath
+
+        self.mp = mpmath.MPContext()
+        self.mp.dps = dps
+        self.dps = dps
+
+    def constant(self, fraction):
+        fraction = Fraction(fraction)
+        return self.mp.mpf(fraction.numerator) / fraction.denominator
+
+    def call(self, name, v):
+        mp = self.mp
+        if name == "relu":
+            return v if v > 0 else mp.zero
+        if name == "leaky_relu":
+            return v if v > 0 else v / 100
+        if name == "step":
+            return mp.one if v > 0 else mp.zero
+        if name == "exp":
+            return mp.exp(v)
+        if name == "log":
+            return mp.log(v) if v > 0 else mp.nan
+        if name == "sigmoid":
+            return 1 / (1 + mp.exp(-v))
+        if name == "tanh":
+            return mp.tanh(v)
+        if name == "softplus":
+            return mp.log(1 + mp.exp(v))
+        raise SymbpError(f"no float value for {name}")  # pragma: no cover
+
+    def heaviside(self, v, at_zero):
+        return self.mp.one if v > 0 else (self.mp.zero if v < 0 else at_zero)
+
+    def power(self, v, exponent):
+        exponent = Fraction(exponent)
+        if v < 0 and exponent.denominator != 1:
+            return self.mp.nan  # (-4) ** 0.5 is not real
+        if v == 0 and exponent < 0:
+            raise ZeroDivisionError("0 to a negative power")
+        return self.mp.power(v, self.constant(exponent))
+
+    def other(self, name, args):
+        value = getattr(sp, name)(*[sp.Float(str(a), self.dps) for a in args]).evalf(self.dps)
+        return self.mp.mpf(str(value)) if value.is_real else self.mp.nan
+
+
 _FUNCTION_NAMES = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
                    sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
 
@@ -342,6 +427,30 @@ def _exact_sum(terms, env, field):
     for d, n in buckets.items():
         total += Fraction(n, d)
     return total
+
+
+def numeric_digits(node) -> int:
+    """The float tier's working precision for a claim: ``NUMERIC_DIGITS`` plus the digits of its
+    numbers (numerators and denominators, times the largest whole exponent), so that an offset the
+    claim writes (``+ 1e-300``, ``* 1.0000000001``) is far above the tolerance.
+
+    >>> import symbp
+    >>> from symbp.formula import parse
+    >>> net = symbp.MLP([2, 3])
+    >>> numeric_digits(parse("a1 - y", net)), numeric_digits(parse("a1 - y + 1e-10", net))
+    (30, 42)
+    """
+    digits, power = 0, 1
+    for n in node.walk():
+        if n.op == "number":
+            digits += len(str(abs(n.value.numerator))) + len(str(n.value.denominator))
+        elif n.op == "pow":
+            power = max(power, abs(n.value.numerator))
+    return NUMERIC_DIGITS + min(digits * power, _MAX_DIGITS)
+
+
+_FROZEN_FUNCTIONS = ("exp", "log", "sigmoid", "tanh", "softplus")
+_KINKED = ("relu", "leaky_relu", "step")
 
 
 class _Redraw(Exception):
@@ -459,23 +568,34 @@ class _Judge:
         self.side = net.fused.side_condition if net.fused and net.fused.side_condition else None
         self._points = {}
         self._symbolic_cache = None
+        self._all_symbols = None
+        self._forward_cache = None
         self.printer = _Printer(net.columns)
         self.masks = _masks(net)
 
     # ---- points
 
+    def _float_point(self, kind, k, dps):
+        """The ``k``-th float point of ``kind`` in ``dps``-digit arithmetic, or None (a pole)."""
+        base = _float_base(self.net, self.seed + 7 * k)
+        if kind == "float-general":  # targets whose rows no longer sum to 1
+            base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
+        field = MpField(dps)
+        for name, array in base.items():
+            converted = np.empty(array.shape, dtype=object)
+            converted[...] = [[field.mp.mpf(float(v)) for v in row] for row in array]
+            base[name] = converted
+        if kind == "float" and self.side:  # rows summing to 1 exactly, not to within float64's rounding
+            rows = base["y"] if self.net.batch else base["y"].T
+            for row in rows:
+                row[-1] = 1 - sum(row[:-1])
+        try:
+            return _Point(self.net, self.grads, field, base)
+        except _Redraw:  # a pole (-y / a with a underflowing): skip the point
+            return None
+
     def _draw(self, kind, count, rng=None):
         points = []
-        if kind in ("float", "float-general"):
-            for k in range(count):
-                base = _float_base(self.net, self.seed + 7 * k)
-                if kind == "float-general":  # targets whose rows no longer sum to 1
-                    base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
-                try:
-                    points.append(_Point(self.net, self.grads, FloatField(), base))
-                except _Redraw:  # a pole in float64 (-y / a with a underflowing): skip the point
-                    continue
-            return points
         rng = rng or random.Random(f"{self.seed}-{kind}")
         for _ in range(200):
             try:
@@ -491,23 +611,68 @@ class _Judge:
         return ["unit", "general"] if self.side else ["general"]
 
     def misplaced_kink(self, node):
-        """The first ``relu``/``leaky_relu``/``step`` of the claim whose kink is not at 0 of a stage
-        of the network, else None. A kink elsewhere (``step(z2 - 0.04)``) agrees with the truth at
-        almost every random point, so it is decided symbolically: every entry of the argument must be
-        ``c * v`` with a rational ``c != 0`` and ``v`` one symbol of the network (a stage, an input or a
-        parameter, whose sign the random points vary): ``step(2 * z2)`` and ``relu(-x)`` are fine."""
-        symbols = None
+        """``(kink, reason)`` for the first ``relu``/``leaky_relu``/``step`` of the claim whose kink is
+        not at 0 of a stage of the network (``reason`` "misplaced"), or cannot be placed ("undecided");
+        else None. A kink elsewhere (``step(z2 - 0.04)``) agrees with the truth at almost every random
+        point, so it is decided symbolically, by where the argument is zero: each entry of the argument,
+        with the ``a_l`` replaced by their definitions, must be a function of one symbol ``v`` of the
+        network (a stage, an input or a parameter, whose sign the random points vary) that is zero at
+        ``v = 0`` at most (:func:`symbp.registry.real_zeros`): ``step(2 * z2)``, ``relu(-x)`` and
+        ``step(1 - exp(z1))`` are fine, ``step(exp(z2) - 2)`` is not."""
         for n in node.walk():
-            if n.op != "func" or n.value not in ("relu", "leaky_relu", "step") or n.args[0].op == "name":
+            if n.op != "func" or n.value not in _KINKED or self._simple_kink(n):
                 continue
-            if symbols is None:
-                symbols = {s for name in self.net.names for s in self.net.symbols(name)}
-            values = evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch)
-            for entry in values:
-                c, rest = sp.sympify(entry).as_coeff_Mul()
-                if not (c.is_Rational and c != 0 and rest in symbols):
-                    return n
+            forward = self._forward()
+            for entry in evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch):
+                entry = sp.sympify(entry).xreplace(forward)
+                free = entry.free_symbols & self._all_symbols
+                if len(free) != 1 or entry.free_symbols != free:
+                    return n, "misplaced"
+                v = free.pop()
+                t = sp.Symbol("t", real=True)
+                zeros = real_zeros(entry.xreplace({v: t}), t)
+                if zeros is None:
+                    return n, "undecided"
+                if not zeros <= {0}:
+                    return n, "misplaced"
         return None
+
+    def _forward(self):
+        """Each ``a_l`` symbol -> its definition in the ``z`` symbols (``relu(z1_0_0)``...)."""
+        if self._forward_cache is None:
+            forward = {}
+            for stage in self.net.stages:
+                if stage.name[0] == "a":
+                    forward.update(zip(stage.symbols, stage.local.xreplace(forward)))
+            self._forward_cache = forward
+        return self._forward_cache
+
+    def frozen_part(self, node):
+        """The first part of the claim whose exact value is frozen (an ``exp``, ``log``, ``sigmoid``,
+        ``tanh``, ``softplus``, ``softmax``, a fractional power, or a kink whose argument is not a
+        multiple of one symbol, whose sign a frozen value could flip), as text; None if there is none.
+        Without one, the claim's exact values are rational in the network's own values, and an
+        exact mismatch is a refutation (see the module docstring)."""
+        for n in node.walk():
+            if n.op == "softmax" or (n.op == "func" and n.value in _FROZEN_FUNCTIONS) or \
+                    (n.op == "pow" and n.value.denominator != 1):
+                return f"'{n}'"
+            if n.op == "func" and n.value in _KINKED and not self._simple_kink(n):
+                return f"the sign of the argument of '{n}'"
+        return None
+
+    def _simple_kink(self, n):
+        """Whether every entry of the argument of kink ``n`` is ``c * v`` (rational ``c != 0``, ``v`` one
+        symbol of the network)."""
+        if n.args[0].op == "name":
+            return True
+        if self._all_symbols is None:
+            self._all_symbols = {s for name in self.net.names for s in self.net.symbols(name)}
+        for entry in evaluate(n.args[0], self._symbol_env(n.args[0]), N=self.net.batch):
+            c, rest = sp.sympify(entry).as_coeff_Mul()
+            if not (c.is_Rational and c != 0 and rest in self._all_symbols):
+                return False
+        return True
 
     def _symbol_env(self, node):
         net = self.net
@@ -574,14 +739,15 @@ class _Judge:
             self.misplaced_kink(node) is None and \
             self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
 
-    def float_points(self, target, kind):
-        """Float points where dL/d<target> is not identically zero (dead ReLUs can zero a whole
-        gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
-        key = (kind, target)
+    def float_points(self, target, kind, dps=NUMERIC_DIGITS):
+        """Float points (``dps`` digits) where dL/d<target> is not identically zero (dead ReLUs can
+        zero a whole gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
+        key = (kind, target, dps)
         if key not in self._points:
             chosen = []
-            for point in self._draw(kind, 12):
-                if np.any(np.asarray(point.truth(target), dtype=float) != 0):
+            for k in range(12):
+                point = self._float_point(kind, k, dps)
+                if point is not None and any(t != 0 for t in point.truth(target).reshape(-1)):
                     chosen.append(point)
                 if len(chosen) == 3:
                     break
@@ -589,19 +755,23 @@ class _Judge:
         return self._points[key]
 
     def numeric_close(self, node, target, kind="float"):
-        points = self.float_points(target, kind)
+        """Whether claim and truth agree to ``numeric_tolerance(node)`` (relative to the largest entry
+        of the truth) at the float points, in ``numeric_digits(node)``-digit arithmetic."""
+        dps = numeric_digits(node)
+        points = self.float_points(target, kind, dps)
         if not points:
             return False
         for point in points:
+            mp = point.field.mp
             got = self.values(node, point)
             if got is None:
                 return False
-            got = np.asarray(got, dtype=float)
-            truth = np.asarray(point.truth(target), dtype=float)
-            if not np.all(np.isfinite(got)):
+            truth = point.truth(target)
+            if not all(mp.isfinite(g) for g in got.reshape(-1)):
                 return False
-            scale = max(float(np.max(np.abs(truth))), 1e-300)
-            if float(np.max(np.abs(got - truth))) > NUMERIC_RTOL * scale + 1e-300:
+            scale = max(abs(t) for t in truth.reshape(-1))
+            error = max(abs(g - t) for g, t in zip(got.reshape(-1), truth.reshape(-1)))
+            if error > mp.mpf(10) ** -(dps - NUMERIC_SLACK) * scale:
                 return False
         return True
 
@@ -648,9 +818,13 @@ class _Judge:
         if node.shape != expected_shape:
             return self.diagnose(target, claim_text, node, None)
         kink = self.misplaced_kink(node)
+        if kink is not None and kink[1] == "undecided":
+            return Result(target, claim_text, "error", "symbolic",
+                          detail=f"undecided: where the argument of {kink[0]} is zero is out of reach (its kink "
+                          "must be at 0 of a pre-activation, as the network's)")
         if kink is not None:
             result = Result(target, claim_text, "fails", "symbolic", diagnosis="other",
-                            detail=f"the kink of {kink} is not where the network's is (at 0 of a pre-activation)")
+                            detail=f"the kink of {kink[0]} is not where the network's is (at 0 of a pre-activation)")
             mismatch = self.exact_mismatch(node, target, self.exact_kinds()[0])
             if mismatch is not None and mismatch[1] is not None:
                 self.locate(result, node, target, mismatch)
@@ -662,22 +836,67 @@ class _Judge:
                               detail=f"assuming {assumption}" if assumption else "")
         kinds = self.exact_kinds()
         mismatch = self.exact_mismatch(node, target, kinds[0])
-        if mismatch is None and len(self.exact_points(target, kinds[0])) == EXACT_POINTS:
+        enough = len(self.exact_points(target, kinds[0])) == EXACT_POINTS
+        if mismatch is None and enough:
             assumption = None
             if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
+        if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None:
+            return self.diagnose(target, claim_text, node, mismatch)  # refuted: no float judgement overrules it
         float_kind = "float" if self.side else "float-general"  # targets summing to 1 only under the side condition
         if self.numeric_close(node, target, float_kind):
             assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
-            detail = "equal in float64 at random points only (not proved exactly)"
+            dps = numeric_digits(node)
+            if mismatch is None:
+                why = f"dL/d{target} is zero at most exact random points"
+            elif mismatch[1] is None:
+                why = "the claim is undefined at an exact random point"
+            else:
+                why = f"the exact tier differs only through {self.frozen_part(node)}, whose frozen values cannot " \
+                      "see identities such as exp(a + b) = exp(a) exp(b)"
+            detail = f"float judgement, not proved: equal to within 1e-{dps - NUMERIC_SLACK} (relative) in " \
+                     f"{dps}-digit arithmetic at {len(self.float_points(target, float_kind, dps))} random points ({why})"
             return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
                           detail=f"{detail}; assuming {assumption}" if assumption else detail)
         if mismatch is None and not self.float_points(target, float_kind):
             return Result(target, claim_text, "error", "exact-random",
                           detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units)")
         return self.diagnose(target, claim_text, node, mismatch)
+
+    def judge_shape(self, target, claim_text, error):
+        """A claim whose operands' shapes do not fit (``W2 @ dz2`` for ``W2.T @ dz2``): it fails, with
+        ``transposed`` and the fix when transposing operands (at most two, un-transposing ``X.T``),
+        and possibly the whole, gives a claim that holds, else ``shape``."""
+        message = str(error)
+        prefix = f"claim for {target} {claim_text!r}, column {error.column}: "
+        message = message[len(prefix):] if message.startswith(prefix) else message
+        result = Result(target, claim_text, "fails", "symbolic", "shape", detail=message)
+        shape = self.net.shape(target)
+        seen, frontier = set(), [error]
+        for _ in range(2):
+            found = []
+            for exc in frontier:
+                for text in _transposed_texts(exc):
+                    if text in seen:
+                        continue
+                    seen.add(text)
+                    try:
+                        node = parse(text, self.net)
+                    except FormulaError as again:
+                        if again.kind == "shape":
+                            found.append(again)
+                        continue
+                    whole = Node("transpose", (node,), node.shape[::-1], text=f"({text}).T")
+                    for fixed in (node, whole):
+                        if fixed.shape == shape and self.holds_exactly(fixed, target):
+                            result.method, result.diagnosis = "exact-random", "transposed"
+                            result.detail = f"{message}: write {fixed}"
+                            self.condition(result, fixed, target)
+                            return result
+            frontier = found
+        return result
 
     # ---- diagnosis
 
@@ -692,6 +911,7 @@ class _Judge:
                 result.diagnosis = "transposed"
                 result.detail = f"the transpose holds: claim has shape {node.shape}, dL/d{target} has {shape}"
                 result.method = "exact-random"
+                self.condition(result, T, target)
             else:
                 result.diagnosis = "shape"
                 result.detail = f"claim has shape {node.shape}, dL/d{target} has shape {shape}"
@@ -699,12 +919,20 @@ class _Judge:
         for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
             if self.holds_exactly(variant, target):
                 result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+                self.condition(result, variant, target)
                 break
         else:
             result.detail = "no usual mistake explains it"
         if mismatch is not None and mismatch[1] is not None:
             self.locate(result, node, target, mismatch)
         return result
+
+    def condition(self, result, fixed, target):
+        """If the corrected claim ``fixed`` holds only under the side condition (the exact points
+        draw targets with rows summing to 1 when there is one), say so in ``result``."""
+        if self.side and self.exact_mismatch(fixed, target, "general", limit=1) is not None:
+            result.assumptions = (self.side,)
+            result.detail += f" (assuming {self.side})"
 
     def variants(self, node, target, mismatch):
         """Candidate corrections, cheapest first: (diagnosis, corrected node, detail, factor)."""
@@ -720,8 +948,9 @@ class _Judge:
         if factor is not None and factor not in (0, 1, -1):
             scaled = Node("mul", (Node("number", value=factor), node), shape)
             detail = f"multiplied by {factor} it holds"
-            if self.net.batch and factor in (Fraction(1, self.net.batch), Fraction(self.net.batch)):
-                detail += " (1/N: the mean over the batch)" if factor < 1 else " (N: the mean over the batch)"
+            if self.net.batch and self.net.reduction == "mean" and \
+                    factor in (Fraction(1, self.net.batch), Fraction(self.net.batch)):
+                detail += " (the 1/N of the mean over the batch is missing)" if factor < 1 else " (1/N applied twice)"
             yield "scaled", scaled, detail, float(factor)
         yield from self.mask_variants(node)
 
@@ -755,6 +984,15 @@ class _Judge:
                     fixed = Node("mul", (sub, mask), sub.shape)
                     yield name, _replace(node, path, fixed), f"multiplied by {text} (f'(z{layer})) at " \
                         f"'{sub}' it holds", None
+        output = self.output_derivative()
+        if output is not None:
+            template, text = output
+            L = self.net.L
+            for path, sub in subtrees:
+                if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "ones"):
+                    fixed = _substitute(template, f"d{PLACEHOLDER}", sub)
+                    yield name, _replace(node, path, fixed), f"with the output's f'(z{L}) applied at '{sub}' " \
+                        f"({self.net.output.name}: {text.replace(PLACEHOLDER, _operand(sub))}) it holds", None
         for path, sub in subtrees:
             if sub.op == "mul":
                 for k in (0, 1):
@@ -766,13 +1004,29 @@ class _Judge:
                             fixed = Node("mul", (other, mask) if k else (mask, other), sub.shape)
                             yield name, _replace(node, path, fixed), f"with {text} in place of '{part}' it holds", None
                     if other.shape == sub.shape:
-                        yield name, _replace(node, path, other), f"without the factor '{part}' it holds", None
+                        yield "extra-activation-derivative", _replace(node, path, other), \
+                            f"without the factor '{part}' it holds", None
         for old in sorted(node.names()):
             for new in _neighbours(old, self.net):
                 fixed = _rename(node, old, new)
                 inside = any(n.op in ("func", "pow") and old in n.names() for n in node.walk())
                 kind = name if inside or old[0] != new[0] else "other"
                 yield kind, fixed, f"with {new} in place of {old} it holds", None
+
+    def output_derivative(self):
+        """The output layer's ``f'`` as ``(template, text)``: the template a claim node in which
+        ``d<PLACEHOLDER>`` stands for the upstream (``a3 * (1 - a3) * X`` for sigmoid, the softmax
+        Jacobian ``a3 * (X - sum(a3 * X, axis))``), or None (identity output)."""
+        L, out = self.net.L, self.net.output.name
+        a = f"a{L}"
+        if out == "sigmoid":
+            text = f"{PLACEHOLDER} * {a} * (1 - {a})"
+        elif out == "softmax":
+            text = f"{a} * ({PLACEHOLDER} - sum({a} * {PLACEHOLDER}, axis={1 if self.net.batch else 0}))"
+        else:
+            return None
+        node = parse(text.replace(PLACEHOLDER, f"d{a}"), self.net)
+        return _rename(node, f"d{a}", f"d{PLACEHOLDER}"), text
 
     def locate(self, result, node, target, mismatch):
         point, (i, j) = mismatch
@@ -805,6 +1059,38 @@ class _Printer(TextPrinter):
         return super()._print_Function(expr)
 
 
+def _transposed_texts(error):
+    """The claim texts with one or both operands of a shape error transposed (``X`` -> ``X.T``,
+    ``X.T`` -> ``X``), from the offsets the parser gives."""
+    source, spans = error.source, [s for s in error.operands if s is not None]
+    if not source or not spans:
+        return []
+
+    def closes_at_end(segment):  # "f(u, v)" or "(u + v)": the first "(" closes at the last character
+        depth = 0
+        for k, ch in enumerate(segment):
+            depth += (ch == "(") - (ch == ")")
+            if ch == ")" and depth == 0:
+                return k == len(segment) - 1
+        return False
+
+    def flip(segment):
+        if segment.endswith(".T"):
+            return segment[:-2]
+        head = segment.split("(", 1)[0]
+        simple = segment.isidentifier() or ((head == "" or head.isidentifier()) and closes_at_end(segment))
+        return f"{segment}.T" if simple else f"({segment}).T"
+
+    def rewrite(chosen):
+        text = source
+        for start, end in sorted(chosen, reverse=True):  # from the right, so offsets stay valid
+            text = text[:start] + flip(source[start:end]) + text[end:]
+        return text
+
+    choices = [[span] for span in spans] + ([spans] if len(spans) > 1 else [])
+    return [rewrite(chosen) for chosen in choices]
+
+
 def _subtrees(node, path=()):
     yield path, node
     for k, arg in enumerate(node.args):
@@ -817,6 +1103,24 @@ def _replace(node, path, new):
     args = list(node.args)
     args[path[0]] = _replace(args[path[0]], path[1:], new)
     return Node(node.op, tuple(args), node.shape, node.value)
+
+
+PLACEHOLDER = "X"
+
+
+def _operand(node):
+    """The text of ``node``, parenthesized unless it is a name, a number or a call."""
+    text = str(node)
+    return text if node.op in ("name", "number", "func", "softmax", "sum", "ones", "diag", "outer") else f"({text})"
+
+
+def _substitute(node, name, sub):
+    """``node`` with every name ``name`` replaced by the tree ``sub``."""
+    if node.op == "name" and node.value == name:
+        return sub
+    if not node.args:
+        return node
+    return Node(node.op, tuple(_substitute(a, name, sub) for a in node.args), node.shape, node.value)
 
 
 def _rename(node, old, new):
@@ -1137,11 +1441,19 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0) -
             if target not in grads:
                 raise SymbpError(f"claims: no gradient named '{target}'{closest(target, grads)}; "
                                  f"targets: {', '.join(grads)}")
-            parsed.append((target, text, parse(text, net, what=f"claim for {target}")))
+            try:
+                node = parse(text, net, what=f"claim for {target}")
+            except FormulaError as exc:
+                if exc.kind != "shape":  # unparsable text, unknown names: bad input
+                    raise
+                node = exc  # shapes that do not fit: a verdict, with the fix if a transpose gives one
+            parsed.append((target, text, node))
         judge = _Judge(net, grads, seed)
         for target, text, node in parsed:
             if node is None:
                 results.extend(_judge_code(net, grads, text, seed))
+            elif isinstance(node, FormulaError):
+                results.append(judge.judge_shape(target, text, node))
             else:
                 results.append(judge.judge(target, text, node))
     assumptions = []

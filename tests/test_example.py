@@ -198,7 +198,23 @@ def test_missing_one_over_n():
     assert ex.loss == sp.Rational(45, 2) and ex.value("dz1") == col(3, 6) and ex.value("dW1")[0] == 15
     assert ex.cell("dW1").reason == ("dW1[1,1] = 15, not 30: the 1/N is missing: the loss is the mean over the "
                                      "N = 2 examples, so every gradient carries a factor 1/2")
-    assert ex.value("db1")[0] == 9 and "none of the usual mistakes" in ex.cell("db1").reason
+    # db1 = 3 + 6 sums dz1, which already carries the 1/N of the mean: 4.5 divides by N once more
+    assert ex.value("db1")[0] == 9
+    assert ex.cell("db1").reason == ("db1[1] = 9, not 4.5: the 1/N is applied twice: the loss is the mean over "
+                                     "the N = 2 examples, and dz1 already carries its factor 1/2")
+
+
+def test_loss_claimed_twice_or_summed_is_named():
+    net = symbp.MLP([2, 2, 1], hidden="relu", output="identity", loss="mse")
+    values = {"x": [[1], [2]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
+    ex = worked_example(net, values, claimed={"L": 162})
+    assert ex.loss == 81
+    assert ex.cell("L").reason == ("L = 81, not 162: that is twice L; multiplied by 1/2 it is right (the 1/2 of "
+                                   "E = 1/2 (a - y)^2 forgotten)")
+    batch = symbp.MLP([1, 1], hidden=[], output="identity", loss="mse", batch=2)
+    ex = worked_example(batch, dict(x=[[1], [2]], y=[[0], [0]], W1=[[3]], b1=[[0]]), claimed={"L": 45})
+    assert ex.cell("L").reason == ("L = 22.5, not 45: the 1/N is missing: the loss is the mean over the N = 2 "
+                                   "examples (45 is their sum)")
 
 
 # --------------------------------------------------------------------------- input errors, JSON, CLI

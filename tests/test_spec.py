@@ -78,8 +78,14 @@ def test_mistakes_name_table_and_field(text, message):
 
 def test_bad_formula_is_reported_with_its_key_and_column():
     with pytest.raises(FormulaError) as info:
-        loads("[model]\nsizes = [4, 5, 3, 3]\n[claims]\nW3 = 'dz3 @ a1'")
-    assert str(info.value).startswith("claims.W3 'dz3 @ a1', column 5: dz3 @ a1: shapes (3, 1) and (5, 1)")
+        loads("[model]\nsizes = [4, 5, 3, 3]\n[claims]\nW3 = 'dz3 @ a22'")
+    assert str(info.value).startswith("claims.W3 'dz3 @ a22', column 7: unknown name 'a22'")
+
+
+def test_a_claim_whose_shapes_do_not_fit_is_kept_for_its_verdict():
+    # a shape mistake is judged by verify (fails, shape or transposed), not refused as bad input
+    spec = loads("[model]\nsizes = [4, 5, 3, 3]\n[claims]\nW3 = 'dz3 @ a1'\nb3 = 'dz3'")
+    assert spec.claims == {"W3": "dz3 @ a1", "b3": "dz3"}
 
 
 def test_load_reads_files_and_code(tmp_path):

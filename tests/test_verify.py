@@ -160,8 +160,10 @@ def test_side_condition_is_listed_only_when_needed():
 
 def test_bad_claims_are_bad_input():
     net = symbp.MLP([4, 5, 3, 3])
-    with pytest.raises(FormulaError, match="claim for W1 'dz1 @ x', column 5"):
-        verify(net, {"W1": "dz1 @ x"})
+    with pytest.raises(FormulaError, match="claim for W1 'dz1 @ xT', column 7: unknown name 'xT'"):
+        verify(net, {"W1": "dz1 @ xT"})
+    with pytest.raises(FormulaError, match="claim for W1 'dz1 @@ x', column"):
+        verify(net, {"W1": "dz1 @@ x"})
     with pytest.raises(SymbpError, match="no gradient named 'W4'"):
         verify(net, {"W4": "dz3"})
     with pytest.raises(SymbpError, match="expected a symbp.MLP"):
@@ -292,7 +294,8 @@ def test_cli_verify_json_with_code(tmp_path, capsys):
     (None, "no such spec file"),
     ("[model\n", "not valid TOML"),
     ("[model]\nsizes = [2, 2]\nsize = 3\n", "model: unknown field 'size' (did you mean 'sizes'?)"),
-    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ x'\n", "claims.W1 'dz1 @ x', column 5"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @ xx'\n", "claims.W1 'dz1 @ xx', column 7: unknown name 'xx'"),
+    ("[model]\nsizes = [2, 2]\n[claims]\nW1 = 'dz1 @'\n", "claims.W1 'dz1 @', column"),
     ("[model]\nsizes = [2, 2]\n", "nothing to verify"),
 ])
 def test_cli_verify_bad_input_is_one_line_exit_2(tmp_path, capsys, content, message):
@@ -383,3 +386,187 @@ def test_slip_of_the_pen_neighbours_past_layer_nine():
 
     net = symbp.MLP([2] + [2] * 11 + [2])
     assert _neighbours("z11", net) == ["a11", "z10", "z12"]
+
+
+# --------------------------------------------------------------------------- no false holds (16.1)
+
+
+@pytest.mark.parametrize("hidden", ["relu", "tanh"])
+@pytest.mark.parametrize("target, claim", [("b1", "dz1 + 1e-10"), ("W3", "dz3 @ a2.T * 1.0000000001"),
+                                           ("b1", "dz1 + 1e-300"), ("W3", "dz3 @ a2.T * (1 + 1e-300)"),
+                                           ("z3", "softmax(z3 + 1) - y + 1e-10"),
+                                           ("z3", "exp(z3 + 1) / sum(exp(z3 + 1)) - y + 1e-300")])
+def test_a_claim_off_by_a_tiny_amount_fails(hidden, target, claim):
+    # the exact tier sees the difference; the float tier must not overrule it
+    result = verify(symbp.MLP([4, 5, 3, 3], hidden=hidden), {target: claim}).results[0]
+    assert (result.verdict, result.method) == ("fails", "exact-random"), result.detail
+    assert result.element is not None and result.expected != result.got
+
+
+@pytest.mark.parametrize("claim", ["softmax(z3 + 1) - y", "exp(z3 + 1) / sum(exp(z3) * exp(1)) - y",
+                                   "exp(z3 - 2) / sum(exp(z3 - 2)) - y"])
+def test_identities_the_freezing_cannot_see_hold_as_float_judgements(claim):
+    report = verify(symbp.MLP([4, 5, 3, 3]), {"z3": claim})
+    result = report.results[0]
+    assert (result.verdict, result.method) == ("holds", "numeric"), result.detail
+    assert "float judgement" in result.detail and "relative" in result.detail
+    assert report.assumptions == [SIDE]
+
+
+def test_cli_verify_exits_1_on_a_tiny_offset(tmp_path, capsys):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nsizes = [4, 5, 3, 3]\n[claims]\nb1 = "dz1 + 1e-10"\nW3 = "dz3 @ a2.T"\n')
+    assert main(["verify", str(spec), "--json"]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    assert [r["verdict"] for r in payload["results"]] == ["fails", "holds"]
+
+
+# --------------------------------------------------------------------------- shape verdicts (10.3)
+
+
+def test_claims_whose_shapes_do_not_align_get_verdicts():
+    net = symbp.MLP([4, 5, 3, 3])
+    report = verify(net, {"a1": "W2 @ dz2", "W2": "dz2 @ a1", "W1": "dz1 @ y", "W3": "dz3 @ a2.T",
+                          "z1": "(W2 @ dz2) * step(z1)", "b2": "dz2 + 0 * a1", "a2": "(dz3.T @ W3).T"})
+    got = {r.target: (r.verdict, r.method, r.diagnosis) for r in report.results}
+    assert got == {"a1": ("fails", "exact-random", "transposed"), "W2": ("fails", "exact-random", "transposed"),
+                   "W1": ("fails", "symbolic", "shape"), "W3": ("holds", "symbolic", None),
+                   "z1": ("fails", "exact-random", "transposed"), "b2": ("fails", "symbolic", "shape"),
+                   "a2": ("holds", "symbolic", None)}
+    assert report["a1"].detail == "W2 @ dz2: shapes (3, 5) and (3, 1) do not align (5 columns against 3 rows): " \
+        "write W2.T @ dz2"
+    assert report["W2"].detail.endswith(": write dz2 @ a1.T")
+    assert report["z1"].detail.endswith(": write (W2.T @ dz2) * step(z1)")
+    assert report["W1"].detail == "dz1 @ y: shapes (5, 1) and (3, 1) do not align (1 columns against 3 rows)"
+    assert "do not match for element-wise '+'" in report["b2"].detail
+    assert all(r.element is None for r in report.results)
+    assert not report.ok
+
+
+def test_a_claim_transposed_as_a_whole_after_an_operand_fix():
+    # a1 @ dz2 does not align; a1 @ dz2.T aligns but is dW2 transposed: (a1 @ dz2.T).T holds
+    result = verify(symbp.MLP([4, 5, 3, 3]), {"W2": "a1 @ dz2"}).results[0]
+    assert (result.verdict, result.diagnosis) == ("fails", "transposed"), result.detail
+    assert "write (a1 @ dz2.T).T" in result.detail
+
+
+def test_cli_verify_judges_every_claim_when_one_has_a_shape_error(tmp_path, capsys):
+    from symbp.cli import main
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[model]\nsizes = [4, 5, 3, 3]\n[claims]\na1 = "W2 @ dz2"\nW3 = "dz3 @ a2.T"\n')
+    assert main(["verify", str(spec), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert err == ""
+    payload = json.loads(out)
+    assert [(r["target"], r["verdict"], r["diagnosis"]) for r in payload["results"]] == \
+        [("a1", "fails", "transposed"), ("W3", "holds", None)]
+
+
+# --------------------------------------------------------------------------- side conditions of diagnoses (10.4)
+
+
+def test_a_diagnosis_true_only_under_the_side_condition_says_so():
+    net = symbp.MLP([2, 3])
+    report = verify(net, {"z1": "2 * (a1 - y)"})
+    result = report.results[0]
+    assert (result.diagnosis, result.factor) == ("scaled", 0.5)
+    assert result.assumptions == (SIDE,) and report.assumptions == [SIDE]
+    assert f"multiplied by 1/2 it holds (assuming {SIDE})" in result.detail
+    plain = verify(net, {"W1": "2 * dz1 @ x.T"})
+    assert plain.results[0].diagnosis == "scaled" and plain.assumptions == [] and plain.results[0].assumptions == ()
+
+
+# --------------------------------------------------------------------------- kinks by the zeros of the argument (10.7)
+
+
+ELU = "max(x, 0) + min(0, exp(x) - 1)"
+
+
+def test_a_custom_elu_holds_its_own_textbook():
+    net = symbp.MLP([3, 4, 2], hidden=ELU)
+    claims = textbook(net)
+    assert "exp(z1)" in claims["z1"] and "step(" in claims["z1"]
+    report = verify(net, claims)
+    assert report.ok, report.text()
+
+
+@pytest.mark.parametrize("claim, holds", [("da2 * step(1 - exp(-z2))", True), ("da2 * step(exp(z2) - 1)", True),
+                                          ("da2 * step(z2 ** 3)", True), ("da2 * step(exp(z2) - 2)", False),
+                                          ("da2 * step(z2 ** 2 - z2 / 100)", False)])
+def test_a_kink_is_placed_by_the_zeros_of_its_argument(claim, holds):
+    result = verify(symbp.MLP([4, 5, 3, 3]), {"z2": claim}).results[0]
+    assert result.ok == holds, result.detail
+    if not holds:
+        assert "not where the network's is" in result.detail
+
+
+# --------------------------------------------------------------------------- diagnoses (10.8)
+
+
+def test_a_forgotten_output_derivative_is_named():
+    net = symbp.MLP([2, 3, 2], output="sigmoid", loss="mse")
+    result = verify(net, {"z2": "da2"}).results[0]
+    assert result.diagnosis == "missing-activation-derivative", result.detail
+    assert "a2 * (1 - a2)" in result.detail
+    soft = symbp.MLP([2, 3, 3], loss="mse")
+    result = verify(soft, {"z2": "da2"}).results[0]
+    assert result.diagnosis == "missing-activation-derivative", result.detail
+    assert "softmax" in result.detail
+
+
+def test_an_extra_activation_derivative_is_named():
+    from symbp.verify import DIAGNOSES
+
+    assert "extra-activation-derivative" in DIAGNOSES
+    net = symbp.MLP([4, 5, 3, 3])
+    result = verify(net, {"a1": "(W2.T @ dz2) * step(z1)"}).results[0]
+    assert result.diagnosis == "extra-activation-derivative", result.detail
+    assert "without the factor 'step(z1)' it holds" in result.detail
+    missing = verify(net, {"z1": "W2.T @ dz2"}).results[0]
+    assert missing.diagnosis == "missing-activation-derivative"
+
+
+def test_the_mean_applied_twice_is_said_in_words():
+    net = symbp.MLP([2, 3, 2], batch=4)
+    twice = verify(net, {"W2": "dz2.T @ a1 / 4"}).results[0]
+    assert (twice.diagnosis, twice.factor) == ("scaled", 4.0)
+    assert "multiplied by 4 it holds (1/N applied twice)" in twice.detail
+    missing = verify(net, {"W2": "4 * dz2.T @ a1"}).results[0]
+    assert "multiplied by 1/4 it holds (the 1/N of the mean over the batch is missing)" in missing.detail
+
+
+# --------------------------------------------------------------------------- the element key (10.11)
+
+
+def test_the_element_of_a_failing_claim_is_its_zero_based_row_and_column():
+    # dL/dW1 is (1, 3) and the claim differs from dz1 @ x.T only where x < 0: the first such column
+    # (at the exact points of seed 0) is j = 1 or 2, so a swapped key would point outside dL/dW1.
+    net = symbp.MLP([3, 1], output="identity", loss="mse")
+    result = verify(net, {"W1": "dz1 @ x.T + dz1 @ relu(-x).T"}).results[0]
+    data = result.to_json()
+    i, j = data["element"]
+    assert (i, j) != (0, 0) and 0 <= i < 1 and 0 <= j < 3
+    assert data["expected"] == f"dz1[1]*x[{j + 1}]"
+    assert data["got"] == f"dz1[1]*x[{j + 1}] + dz1[1]*relu(-x[{j + 1}])"
+    assert f"at dL/dW1[{i + 1},{j + 1}]:" in data["detail"]
+
+
+def test_a_shape_error_carries_the_operands_it_could_not_fit():
+    net = symbp.MLP([4, 5, 3, 3])
+    with pytest.raises(FormulaError) as info:
+        parse("  W2 @ (dz2 + 1)", net)
+    error = info.value
+    assert (error.kind, error.source, error.operands) == ("shape", "W2 @ (dz2 + 1)", ((0, 2), (6, 13)))
+    with pytest.raises(FormulaError) as info:
+        parse("W2 @ dz", net)
+    assert (info.value.kind, info.value.operands) == ("syntax", ())
+
+
+def test_a_kink_whose_zeros_are_out_of_reach_is_undecided_not_judged():
+    # z - tanh(z) is zero only at 0, but SymPy cannot solve it: no verdict either way
+    result = verify(symbp.MLP([4, 5, 3, 3], hidden="tanh"), {"z2": "da2 * (1 - a2**2) * step(z2 - a2)"}).results[0]
+    assert (result.verdict, result.method) == ("error", "symbolic")
+    assert result.detail.startswith("undecided: where the argument of step(z2 - a2) is zero is out of reach")
