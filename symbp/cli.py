@@ -264,7 +264,8 @@ def _run_example(args):
 def _add_verify(sub):
     p = sub.add_parser("verify", help="judge the gradient claims (and backward code) of a spec file",
                        description="Judge each claim of a spec file's [claims] table (dL/d<name> in denominator "
-                       "layout, in the formula language) and the optional [code] function against the derived "
+                       "layout, in the formula language) and the optional [code] function (run in a child process "
+                       "under the spec's [limits]: seconds, default 60; memory_mb, default 4096) against the derived "
                        "gradients: holds (symbolic proof, exact random rational points, or float agreement) or "
                        "fails, with the nearest usual mistake (transposed, scaled, sign, "
                        "missing-activation-derivative, shape, other), checked.\n\nexit codes: 0 every claim holds, "

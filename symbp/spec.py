@@ -26,7 +26,7 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     function = "backward"
 
     [limits]                 # for [code], run in a child process (see symbp.usercode)
-    seconds = 60             # wall-clock time from the child's start-up on
+    seconds = 60             # wall-clock time for the module's import and every call
     memory_mb = 4096         # its address space
 
     [values]                 # nested lists, shapes as the conventions

@@ -98,9 +98,10 @@ def _source_dir(function) -> str:
 def call(function, points: list) -> Run:
     """Call a Python callable at each point, in this process.
 
-    >>> r = call(lambda values: {"W1": values["x"] * 2}, [{"x": 1.0}])
+    >>> import numpy as np
+    >>> r = call(lambda values: {"W1": values["x"] * 2}, [{"x": np.ones((1, 2))}])
     >>> r.outputs[0]["W1"].tolist(), r.failure
-    (2.0, None)
+    ([[2.0, 2.0]], None)
     >>> call(lambda values: 1 / 0, [{}]).failure.split(" (")[0]
     '<lambda> raised ZeroDivisionError: division by zero'
     """

@@ -1070,9 +1070,10 @@ def _code_points(net, grads, seed):
 def _judge_code(net, grads, code, seed, tol=_Tolerance()):
     """One result per gradient the code returns (and an ``error`` for each parameter it does not).
 
-    The truth is the derivation (``grads``) evaluated in float64 at each point (the evaluator of the
-    numeric tier: a Python float per entry, about ten times faster than ``lambdify``'s code generation
-    at [32, 32, 32, 10] and at [784, 128, 64, 10])."""
+    The truth is the derivation (``grads``) evaluated in float64 at each point by the numeric tier's
+    evaluator (a Python float per entry), independent of the code judged. ``lambdify`` gives the same
+    numbers but its code generation dominates: measured on a loaded machine, 3.8 s against 0.1 s per
+    point at [32, 32, 32, 10] batch 4, and 55 s against 4.7 s per point at [784, 128, 64, 10]."""
     from . import usercode
 
     points, side = _code_points(net, grads, seed)

@@ -428,3 +428,20 @@ def test_correct_code_at_realistic_widths_holds(tmp_path):
     code, out, err = cli("verify", spec, cwd=tmp_path)
     assert code == 0, err
     assert out[-1] == "6 of 6 claims hold"
+
+
+def test_the_child_imports_neither_sympy_nor_symbp(tmp_path):
+    (tmp_path / "backward.py").write_text(MLP_SOURCE + textwrap.dedent("""\
+
+
+        def backward_light(values):
+            import sys
+
+            heavy = sorted(m for m in ("sympy", "symbp") if m in sys.modules)
+            if heavy:
+                raise RuntimeError(f"the child imported {heavy}")
+            return backward(values)
+        """))
+    code = symbp.usercode.CodeFile(tmp_path / "backward.py", "backward_light")
+    report = symbp.verify(symbp.MLP([4, 5, 3, 3], batch=4), code)
+    assert report.ok, report.text()
