@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 
@@ -297,7 +298,8 @@ def _run_example(args):
 def _add_verify(sub):
     p = sub.add_parser("verify", help="judge the gradient claims (and backward code) of a spec file",
                        description="Judge each claim of a spec file's [claims] table (dL/d<name> in denominator "
-                       "layout, in the formula language) and the optional [code] function against the derived "
+                       "layout, in the formula language) and the optional [code] function (run in a child process "
+                       "under the spec's [limits]: seconds, default 60; memory_mb, default 4096) against the derived "
                        "gradients: holds (symbolic proof, exact random rational points, or float agreement) or "
                        "fails, with the nearest usual mistake (transposed, scaled, sign, "
                        "missing-activation-derivative, extra-activation-derivative, shape, other), checked.\n\nexit codes: 0 every claim holds, "
@@ -305,31 +307,53 @@ def _add_verify(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", help="the spec file (TOML): [model], [claims], optional [code]")
     p.add_argument("--seed", type=int, default=0, help="seed of the random check points")
+    p.add_argument("--rtol", help="code claims: relative tolerance, times the largest entry of the true gradient "
+                   "(default: by the returned dtype, 1e-7 for float64, from float32's epsilon and the sizes for float32)")
+    p.add_argument("--atol", help="code claims: absolute tolerance added to it (default 0)")
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_progress(p)
     p.set_defaults(run=_run_verify)
 
 
+def _tolerance_flag(text, flag):
+    """A finite number >= 0 from the command line, or a one-line error naming the flag."""
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SymbpError(f"{flag}: expected a finite number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SymbpError(f"{flag}: expected a finite number >= 0, got {text}")
+    return value
+
+
 def _run_verify(args):
+    from .derive import derive
     from .spec import load
     from .verify import Report, verify
 
+    rtol, atol = _tolerance_flag(args.rtol, "--rtol"), _tolerance_flag(args.atol, "--atol")
     progress = _progress(args)
     with progress.step("reading the spec and building the network"):
         spec = load(args.spec, steps=("build", "derive", "verify"))
     claims = dict(spec.claims)
-    function = spec.function() if spec.code else None
-    if not claims and function is None:
+    code = spec.code_claim() if spec.code else None  # run in a child process under [limits]
+    if not claims and code is None:
         raise SymbpError(f"{args.spec}: nothing to verify (no [claims] and no [code])")
+    with progress.step("derive"):
+        grads = derive(spec.net, method="chain")
     results, assumptions = [], []
+    parts = []
     if claims:
-        with progress.step(f"verify: {len(claims)} claim{'s' if len(claims) != 1 else ''}"):
-            report = verify(spec.net, claims, seed=args.seed)
+        parts.append((claims, f"verify: {len(claims)} claim{'s' if len(claims) != 1 else ''}"))
+    if code is not None:
+        parts.append((code, f"verify: the code {spec.code.get('function', 'backward')}"))
+    for part, what in parts:
+        with progress.step(what):
+            report = verify(spec.net, part, grads=grads, seed=args.seed, rtol=rtol, atol=atol)
         results += report.results
-        assumptions += report.assumptions
-    if function is not None:
-        with progress.step(f"verify: the code {spec.code.get('function', 'backward')}"):
-            results += verify(spec.net, function, seed=args.seed).results
+        assumptions += [a for a in report.assumptions if a not in assumptions]
     report = Report(results, assumptions, spec.net.describe())
     _emit(args, report.to_json(), report.text())
     return 0 if report.ok else 1

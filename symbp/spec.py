@@ -25,6 +25,10 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     path = "backward.py"     # relative to the spec file
     function = "backward"
 
+    [limits]                 # for [code], run in a child process (see symbp.usercode)
+    seconds = 60             # wall-clock time for the module's import and every call
+    memory_mb = 4096         # its address space
+
     [values]                 # nested lists, shapes as the conventions
     x = [[1], [0], [2], [-1]]
 
@@ -42,10 +46,12 @@ from pathlib import Path
 from . import cost
 from .errors import SymbpError, closest
 from .network import MLP
+from .usercode import MEMORY_MB, SECONDS, CodeFile, check_limit
 
-TABLES = ("model", "claims", "code", "values", "claimed_values", "example")
+TABLES = ("model", "claims", "code", "limits", "values", "claimed_values", "example")
 MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
 CODE_FIELDS = ("path", "function")
+LIMIT_FIELDS = ("seconds", "memory_mb")
 
 
 @dataclass
@@ -61,9 +67,9 @@ class Spec:
     claimed_values: dict = field(default_factory=dict)
     path: Path | None = None
     example: dict = field(default_factory=dict)  # options of ``symbp example``: title, note, tolerance
+    limits: dict = field(default_factory=lambda: {"seconds": SECONDS, "memory_mb": MEMORY_MB})
 
-    def function(self):
-        """The ``[code]`` function, imported from its file (the user's own code, run as Python)."""
+    def _code_file(self):
         if self.code is None:
             raise SymbpError("spec has no [code] table")
         base = self.path.parent if self.path else Path.cwd()
@@ -73,6 +79,18 @@ class Spec:
         module_spec = importlib.util.spec_from_file_location(f"symbp_user_{file.stem}", file)
         if module_spec is None or module_spec.loader is None:  # Python imports only .py (and the like)
             raise SymbpError(f"code.path: '{self.code['path']}' is not a Python file (.py)")
+        return file, module_spec
+
+    def code_claim(self) -> CodeFile:
+        """The ``[code]`` function as a :class:`~symbp.usercode.CodeFile`: run in a child process
+        under ``[limits]`` when verified (what ``symbp verify`` does)."""
+        file, _ = self._code_file()
+        return CodeFile(file, self.code["function"], self.limits["seconds"], self.limits["memory_mb"])
+
+    def function(self):
+        """The ``[code]`` function, imported into this process from its file (the user's own code,
+        run as Python, unbounded: :meth:`code_claim` runs it in a child process instead)."""
+        file, module_spec = self._code_file()
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
@@ -136,10 +154,11 @@ def loads(text: str, *, path=None, steps=("build",)) -> Spec:
     net = MLP(model.pop("sizes"), **model)
     claims = _claims(data.get("claims", {}), net)
     code = _code(data["code"]) if "code" in data else None
+    limits = _limits(data.get("limits", {}))
     values = _arrays(data.get("values", {}), "values")
     claimed = _arrays(data.get("claimed_values", {}), "claimed_values")
     return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None,
-                dict(data.get("example", {})))
+                dict(data.get("example", {})), limits)
 
 
 def model_from_table(table: dict) -> MLP:
@@ -199,6 +218,14 @@ def _code(table):
     if not isinstance(function, str) or not function.isidentifier():
         raise SymbpError(f"code.function: expected a function name, got {function!r}")
     return {"path": table["path"], "function": function}
+
+
+def _limits(table):
+    for key in table:
+        if key not in LIMIT_FIELDS:
+            raise SymbpError(f"limits: unknown field '{key}'{closest(key, LIMIT_FIELDS)}; fields: {', '.join(LIMIT_FIELDS)}")
+    return {"seconds": check_limit(table.get("seconds", SECONDS), "limits.seconds"),
+            "memory_mb": check_limit(table.get("memory_mb", MEMORY_MB), "limits.memory_mb", whole=True)}
 
 
 def _arrays(table, what):

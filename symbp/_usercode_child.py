@@ -1,0 +1,174 @@
+"""The child process that runs a ``[code]`` backward function (see :mod:`symbp.usercode`).
+
+How it works: the parent starts ``python -c <this file's text>``, so the child imports neither symbp
+nor SymPy, only NumPy and the user's module (start-up is Python's and NumPy's, about 0.1 s). The
+child
+
+1. takes a copy of its stdout as the answer channel and points its stdout at stderr, so whatever the
+   user's code prints goes to stderr and never into the answer (or into ``--json`` output);
+2. reads the request (file, function, memory limit, the points) from stdin, imports NumPy, says
+   ``ready`` (the parent's clock for the time limit starts there), and caps its address space
+   (``RLIMIT_AS``) at the memory limit;
+3. imports the user's module and calls the function at each point, sending each answer as soon as
+   it has it. Every ``BaseException`` (``SystemExit``, ``KeyboardInterrupt``, ``MemoryError``...)
+   is caught and sent as what happened; after the last answer, or a failure, the child leaves with
+   ``os._exit(0)``, so no ``atexit`` hook or lingering thread of the user's can add anything.
+
+Frames are an 8-byte length and a pickle of builtins only (tuples, dicts, strings, bytes, numbers):
+the parent unpickles them with no class lookups at all, so an answer cannot run code in the parent.
+Arrays travel as ``(dtype.str, shape, bytes)`` and only numeric dtypes are sent.
+
+The helpers :func:`describe` and :func:`plain` are also used in-process for Python callables.
+"""
+
+import os
+import pickle
+import struct
+import sys
+
+MESSAGE_LENGTH = 300
+NUMERIC_KINDS = "biufc"  # bool, int, unsigned, float, complex: anything else is not an array of numbers
+
+
+def _safe_text(exc) -> str:
+    """``str(exc)`` on one line, cut short; the user's ``__str__`` may itself fail."""
+    try:
+        text = str(exc)
+    except BaseException:  # noqa: BLE001 - the user's __str__: anything may happen
+        return "<the exception's message could not be printed>"
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_LENGTH else text[:MESSAGE_LENGTH - 3] + "..."
+
+
+def _not_users(filename: str, own: tuple) -> bool:
+    if filename.startswith("<"):  # <string> (this program), <frozen ...>
+        return True
+    path = os.path.realpath(filename)
+    return any(path == p or path.startswith(p + os.sep) for p in own)
+
+
+def where(tb, base: str) -> str:
+    """``"backward.py, line 7"``: the innermost frame of ``tb`` in the user's files (anything but
+    symbp itself and the Python installation, NumPy included), relative to ``base``; or ``""``."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = tuple(prefixes | {os.path.dirname(os.path.realpath(__file__))}) if "__file__" in globals() \
+        else tuple(prefixes)
+    found = ""
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not _not_users(code.co_filename, own):
+            path = os.path.realpath(code.co_filename)
+            shown = os.path.relpath(path, base) if path.startswith(base + os.sep) else path
+            found = f"{shown}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def describe(exc: BaseException, base: str, memory_mb=None) -> str:
+    """What a ``BaseException`` from user code says, after the actor's name: ``raised
+    ZeroDivisionError: division by zero (backward.py, line 7)``, ``called sys.exit(0) (...)``, or
+    ``used more than 4096 MB`` (a ``MemoryError`` under a memory limit)."""
+    if isinstance(exc, MemoryError) and memory_mb:
+        return f"used more than {memory_mb} MB"
+    if isinstance(exc, SystemExit):
+        text = "called sys.exit()" if exc.code is None else f"called sys.exit({exc.code!r})"
+    else:
+        message = _safe_text(exc)
+        text = f"raised {type(exc).__name__}" + (f": {message}" if message else "")
+    location = where(exc.__traceback__, base)
+    return text + (f" ({location})" if location else "")
+
+
+def plain(value):
+    """A returned gradient as a NumPy array of numbers, or the reason it is not one (a string)."""
+    import numpy as np
+
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - the user's value: anything may happen
+        return f"not an array of numbers ({type(exc).__name__}: {_safe_text(exc)})"
+    if array.dtype.kind not in NUMERIC_KINDS or array.dtype.fields is not None:
+        return f"not an array of numbers (dtype {array.dtype})"
+    return array
+
+
+def plain_answer(out):
+    """A backward's answer as ``{name: array or reason}``, or a string when it is not a dict."""
+    if not isinstance(out, dict):
+        return f"returned {type(out).__name__}, expected a dict {{name: array}}"
+    return {str(name): plain(value) for name, value in out.items()}
+
+
+# --------------------------------------------------------------------------- the child's program
+
+
+def _encode(answer):
+    if isinstance(answer, str):
+        return answer
+    return {name: value if isinstance(value, str) else (value.dtype.str, value.shape, value.tobytes())
+            for name, value in answer.items()}
+
+
+def main():
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+
+    def send(*frame):
+        data = pickle.dumps(frame, protocol=4)
+        channel.write(struct.pack("<Q", len(data)) + data)
+        channel.flush()
+
+    def leave():
+        channel.flush()
+        os._exit(0)
+
+    request = pickle.load(sys.stdin.buffer)
+    import numpy as np
+
+    send("ready")
+    memory_mb = request["memory_mb"]
+    try:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):  # no resource module (Windows): no memory limit
+        memory_mb = None
+    path, name = request["path"], request["function"]
+    base = os.path.dirname(os.path.realpath(path))
+    sys.path[0] = base  # as `python backward.py` would: the user's own modules import
+    sys.argv = [path]
+    try:
+        import importlib.util
+
+        module_name = "symbp_user_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        function = getattr(module, name, None)
+    except BaseException as exc:  # noqa: BLE001 - the user's module: every way out is an answer
+        send("failed", None, describe(exc, base, memory_mb))
+        leave()
+    if not callable(function):
+        send("nofunction", [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")])
+        leave()
+    send("imported")
+    for k, point in enumerate(request["points"]):
+        values = {key: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
+                  for key, (dtype, shape, data) in point.items()}
+        try:
+            answer = _encode(plain_answer(function(values)))
+        except BaseException as exc:  # noqa: BLE001 - the user's function: every way out is an answer
+            send("failed", k, describe(exc, base, memory_mb))
+            leave()
+        send("point", k, answer)
+    send("done")
+    leave()
+
+
+if __name__ == "__main__":
+    main()

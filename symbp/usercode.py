@@ -1,0 +1,316 @@
+"""Running user code (backward functions) so that nothing it does can stop or fool the run.
+
+How it works:
+
+* A ``[code]`` claim of a spec file (a :class:`CodeFile`) runs in a **child process**: a fresh
+  ``python -c`` running :mod:`symbp._usercode_child`, which imports only NumPy and the user's module
+  (no SymPy, no symbp: it starts in about 0.1 s). The parent sends the random points on the child's
+  stdin and reads one answer per point back. The child's address space is capped at ``memory_mb``
+  (``RLIMIT_AS``; a ``MemoryError`` is reported as "used more than ... MB"), and the parent stops it
+  (``SIGKILL`` to its process group, so processes it started go too) once ``seconds`` have passed
+  since it was ready. Whatever the code does (raise, ``sys.exit``, ``os._exit``, a signal, an
+  endless loop, printing), the parent gets a :class:`Run`: the answers delivered and, if it stopped
+  early, what happened, in words.
+* A Python callable given to :func:`symbp.verify` runs **in-process** (closures and lambdas cannot in
+  general be sent to a fresh process): every exception and ``SystemExit`` it raises is caught and
+  becomes what happened; ``KeyboardInterrupt`` is not caught, since in-process it cannot be told
+  apart from the person at the keyboard pressing Ctrl-C. It has no time or memory limit, and
+  ``os._exit`` ends the calling process: pass a :class:`CodeFile` for code you want bounded.
+
+This bounds mistakes, not malice: the child runs with the user's rights, files and network. It is
+no sandbox; run untrusted code in a container.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+import selectors
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _usercode_child as child
+from .errors import SymbpError, closest
+
+SECONDS = 60
+MEMORY_MB = 4096
+STARTUP_SECONDS = 60  # for the child to import NumPy and say it is ready (not the user's time)
+
+
+@dataclass(frozen=True)
+class CodeFile:
+    """A backward function in a Python file, to run in a child process under limits.
+
+    >>> code = CodeFile("backward.py", seconds=5)
+    >>> code.function, code.seconds, code.memory_mb, code.label
+    ('backward', 5, 4096, 'backward')
+    """
+
+    path: Path
+    function: str = "backward"
+    seconds: float = SECONDS
+    memory_mb: int = MEMORY_MB
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def label(self) -> str:
+        return self.function
+
+
+@dataclass
+class Run:
+    """What running user code at the points gave: ``outputs[k]`` the answer at point ``k``
+    (``{name: array, or the reason it is not an array of numbers}``) for each point delivered, in
+    order; ``failure`` what stopped it before every point was delivered (``None`` if nothing did),
+    ``failed_at`` the point it stopped at (``None``: before the first call, e.g. on import)."""
+
+    label: str
+    outputs: list = field(default_factory=list)
+    failure: str | None = None
+    failed_at: int | None = None
+
+
+def run(code, points: list) -> Run:
+    """Run ``code`` (a :class:`CodeFile` or a callable ``backward(values) -> dict``) at each point."""
+    if isinstance(code, CodeFile):
+        return run_file(code, points)
+    return call(code, points)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def _source_dir(function) -> str:
+    target = getattr(function, "__code__", None) or getattr(getattr(function, "__call__", None), "__code__", None)
+    filename = target.co_filename if target is not None else ""
+    return os.path.dirname(os.path.realpath(filename)) if filename and not filename.startswith("<") else os.getcwd()
+
+
+def call(function, points: list) -> Run:
+    """Call a Python callable at each point, in this process.
+
+    >>> import numpy as np
+    >>> r = call(lambda values: {"W1": values["x"] * 2}, [{"x": np.ones((1, 2))}])
+    >>> r.outputs[0]["W1"].tolist(), r.failure
+    ([[2.0, 2.0]], None)
+    >>> call(lambda values: 1 / 0, [{}]).failure.split(" (")[0]
+    '<lambda> raised ZeroDivisionError: division by zero'
+    """
+    label = getattr(function, "__name__", None) or type(function).__name__
+    out = Run(label)
+    base = _source_dir(function)
+    for k, values in enumerate(points):
+        try:
+            answer = child.plain_answer(function({name: array.copy() for name, array in values.items()}))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's code: every other way out is an answer
+            out.failure, out.failed_at = f"{label} {child.describe(exc, base)}", k
+            return out
+        if isinstance(answer, str):
+            out.failure, out.failed_at = f"{label} {answer}", k
+            return out
+        out.outputs.append(answer)
+    return out
+
+
+# --------------------------------------------------------------------------- in a child process
+
+
+class _Builtins(pickle.Unpickler):
+    """Unpickles builtins only: a frame naming any class or function is refused."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"the answer names {module}.{name}")
+
+
+def _decode(answer):
+    import numpy as np
+
+    if isinstance(answer, str):
+        return answer
+    out = {}
+    for name, value in answer.items():
+        if isinstance(value, str):
+            out[str(name)] = value
+            continue
+        dtype, shape, data = value
+        dtype = np.dtype(dtype)
+        if dtype.kind not in child.NUMERIC_KINDS or dtype.fields is not None:
+            raise pickle.UnpicklingError(f"dtype {dtype}")
+        out[str(name)] = np.frombuffer(data, dtype=dtype).reshape(tuple(shape)).copy()
+    return out
+
+
+def _request(code: CodeFile, points) -> bytes:
+    import numpy as np
+
+    arrays = [{name: np.ascontiguousarray(v, dtype=float) for name, v in point.items()} for point in points]
+    return pickle.dumps({"path": str(code.path.resolve()), "function": code.function, "memory_mb": code.memory_mb,
+                         "points": [{n: (a.dtype.str, a.shape, a.tobytes()) for n, a in p.items()}
+                                    for p in arrays]}, protocol=4)
+
+
+def _source() -> str:
+    return Path(child.__file__).read_text(encoding="utf-8")
+
+
+def _stop(proc):
+    """SIGKILL the child's process group (the child and anything it started), before it is reaped."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, AttributeError, OSError):
+        try:
+            proc.kill()
+        except OSError:
+            pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown"
+
+
+def run_file(code: CodeFile, points: list) -> Run:
+    """Run a :class:`CodeFile` at each point in a fresh child process, under its limits."""
+    env = dict(os.environ)
+    popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    if os.name == "posix":
+        popen["start_new_session"] = True  # its own process group: stopped as one; Ctrl-C reaches only us
+    proc = subprocess.Popen([sys.executable, "-c", _source()], **popen)
+    try:
+        return _talk(proc, code, points)
+    finally:
+        _stop(proc)
+        proc.stdout.close()
+        proc.wait()
+
+
+class _Channel:
+    """The child's answers: length-prefixed frames read against a deadline."""
+
+    def __init__(self, proc, cap):
+        self.proc, self.cap = proc, cap
+        self.fd = proc.stdout.fileno()
+        self.buffer = bytearray()
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.fd, selectors.EVENT_READ)
+
+    def frame(self, deadline):
+        """The next frame; ``"eof"`` when the child closed its end; ``"late"`` past the deadline;
+        ``"garbled"`` when what arrived is no frame of ours."""
+        while True:
+            if len(self.buffer) >= 8:
+                (length,) = struct.unpack("<Q", self.buffer[:8])
+                if length > self.cap:
+                    return ("garbled",)
+                if len(self.buffer) >= 8 + length:
+                    data = bytes(self.buffer[8:8 + length])
+                    del self.buffer[:8 + length]
+                    try:
+                        frame = _Builtins(io.BytesIO(data)).load()
+                    except Exception:  # noqa: BLE001 - anything unreadable is garbled
+                        return ("garbled",)
+                    return frame if isinstance(frame, tuple) and frame and isinstance(frame[0], str) else ("garbled",)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return ("late",)
+            if not self.selector.select(min(left, 1.0)):
+                continue
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return ("eof",)
+            self.buffer += chunk
+
+
+def _talk(proc, code: CodeFile, points) -> Run:
+    label = code.label
+    out = Run(label)
+    try:
+        proc.stdin.write(_request(code, points))
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
+    channel = _Channel(proc, cap=max(code.memory_mb, 64) * 1024 * 1024)
+    stage = None  # None: importing the module; k: calling at point k
+    frame = channel.frame(time.monotonic() + STARTUP_SECONDS)
+    if frame[0] != "ready":
+        out.failure = f"the child process did not start within {STARTUP_SECONDS} s" if frame[0] == "late" else \
+            f"the child process failed to start ({_ended(proc)})"
+        return out
+    deadline = time.monotonic() + code.seconds
+    actor, imported = f"importing {code.path.name}", False
+    while True:
+        frame = channel.frame(deadline)
+        kind, who = frame[0], label if imported else actor
+        if kind == "imported":
+            imported = True
+            continue
+        if kind == "point" and len(frame) == 3 and frame[1] == len(out.outputs):
+            try:
+                answer = _decode(frame[2])
+            except (pickle.UnpicklingError, TypeError, ValueError, AttributeError):
+                kind = "garbled"
+            else:
+                if isinstance(answer, str):
+                    out.failure, out.failed_at = f"{label} {answer}", frame[1]
+                    return out
+                out.outputs.append(answer)
+                continue
+        if kind == "done" and len(out.outputs) == len(points):
+            return out
+        if kind == "nofunction" and len(frame) == 2 and isinstance(frame[1], list):
+            raise SymbpError(f"code.function: '{code.path.name}' defines no function '{code.function}'"
+                             f"{closest(code.function, [str(k) for k in frame[1]])}")
+        if kind == "failed" and len(frame) == 3 and isinstance(frame[2], str):
+            out.failure, out.failed_at = f"{who} {frame[2]}", frame[1]
+            return out
+        out.failed_at = len(out.outputs) if imported else None
+        if kind == "late":
+            out.failure = f"{who} ran past {code.seconds:g} s"
+        elif kind == "eof":
+            out.failure = f"{who}: {_ended(proc, deadline)}"
+        else:
+            out.failure = f"{who}: the process sent an answer symbp cannot read"
+        return out
+
+
+def _ended(proc, deadline=None) -> str:
+    """How the child ended, in words (waiting a little for it to be gone)."""
+    try:
+        status = proc.wait(timeout=max(1.0, (deadline - time.monotonic()) if deadline else 5.0))
+    except subprocess.TimeoutExpired:
+        return "the process closed its answer channel and did not end"
+    if status < 0:
+        return f"the process was killed by signal {-status} ({_signal_name(-status)})"
+    return f"the process exited with status {status} before returning"
+
+
+def check_limit(value, what: str, *, whole: bool = False):
+    """A positive limit (``seconds``; ``memory_mb`` whole), or a one-line :class:`SymbpError`.
+
+    >>> check_limit(2.5, "limits.seconds")
+    2.5
+    >>> check_limit(0, "limits.memory_mb", whole=True)
+    Traceback (most recent call last):
+    ...
+    symbp.errors.SymbpError: limits.memory_mb: expected a whole number of megabytes > 0, got 0
+    """
+    if whole:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SymbpError(f"{what}: expected a whole number of megabytes > 0, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise SymbpError(f"{what}: expected a number of seconds > 0, got {value!r}")
+    return value
