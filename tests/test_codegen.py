@@ -88,6 +88,58 @@ def test_compiled_loss_and_forward_equal_the_numpy_forward_pass(case):
         np.testing.assert_allclose(forward[name], expected[name], rtol=1e-13, err_msg=name)
 
 
+PAIRS = [("softmax", "cross_entropy"), ("softmax", "binary_cross_entropy"), ("softmax", "mse"),
+         ("sigmoid", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("sigmoid", "mse"),
+         ("identity", "mse")]  # every output/loss pair MLP accepts (identity cannot feed a log)
+
+
+def naive_loss(output, loss, z, y, *, axis, reduce):
+    """The loss from its definition, in plain NumPy (no stable forms, no symbp): the output, then the
+    per-example loss (cross-entropy summed over units, binary cross-entropy and mse averaged), then
+    the reduction over the rows."""
+    if output == "softmax":
+        a = np.exp(z) / np.exp(z).sum(axis=axis, keepdims=True)
+    elif output == "sigmoid":
+        a = 1 / (1 + np.exp(-z))
+    else:
+        a = z
+    if loss == "cross_entropy":
+        per = -(y * np.log(a)).sum(axis=axis)
+    elif loss == "binary_cross_entropy":
+        per = -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=axis)
+    else:
+        per = ((a - y) ** 2).mean(axis=axis)
+    return reduce(per)
+
+
+@pytest.mark.parametrize("batch, reduction", [(None, "mean"), (3, "mean"), (3, "sum")])
+@pytest.mark.parametrize("output, loss", PAIRS)
+def test_compiled_loss_equals_the_loss_written_from_its_definition(output, loss, batch, reduction):
+    # The stable forms (log-sum-exp; softplus(z) - y z for sigmoid + binary cross-entropy; y softplus(-z)
+    # for sigmoid + cross-entropy) are the definition's value: a flipped sign or term fails here.
+    net = symbp.MLP([3, 4, 2], hidden="tanh", output=output, loss=loss, batch=batch, reduction=reduction)
+    fast = symbp.compile(net, symbp.textbook(net))
+    for seed in (0, 1):
+        v = numeric.check_values(net, numeric.random_values(net, seed))
+        if batch:
+            z2 = np.tanh(v["x"] @ v["W1"].T + v["b1"].T) @ v["W2"].T + v["b2"].T
+            reduce = np.mean if reduction == "mean" else np.sum
+        else:
+            z2 = v["W2"] @ np.tanh(v["W1"] @ v["x"] + v["b1"]) + v["b2"]
+            reduce = np.sum
+        expected = naive_loss(output, loss, z2, v["y"], axis=1 if batch else 0, reduce=reduce)
+        assert expected > 0
+        assert fast.loss(**v) == pytest.approx(expected, rel=1e-12)
+    # and one value by hand: z2 = [0, 0] (all weights zero), y = [1, 0]
+    zero = {k: np.zeros_like(a) for k, a in v.items()}
+    zero["y"] = np.array([[1.0, 0.0]] * batch) if batch else np.array([[1.0], [0.0]])
+    by_hand = {("softmax", "cross_entropy"): np.log(2), ("sigmoid", "cross_entropy"): np.log(2),
+               ("softmax", "binary_cross_entropy"): np.log(2), ("sigmoid", "binary_cross_entropy"): np.log(2),
+               ("softmax", "mse"): 0.25, ("sigmoid", "mse"): 0.25, ("identity", "mse"): 0.5}[output, loss]
+    rows = batch if batch and reduction == "sum" else 1
+    assert fast.loss(**zero) == pytest.approx(rows * by_hand, rel=1e-14)
+
+
 def test_textbook_claims_compile_to_the_matrix_backprop():
     net = symbp.MLP([4, 5, 3, 3], batch=2)
     fast = symbp.compile(net, symbp.textbook(net))
