@@ -151,6 +151,51 @@ def test_textbook_claims_compile_to_the_matrix_backprop():
     assert fast.names[:3] == ["a3", "z3", "W3"]  # each claim after the upstream gradients it uses
 
 
+def test_generated_functions_line_by_line():
+    # softmax + mse over one layer, dz1 written with diag and outer: the whole forward and backward
+    # functions, and the claim as the header shows it (in the formula language, not as NumPy)
+    net = symbp.MLP([3, 3], output="softmax", loss="mse")
+    claims = {"a1": "2 * (a1 - y) / 3", "z1": "(diag(a1) - outer(a1, a1)) @ da1", "W1": "dz1 @ x.T", "b1": "dz1"}
+    source = symbp.compile(net, claims).source
+    assert "\n    dz1 = (diag(a1) - outer(a1, a1)) @ da1\n" in ast.get_docstring(ast.parse(source), clean=False)
+    assert source.split("\n\n\n")[-3:] == [
+        'def forward(x, W1, b1):\n'
+        '    """Every intermediate z1, a1, ..., z1, a1 (column vectors)."""\n'
+        '    z1 = W1 @ x + b1\n'
+        '    a1 = softmax(z1, axis=0)\n'
+        '    return {\n'
+        '        "z1": z1, "a1": a1,\n'
+        '    }',
+        'def loss(x, y, W1, b1):\n'
+        '    """The scalar loss: mse of output softmax."""\n'
+        '    v = forward(x, W1, b1)\n'
+        '    z1, a1 = v["z1"], v["a1"]\n'
+        '    return float(np.sum(np.mean((a1 - y) ** 2, axis=0)))',
+        'def backward(x, y, W1, b1):\n'
+        '    """dL/dV for every claimed V (denominator layout: shaped like V)."""\n'
+        '    v = forward(x, W1, b1)\n'
+        '    a1 = v["a1"]\n'
+        '    da1 = 2 * (a1 - y) / 3\n'
+        '    dz1 = (np.diag(a1.ravel()) - np.outer(a1, a1)) @ da1\n'
+        '    dW1 = dz1 @ x.T\n'
+        '    db1 = dz1\n'
+        '    return {\n'
+        '        "a1": da1, "z1": dz1, "W1": dW1, "b1": db1,\n'
+        '    }\n',
+    ]
+
+
+def test_batch_size_read_when_only_ones_uses_it():
+    # reduction "sum": no 1/N anywhere, so N appears only in ones(1, N); the code must still define it
+    net = symbp.MLP([3, 2], output="identity", loss="mse", batch=2, reduction="sum")
+    fast = symbp.compile(net, {"z1": "a1 - y", "b1": "(ones(1, N) @ dz1).T"})
+    assert "\n    N = x.shape[0]\n" in fast.source and "np.ones((1, N))" in fast.source
+    values = numeric.random_values(symbp.MLP([3, 2], output="identity", loss="mse", batch=4, reduction="sum"), 0)
+    got = fast(**values)
+    z = values["x"] @ values["W1"].T + values["b1"].T
+    np.testing.assert_allclose(got["b1"], (z - values["y"]).sum(axis=0, keepdims=True).T, rtol=1e-13)
+
+
 def test_batch_code_takes_any_number_of_rows():
     # compiled from a symbolic batch of 2; called with 5 rows and with 1, against the NumPy backprop
     net = symbp.MLP([3, 4, 3], batch=2)
@@ -286,3 +331,12 @@ def test_mnist_size_equals_the_reference_backprop():
             expected = np.vstack([e[name].T for e in examples]) / 8
         assert got[name].shape == expected.shape
         np.testing.assert_allclose(got[name], expected, rtol=1e-10, atol=1e-15, err_msg=name)
+
+
+def test_wrap_fills_lines_up_to_the_width():
+    from symbp.codegen import _wrap
+
+    assert _wrap("aaa bbb ccc", 7) == ["aaa bbb", "ccc"]  # a line of exactly 7 characters fits
+    assert _wrap("aaa bbb ccc", 6) == ["aaa", "bbb", "ccc"]
+    assert _wrap("abcdefgh ij", 5, indent="  ") == ["  abcdefgh", "  ij"]  # a long word alone, no empty line
+    assert _wrap("one", 80) == ["one"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 
 import symbp
 from symbp.errors import SymbpError
@@ -383,3 +384,40 @@ def test_slip_of_the_pen_neighbours_past_layer_nine():
 
     net = symbp.MLP([2] + [2] * 11 + [2])
     assert _neighbours("z11", net) == ["a11", "z10", "z12"]
+
+
+# ------------------------------------------------------------------ the fields of the exact and float tiers
+
+POINTS = [-30, -1, Fraction(-1, 2), 0, Fraction(1, 2), 1, 30]
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "step", "sigmoid", "tanh", "softplus", "exp", "log"])
+def test_float_field_functions_are_the_real_functions(name):
+    # the numeric tier evaluates claim and truth alike in this field, so a wrong function would make
+    # both sides wrong together: check it against SymPy's own function at -30, -1, -1/2, 0, 1/2, 1, 30
+    from symbp.formula import ELEMENTWISE
+    from symbp.verify import FloatField
+
+    for v in POINTS:
+        if name == "log" and v <= 0:
+            continue
+        expected = float(sp.N(ELEMENTWISE[name](sp.Rational(v)), 30))
+        assert FloatField().call(name, float(v)) == pytest.approx(expected, rel=1e-13, abs=1e-300), (name, v)
+    if name == "log":
+        assert np.isnan(FloatField().call("log", -1.0)) and np.isnan(FloatField().call("log", 0.0))
+
+
+def test_exact_field_piecewise_functions_are_exact_and_step_is_zero_at_zero():
+    from symbp.formula import ELEMENTWISE
+    from symbp.verify import FloatField
+
+    field = ExactField(random.Random(0))
+    for name in ("relu", "leaky_relu", "step"):
+        for v in POINTS:
+            assert field.call(name, Fraction(v)) == sp.Rational(ELEMENTWISE[name](sp.Rational(v))), (name, v)
+    for f in (field, FloatField()):
+        assert [f.heaviside(v, Fraction(1, 2)) for v in (-1, 0, 1)] == [0, Fraction(1, 2), 1]
+        assert [f.heaviside(v, 0) for v in (Fraction(-1, 3), 0, Fraction(1, 3))] == [0, 0, 1]
+    v = Fraction(3, 7)
+    assert field.call("exp", 0) == 1 and field.call("exp", v) * field.call("exp", -v) == 1
+    assert field.call("log", 1) == 0 and field.call("softplus", v) == field.call("log", 1 + field.call("exp", v))
