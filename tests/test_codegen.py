@@ -340,3 +340,14 @@ def test_wrap_fills_lines_up_to_the_width():
     assert _wrap("aaa bbb ccc", 6) == ["aaa", "bbb", "ccc"]
     assert _wrap("abcdefgh ij", 5, indent="  ") == ["  abcdefgh", "  ij"]  # a long word alone, no empty line
     assert _wrap("one", 80) == ["one"]
+
+
+def test_flat_vectors_are_taken_as_columns():
+    net = symbp.MLP([3, 2], output="identity", loss="mse")
+    fast = symbp.compile(net, {"z1": "a1 - y", "W1": "dz1 @ x.T", "b1": "dz1"})
+    values = numeric.random_values(net, 0)
+    flat = {k: (v.ravel() if v.shape[1] == 1 else v) for k, v in values.items()}
+    assert flat["x"].shape == (3,) and flat["b1"].shape == (2,)
+    got, expected = fast(**flat), fast(**values)
+    for name in ("z1", "W1", "b1"):
+        assert got[name].shape == net.shape(name) and np.array_equal(got[name], expected[name])

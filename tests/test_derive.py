@@ -130,7 +130,7 @@ def test_gradients_mapping_text_and_repr():
     g = symbp.derive(net)
     names = ["W1", "b1", "W2", "b2", "z1", "a1", "z2", "a2"]
     assert list(g) == names and len(g) == 8 and len(g.with_layout("numerator")) == 8
-    assert g.text("W1", 0, 1) == "dL/dW1[1,2] = dz1[1]*x[2]"
+    assert g.text("W1", 0, 1) == "dL/dW1[1,2] = dz1[1]*x[2]" and g.text("b2") == "dL/db2[1] = dz2[1]"
     # numerator layout: entry (1, 0) of the transposed matrix is the same partial, dL/dW1[1,2]
     assert g.with_layout("numerator").text("W1", 1, 0) == "dL/dW1[1,2] = dz1[1]*x[2]"
     assert g.text("W2", 1, 2) == "dL/dW2[2,3] = a1[3]*dz2[2]"  # SymPy orders the factors

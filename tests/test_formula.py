@@ -154,7 +154,7 @@ def bare(node):
 @pytest.mark.parametrize("text", [
     "a3 - y", "dz3 @ a2.T", "(W3.T @ dz3) * step(z2)", "da1 * a1 * (1 - a1)", "1 - tanh(z1) ** 2",
     "softmax(z3) - y", "sum(dz1 @ x.T, axis=0)", "sum(dz1 @ x.T, 1)", "sum(dz3)", "diag(a3) - outer(a3, a3)",
-    "ones(3, 1) * 0.5", "-dz3", "dz3 / 0.25", "a1 ** -1 / 2", "exp(-3 * z1) ** 0.5", "a1 ** 1.5 - 2.75 * a1",
+    "ones(3, 1) * 0.5", "-dz3", "dz3 / 0.25", "0.2 * a3 - 0.05 * y + 0.0625", "a1 ** -1 / 2", "exp(-3 * z1) ** 0.5", "a1 ** 1.5 - 2.75 * a1",
     "relu(z1) + leaky_relu(z1) + sigmoid(z1) + softplus(z1) + exp(z1) + log(a1)",
 ])
 def test_text_of_a_tree_without_source_parses_back_to_the_same_tree(text):
@@ -182,7 +182,9 @@ def test_evaluate_every_arithmetic_op_against_sympy():
         "outer(z1, a1)": z * a.T, "exp(2 * z1)": z.applyfunc(lambda v: sp.exp(2 * v)),
         "exp(-3 * z1) - exp(z1 * 2)": z.applyfunc(lambda v: sp.exp(-3 * v) - sp.exp(2 * v)),
         "sum(z1 - a1, axis=0)": sp.Matrix([[z[0] + z[1] - a[0] - a[1]]]),
+        "z1 @ a0.T": z * net.symbols("x").T,  # a0 is x
     }
+    env["x"] = net.symbols("x")
     for text, expected in cases.items():
         got = evaluate(parse(text, net), env)
         assert got.shape == expected.shape and (got - expected).applyfunc(sp.expand) == sp.zeros(*got.shape), text

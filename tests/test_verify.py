@@ -421,3 +421,9 @@ def test_exact_field_piecewise_functions_are_exact_and_step_is_zero_at_zero():
     v = Fraction(3, 7)
     assert field.call("exp", 0) == 1 and field.call("exp", v) * field.call("exp", -v) == 1
     assert field.call("log", 1) == 0 and field.call("softplus", v) == field.call("log", 1 + field.call("exp", v))
+
+
+def test_a_report_prints_as_its_text():
+    net = symbp.MLP([2, 2], output="identity", loss="mse")
+    report = verify(net, {"z1": "a1 - y", "W1": "x @ dz1.T"})
+    assert str(report) == report.text() and "dL/dW1" in str(report) and "dL/dz1" in str(report)
