@@ -182,6 +182,7 @@ def test_evaluate_every_arithmetic_op_against_sympy():
         "outer(z1, a1)": z * a.T, "exp(2 * z1)": z.applyfunc(lambda v: sp.exp(2 * v)),
         "exp(-3 * z1) - exp(z1 * 2)": z.applyfunc(lambda v: sp.exp(-3 * v) - sp.exp(2 * v)),
         "sum(z1 - a1, axis=0)": sp.Matrix([[z[0] + z[1] - a[0] - a[1]]]),
+        "tanh(2 * z1) + log(3 * a1)": z.applyfunc(lambda v: sp.tanh(2 * v)) + a.applyfunc(lambda v: sp.log(3 * v)),
         "z1 @ a0.T": z * net.symbols("x").T,  # a0 is x
     }
     env["x"] = net.symbols("x")

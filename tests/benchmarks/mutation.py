@@ -342,7 +342,9 @@ def main(argv=None):
         if listed_here:
             print(f"\n{title}:")
             for m in listed_here:
-                print(f"  {m.name:<14} symbp/{m.module}.py:{m.line}  {m.what}")
+                source = (ROOT / "symbp" / f"{m.module}.py").read_text()
+                changed = mutated_source(m, source).splitlines()[m.line - 1].strip()
+                print(f"  {m.name:<14} symbp/{m.module}.py:{m.line}  {m.what}\n{'':<18}becomes: {changed}")
     return 0
 
 
