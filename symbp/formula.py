@@ -361,13 +361,13 @@ def _unparse(node: Node) -> str:
     if node.op == "name":
         return node.value
     if node.op == "number":
-        return str(node.value)
+        return _number_text(node.value)
     if node.op == "neg":
         return f"-({_unparse(node.args[0])})"
     if node.op in _SYMBOL:
         return f"({_unparse(node.args[0])} {_SYMBOL[node.op]} {_unparse(node.args[1])})"
     if node.op == "pow":
-        return f"({_unparse(node.args[0])})**({node.value})"
+        return f"({_unparse(node.args[0])})**({_number_text(node.value)})"
     if node.op == "transpose":
         return f"({_unparse(node.args[0])}).T"
     if node.op == "func":
@@ -378,6 +378,22 @@ def _unparse(node: Node) -> str:
     if node.op == "ones":
         return f"ones({node.value[0]}, {node.value[1]})"
     return f"{node.op}({', '.join(_unparse(a) for a in node.args)})"
+
+
+def _number_text(value: Fraction) -> str:
+    """A number as a literal of the language: ``2``, ``0.5`` (not ``1/2``, which would be a division);
+    a fraction without a finite decimal (never read from a claim) in brackets, ``(1/3)``."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    q = value.denominator
+    twos, fives = (q & -q).bit_length() - 1, 0
+    while q % 5 ** (fives + 1) == 0:
+        fives += 1
+    if q == 2 ** twos * 5 ** fives:
+        places = max(twos, fives)
+        digits = str(abs(value.numerator) * 10 ** places // q).rjust(places + 1, "0")
+        return ("-" if value < 0 else "") + digits[:-places] + "." + digits[-places:]
+    return f"({value})"
 
 
 # --------------------------------------------------------------------------- evaluation

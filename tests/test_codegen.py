@@ -88,6 +88,58 @@ def test_compiled_loss_and_forward_equal_the_numpy_forward_pass(case):
         np.testing.assert_allclose(forward[name], expected[name], rtol=1e-13, err_msg=name)
 
 
+PAIRS = [("softmax", "cross_entropy"), ("softmax", "binary_cross_entropy"), ("softmax", "mse"),
+         ("sigmoid", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("sigmoid", "mse"),
+         ("identity", "mse")]  # every output/loss pair MLP accepts (identity cannot feed a log)
+
+
+def naive_loss(output, loss, z, y, *, axis, reduce):
+    """The loss from its definition, in plain NumPy (no stable forms, no symbp): the output, then the
+    per-example loss (cross-entropy summed over units, binary cross-entropy and mse averaged), then
+    the reduction over the rows."""
+    if output == "softmax":
+        a = np.exp(z) / np.exp(z).sum(axis=axis, keepdims=True)
+    elif output == "sigmoid":
+        a = 1 / (1 + np.exp(-z))
+    else:
+        a = z
+    if loss == "cross_entropy":
+        per = -(y * np.log(a)).sum(axis=axis)
+    elif loss == "binary_cross_entropy":
+        per = -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=axis)
+    else:
+        per = ((a - y) ** 2).mean(axis=axis)
+    return reduce(per)
+
+
+@pytest.mark.parametrize("batch, reduction", [(None, "mean"), (3, "mean"), (3, "sum")])
+@pytest.mark.parametrize("output, loss", PAIRS)
+def test_compiled_loss_equals_the_loss_written_from_its_definition(output, loss, batch, reduction):
+    # The stable forms (log-sum-exp; softplus(z) - y z for sigmoid + binary cross-entropy; y softplus(-z)
+    # for sigmoid + cross-entropy) are the definition's value: a flipped sign or term fails here.
+    net = symbp.MLP([3, 4, 2], hidden="tanh", output=output, loss=loss, batch=batch, reduction=reduction)
+    fast = symbp.compile(net, symbp.textbook(net))
+    for seed in (0, 1):
+        v = numeric.check_values(net, numeric.random_values(net, seed))
+        if batch:
+            z2 = np.tanh(v["x"] @ v["W1"].T + v["b1"].T) @ v["W2"].T + v["b2"].T
+            reduce = np.mean if reduction == "mean" else np.sum
+        else:
+            z2 = v["W2"] @ np.tanh(v["W1"] @ v["x"] + v["b1"]) + v["b2"]
+            reduce = np.sum
+        expected = naive_loss(output, loss, z2, v["y"], axis=1 if batch else 0, reduce=reduce)
+        assert expected > 0
+        assert fast.loss(**v) == pytest.approx(expected, rel=1e-12)
+    # and one value by hand: z2 = [0, 0] (all weights zero), y = [1, 0]
+    zero = {k: np.zeros_like(a) for k, a in v.items()}
+    zero["y"] = np.array([[1.0, 0.0]] * batch) if batch else np.array([[1.0], [0.0]])
+    by_hand = {("softmax", "cross_entropy"): np.log(2), ("sigmoid", "cross_entropy"): np.log(2),
+               ("softmax", "binary_cross_entropy"): np.log(2), ("sigmoid", "binary_cross_entropy"): np.log(2),
+               ("softmax", "mse"): 0.25, ("sigmoid", "mse"): 0.25, ("identity", "mse"): 0.5}[output, loss]
+    rows = batch if batch and reduction == "sum" else 1
+    assert fast.loss(**zero) == pytest.approx(rows * by_hand, rel=1e-14)
+
+
 def test_textbook_claims_compile_to_the_matrix_backprop():
     net = symbp.MLP([4, 5, 3, 3], batch=2)
     fast = symbp.compile(net, symbp.textbook(net))
@@ -97,6 +149,51 @@ def test_textbook_claims_compile_to_the_matrix_backprop():
         assert f"\n    {line}\n" in backward
     assert "    z1 = x @ W1.T + b1.T\n" in fast.source and "    a3 = softmax(z3, axis=1)\n" in fast.source
     assert fast.names[:3] == ["a3", "z3", "W3"]  # each claim after the upstream gradients it uses
+
+
+def test_generated_functions_line_by_line():
+    # softmax + mse over one layer, dz1 written with diag and outer: the whole forward and backward
+    # functions, and the claim as the header shows it (in the formula language, not as NumPy)
+    net = symbp.MLP([3, 3], output="softmax", loss="mse")
+    claims = {"a1": "2 * (a1 - y) / 3", "z1": "(diag(a1) - outer(a1, a1)) @ da1", "W1": "dz1 @ x.T", "b1": "dz1"}
+    source = symbp.compile(net, claims).source
+    assert "\n    dz1 = (diag(a1) - outer(a1, a1)) @ da1\n" in ast.get_docstring(ast.parse(source), clean=False)
+    assert source.split("\n\n\n")[-3:] == [
+        'def forward(x, W1, b1):\n'
+        '    """Every intermediate z1, a1, ..., z1, a1 (column vectors)."""\n'
+        '    z1 = W1 @ x + b1\n'
+        '    a1 = softmax(z1, axis=0)\n'
+        '    return {\n'
+        '        "z1": z1, "a1": a1,\n'
+        '    }',
+        'def loss(x, y, W1, b1):\n'
+        '    """The scalar loss: mse of output softmax."""\n'
+        '    v = forward(x, W1, b1)\n'
+        '    z1, a1 = v["z1"], v["a1"]\n'
+        '    return float(np.sum(np.mean((a1 - y) ** 2, axis=0)))',
+        'def backward(x, y, W1, b1):\n'
+        '    """dL/dV for every claimed V (denominator layout: shaped like V)."""\n'
+        '    v = forward(x, W1, b1)\n'
+        '    a1 = v["a1"]\n'
+        '    da1 = 2 * (a1 - y) / 3\n'
+        '    dz1 = (np.diag(a1.ravel()) - np.outer(a1, a1)) @ da1\n'
+        '    dW1 = dz1 @ x.T\n'
+        '    db1 = dz1\n'
+        '    return {\n'
+        '        "a1": da1, "z1": dz1, "W1": dW1, "b1": db1,\n'
+        '    }\n',
+    ]
+
+
+def test_batch_size_read_when_only_ones_uses_it():
+    # reduction "sum": no 1/N anywhere, so N appears only in ones(1, N); the code must still define it
+    net = symbp.MLP([3, 2], output="identity", loss="mse", batch=2, reduction="sum")
+    fast = symbp.compile(net, {"z1": "a1 - y", "b1": "(ones(1, N) @ dz1).T"})
+    assert "\n    N = x.shape[0]\n" in fast.source and "np.ones((1, N))" in fast.source
+    values = numeric.random_values(symbp.MLP([3, 2], output="identity", loss="mse", batch=4, reduction="sum"), 0)
+    got = fast(**values)
+    z = values["x"] @ values["W1"].T + values["b1"].T
+    np.testing.assert_allclose(got["b1"], (z - values["y"]).sum(axis=0, keepdims=True).T, rtol=1e-13)
 
 
 def test_batch_code_takes_any_number_of_rows():
@@ -234,3 +331,23 @@ def test_mnist_size_equals_the_reference_backprop():
             expected = np.vstack([e[name].T for e in examples]) / 8
         assert got[name].shape == expected.shape
         np.testing.assert_allclose(got[name], expected, rtol=1e-10, atol=1e-15, err_msg=name)
+
+
+def test_wrap_fills_lines_up_to_the_width():
+    from symbp.codegen import _wrap
+
+    assert _wrap("aaa bbb ccc", 7) == ["aaa bbb", "ccc"]  # a line of exactly 7 characters fits
+    assert _wrap("aaa bbb ccc", 6) == ["aaa", "bbb", "ccc"]
+    assert _wrap("abcdefgh ij", 5, indent="  ") == ["  abcdefgh", "  ij"]  # a long word alone, no empty line
+    assert _wrap("one", 80) == ["one"]
+
+
+def test_flat_vectors_are_taken_as_columns():
+    net = symbp.MLP([3, 2], output="identity", loss="mse")
+    fast = symbp.compile(net, {"z1": "a1 - y", "W1": "dz1 @ x.T", "b1": "dz1"})
+    values = numeric.random_values(net, 0)
+    flat = {k: (v.ravel() if v.shape[1] == 1 else v) for k, v in values.items()}
+    assert flat["x"].shape == (3,) and flat["b1"].shape == (2,)
+    got, expected = fast(**flat), fast(**values)
+    for name in ("z1", "W1", "b1"):
+        assert got[name].shape == net.shape(name) and np.array_equal(got[name], expected[name])

@@ -123,3 +123,26 @@ def test_progress_is_shown_when_asked_and_silent_otherwise(capsys):
     symbp.derive(net)  # stderr is not a terminal under pytest: nothing, as with progress=False
     symbp.derive(net, method="expand", progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_gradients_mapping_text_and_repr():
+    net = symbp.MLP([2, 3, 2], output="identity", loss="mse")
+    g = symbp.derive(net)
+    names = ["W1", "b1", "W2", "b2", "z1", "a1", "z2", "a2"]
+    assert list(g) == names and len(g) == 8 and len(g.with_layout("numerator")) == 8
+    assert g.text("W1", 0, 1) == "dL/dW1[1,2] = dz1[1]*x[2]" and g.text("b2") == "dL/db2[1] = dz2[1]"
+    # numerator layout: entry (1, 0) of the transposed matrix is the same partial, dL/dW1[1,2]
+    assert g.with_layout("numerator").text("W1", 1, 0) == "dL/dW1[1,2] = dz1[1]*x[2]"
+    assert g.text("W2", 1, 2) == "dL/dW2[2,3] = a1[3]*dz2[2]"  # SymPy orders the factors
+    assert repr(g) == (f"Gradients({net!r}, method='chain', layout='denominator', names={names})")
+    assert repr(g.with_layout("numerator")).endswith(f"layout='numerator', names={names})")
+
+
+def test_progress_in_a_log_is_one_line_a_stage_even_for_wide_layers(capsys):
+    # a stage of 17 entries would report "entry 16 of 17" on a terminal; a log (stderr not a terminal)
+    # gets only the stage lines
+    symbp.derive(symbp.MLP([2, 17, 2]), progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "symbp derive: chain a2", "symbp derive: chain z2", "symbp derive: chain a1", "symbp derive: chain z1",
+        "symbp derive: chain: the parameters' gradients"]

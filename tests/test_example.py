@@ -4,6 +4,7 @@ verdicts on claimed cells with deliberate mistakes; the spec file, JSON, CLI and
 import json
 import shutil
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import symbp.latex
 from symbp import numeric
 from symbp.cli import main
 from symbp.errors import SymbpError
-from symbp.example import document, from_spec, mistaken_backward, worked_example
+from symbp.example import document, from_spec, mistaken_backward, say, worked_example
 
 from conftest import config_id, configurations, make
 
@@ -172,6 +173,53 @@ def test_right_claims_are_marked_right(square_net):
     assert ex.ok and ex.cell("dz2").reason == "agrees to within 0.005 (true value 9)"
     ex = worked_example(square_net, SQUARE, claimed={"dz2": [9.004, -5]}, tolerance=0)
     assert not ex.ok
+
+
+@pytest.mark.parametrize("tolerance, scale", [(None, 1), (sp.Rational(1, 10), 20), (0.0125, "2.5")])
+def test_tolerance_is_a_bound_on_the_absolute_difference(square_net, tolerance, scale):
+    # The default is 0.005 ("right to two decimals"): a claim off by 0.0049 is right, by exactly 0.005
+    # still right (<=), by 0.0051 wrong, for a cell of 9, of 45 and the loss of 53 alike (an absolute
+    # bound, not a relative one); an explicit tolerance scales the same three offsets.
+    def off(by):
+        d = Decimal(by) * Decimal(scale)
+        claimed = {"dz2": [float(9 + d), float(-5 - d)], "dW2": [[0, float(45 + d)], [0, -25]], "L": float(53 - d)}
+        options = {} if tolerance is None else {"tolerance": tolerance}
+        return worked_example(square_net, SQUARE, claimed=claimed, **options), d
+
+    for by in ("0.0049", "0.005"):
+        ex, d = off(by)
+        assert ex.ok, by
+        assert ex.cell("dW2", 0, 1).claimed == 45 + sp.Rational(str(d))
+        assert ex.cell("dW2", 0, 1).reason == f"agrees to within {say(ex.tolerance)} (true value 45)"
+    ex, d = off("0.0051")
+    assert sorted(c.label for c in ex.wrong) == ["L", "dW2[1,2]", "dz2[1]", "dz2[2]"]
+    assert ex.cell("dz2").reason == (f"dz2[1] = 9, not {(9 + d).normalize()}; none of the usual mistakes (a forgotten ReLU "
+                                     "mask, a transposed product, a wrong sign, a missing 1/N, a forgotten bias) "
+                                     "gives this number")
+    assert ex.tolerance == (sp.Rational(5, 1000) if tolerance is None else sp.Rational(str(tolerance)))
+
+
+def test_spec_and_cli_tolerance_reach_the_verdict(capsys, tmp_path):
+    # Seed 000's hand-rounded cells are off the truth by u = 1/(2 (1 + 2 e^10)) = 1.13e-5 (dz3[1],
+    # dz3[2], da2[2]), 2u (dz3[3] = q, dW3[1,1] = 2 a3[1], dW3[2,1]) and 4u (dW3[3,1] = 2 q): all right
+    # at the default 0.005 and at 5e-5; at 3e-5 only the 4u cell is wrong, at 1.5e-5 the 2u and 4u
+    # ones, whether the tolerance comes from --tolerance, from_spec or the spec's [example] table.
+    u = 1 / (2 * (1 + 2 * E10))
+    assert 1.13e-5 < float(u) < 1.14e-5
+    spec = tmp_path / "tol.toml"
+    text = SPEC.read_text().replace("dz2 = [[1], [0.5]]", "dz2 = [[1], [0]]").replace(
+        "dz1 = [[1], [-2], [2], [-1]]", "dz1 = [[1], [0], [2], [0]]")
+    spec.write_text(text)
+    assert from_spec(spec).ok and from_spec(spec, tolerance="5e-5").ok
+    assert [c.label for c in from_spec(spec, tolerance="3e-5").wrong] == ["dW3[3,1]"]
+    wrong = ["dz3[3]", "dW3[1,1]", "dW3[2,1]", "dW3[3,1]"]
+    assert [c.label for c in from_spec(spec, tolerance="1.5e-5").wrong] == wrong
+    assert main(["example", str(spec), "--tolerance", "1.5e-5"]) == 1
+    assert "claimed cells: 13 of 17 right" in capsys.readouterr().out
+    assert main(["example", str(spec), "--tolerance", "5e-5"]) == 0
+    assert "claimed cells: 17 of 17 right" in capsys.readouterr().out
+    spec.write_text(text.replace("[example]\n", "[example]\ntolerance = 1.5e-5\n", 1))
+    assert [c.label for c in from_spec(spec).wrong] == wrong and from_spec(spec, tolerance="5e-5").ok
 
 
 def test_sign_of_the_softmax_error_term(seed):

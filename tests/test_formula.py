@@ -1,8 +1,10 @@
 """The claim language: what it accepts (with shapes), what it refuses (with column and culprit), and
 what its trees evaluate to."""
 
+import dataclasses
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import sympy as sp
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 import symbp
 from symbp import functions as F
 from symbp.errors import SymbpError
-from symbp.formula import FormulaError, Node, evaluate, known_shapes, parse
+from symbp.formula import FormulaError, Node, Semantics, evaluate, evaluate_array, known_shapes, parse
 
 NET = symbp.MLP([4, 5, 3, 3])
 BATCH = symbp.MLP([4, 5, 3, 3], batch=8)
@@ -142,6 +144,77 @@ def test_node_walk_names_and_text():
     assert [n.op for n in node.walk()] == ["mul", "matmul", "transpose", "name", "name", "func", "name"]
     assert node.args[1].value == "step" and node.args[1].text == "step(z2)" and node.args[1].column == 16
     assert str(node) == "(W3.T @ dz3) * step(z2)"
+
+
+def bare(node):
+    """The same tree without the source text, as a tree built in code (not parsed) would be."""
+    return Node(node.op, tuple(bare(a) for a in node.args), node.shape, node.value)
+
+
+@pytest.mark.parametrize("text", [
+    "a3 - y", "dz3 @ a2.T", "(W3.T @ dz3) * step(z2)", "da1 * a1 * (1 - a1)", "1 - tanh(z1) ** 2",
+    "softmax(z3) - y", "sum(dz1 @ x.T, axis=0)", "sum(dz1 @ x.T, 1)", "sum(dz3)", "diag(a3) - outer(a3, a3)",
+    "ones(3, 1) * 0.5", "-dz3", "dz3 / 0.25", "0.2 * a3 - 0.05 * y + 0.0625", "a1 ** -1 / 2", "exp(-3 * z1) ** 0.5", "a1 ** 1.5 - 2.75 * a1",
+    "relu(z1) + leaky_relu(z1) + sigmoid(z1) + softplus(z1) + exp(z1) + log(a1)",
+])
+def test_text_of_a_tree_without_source_parses_back_to_the_same_tree(text):
+    node = parse(text, NET)
+    again = parse(str(bare(node)), NET)
+    assert again == node  # ops, shapes and values (text and column are not compared)
+    assert str(node) == text
+
+
+def test_nodes_are_frozen_and_equal_trees_hash_alike():
+    node = parse("dz3 @ a2.T", NET)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        node.op = "add"
+    assert hash(node) == hash(parse("dz3@(a2.T)", NET)) and {node, bare(node)} == {node}
+
+
+def test_evaluate_every_arithmetic_op_against_sympy():
+    net = symbp.MLP([2, 2])
+    z, a = net.symbols("z1"), net.symbols("a1")
+    env = {"z1": z, "a1": a}
+    cases = {
+        "z1 + a1": z + a, "z1 - a1": z - a, "-z1": -z, "z1 * a1": z.multiply_elementwise(a),
+        "z1 / a1": sp.Matrix([z[0] / a[0], z[1] / a[1]]), "a1 ** 3": a.applyfunc(lambda v: v ** 3),
+        "a1 ** 0.5 + 1": a.applyfunc(lambda v: sp.sqrt(v) + 1), "z1.T @ a1": z.T * a,
+        "outer(z1, a1)": z * a.T, "exp(2 * z1)": z.applyfunc(lambda v: sp.exp(2 * v)),
+        "exp(-3 * z1) - exp(z1 * 2)": z.applyfunc(lambda v: sp.exp(-3 * v) - sp.exp(2 * v)),
+        "sum(z1 - a1, axis=0)": sp.Matrix([[z[0] + z[1] - a[0] - a[1]]]),
+        "tanh(2 * z1) + log(3 * a1)": z.applyfunc(lambda v: sp.tanh(2 * v)) + a.applyfunc(lambda v: sp.log(3 * v)),
+        "z1 @ a0.T": z * net.symbols("x").T,  # a0 is x
+    }
+    env["x"] = net.symbols("x")
+    for text, expected in cases.items():
+        got = evaluate(parse(text, net), env)
+        assert got.shape == expected.shape and (got - expected).applyfunc(sp.expand) == sp.zeros(*got.shape), text
+
+
+class Rationals(Semantics):
+    """Exact fractions (no SymPy): how verify's exact field evaluates a claim."""
+
+    def constant(self, fraction):
+        return fraction
+
+
+def test_evaluate_array_on_fractions():
+    net = symbp.MLP([3, 3], output="identity", loss="mse")
+    f = Fraction
+    W = [[f(1), f(2), f(0)], [f(-1), f(1, 2), f(3)], [f(0), f(0), f(1)]]
+    x, b = [[f(1)], [f(-2)], [f(1, 3)]], [[f(1, 2)], [f(0)], [f(-1)]]
+    env = {k: _objects(v) for k, v in {"W1": W, "x": x, "b1": b}.items()}
+    # W1 x + b1 = [1 - 4 + 1/2, -1 - 1 + 1, 1/3 - 1] = [-5/2, -1, -2/3]; its sum is -25/6
+    assert evaluate_array(parse("W1 @ x + b1", net), env, Rationals()).tolist() == [[f(-5, 2)], [f(-1)], [f(-2, 3)]]
+    assert evaluate_array(parse("sum(W1 @ x + b1)", net), env, Rationals()).tolist() == [[f(-25, 6)]]
+    assert evaluate_array(parse("sum(W1, axis=1) - x", net), env, Rationals()).tolist() == [
+        [f(2)], [f(9, 2)], [f(2, 3)]]
+
+
+def _objects(rows):
+    out = np.empty((len(rows), len(rows[0])), dtype=object)
+    out[...] = rows
+    return out
 
 
 ALPHABET = st.sampled_from(list("()+-*/@.T,_ 01xyzWbad23N") + ["step", "relu", "sum", "axis=", "**", "ones",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sympy as sp
 
 import symbp
 from symbp.errors import SymbpError
@@ -571,3 +572,45 @@ def test_a_kink_whose_zeros_are_out_of_reach_is_undecided_not_judged():
     result = verify(symbp.MLP([4, 5, 3, 3], hidden="tanh"), {"z2": "da2 * (1 - a2**2) * step(z2 - a2)"}).results[0]
     assert (result.verdict, result.method) == ("error", "symbolic")
     assert result.detail.startswith("undecided: where the argument of step(z2 - a2) is zero is out of reach")
+
+# ------------------------------------------------------------------ the fields of the exact and float tiers
+
+POINTS = [-30, -1, Fraction(-1, 2), 0, Fraction(1, 2), 1, 30]
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "step", "sigmoid", "tanh", "softplus", "exp", "log"])
+def test_float_field_functions_are_the_real_functions(name):
+    # the numeric tier evaluates claim and truth alike in this field, so a wrong function would make
+    # both sides wrong together: check it against SymPy's own function at -30, -1, -1/2, 0, 1/2, 1, 30
+    from symbp.formula import ELEMENTWISE
+    from symbp.verify import FloatField
+
+    for v in POINTS:
+        if name == "log" and v <= 0:
+            continue
+        expected = float(sp.N(ELEMENTWISE[name](sp.Rational(v)), 30))
+        assert FloatField().call(name, float(v)) == pytest.approx(expected, rel=1e-13, abs=1e-300), (name, v)
+    if name == "log":
+        assert np.isnan(FloatField().call("log", -1.0)) and np.isnan(FloatField().call("log", 0.0))
+
+
+def test_exact_field_piecewise_functions_are_exact_and_step_is_zero_at_zero():
+    from symbp.formula import ELEMENTWISE
+    from symbp.verify import FloatField
+
+    field = ExactField(random.Random(0))
+    for name in ("relu", "leaky_relu", "step"):
+        for v in POINTS:
+            assert field.call(name, Fraction(v)) == sp.Rational(ELEMENTWISE[name](sp.Rational(v))), (name, v)
+    for f in (field, FloatField()):
+        assert [f.heaviside(v, Fraction(1, 2)) for v in (-1, 0, 1)] == [0, Fraction(1, 2), 1]
+        assert [f.heaviside(v, 0) for v in (Fraction(-1, 3), 0, Fraction(1, 3))] == [0, 0, 1]
+    v = Fraction(3, 7)
+    assert field.call("exp", 0) == 1 and field.call("exp", v) * field.call("exp", -v) == 1
+    assert field.call("log", 1) == 0 and field.call("softplus", v) == field.call("log", 1 + field.call("exp", v))
+
+
+def test_a_report_prints_as_its_text():
+    net = symbp.MLP([2, 2], output="identity", loss="mse")
+    report = verify(net, {"z1": "a1 - y", "W1": "x @ dz1.T"})
+    assert str(report) == report.text() and "dL/dW1" in str(report) and "dL/dz1" in str(report)
