@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 
@@ -46,8 +47,29 @@ def parse_sizes(text: str) -> list[int]:
         raise SymbpError(f"sizes {text!r}: '{bad}' is not a whole number (write e.g. 4,5,3,3)") from None
 
 
+def json_ready(value):
+    """``value`` with every non-finite float written as a string (``"nan"``, ``"inf"``, ``"-inf"``):
+    JSON has no NaN or Infinity, and ``null`` would compare as a small number in some tools (jq).
+
+    >>> json_ready({"error": float("nan"), "norms": [1.5, float("-inf")], "shape": (2, 1)})
+    {'error': 'nan', 'norms': [1.5, '-inf'], 'shape': [2, 1]}
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def dumps(payload) -> str:
+    """The one JSON encoder of every command: strict JSON (``allow_nan=False``) after :func:`json_ready`."""
+    return json.dumps(json_ready(payload), indent=2, allow_nan=False)
+
+
 def _emit(args, payload: dict, text: str) -> None:
-    print(json.dumps(payload, indent=2) if args.json else text)
+    print(dumps(payload) if args.json else text)
 
 
 # --------------------------------------------------------------------------- derive
@@ -142,12 +164,18 @@ def _run_derive(args):
         lines.append(f"  {name:<{width}}  {f'{r}x{c}':>7}  {grads.text(name)}")
     fd = f", {fd_error:.1e} vs central differences" if fd_error is not None else \
         f" (central differences skipped above {FD_LIMIT} parameters)"
-    lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
-              f"vs NumPy reference backprop{fd}"]
+    decided = math.isfinite(reference_error) and (fd_error is None or math.isfinite(fd_error))
+    payload["checks"]["ok"] = decided
+    if decided:
+        lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
+                  f"vs NumPy reference backprop{fd}"]
+    else:
+        lines += ["", "numeric check at a random point (float64): UNDECIDABLE: the gradients are not finite there "
+                  "(nan or infinity), so the derivation is not checked"]
     if args.out is not None:
         lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
     _emit(args, payload, "\n".join(lines))
-    return 0
+    return 0 if decided else 1
 
 
 FD_LIMIT = 2000
@@ -338,7 +366,7 @@ def _run_flow(args):
         if written[kind]:
             text += f"\nwrote {written[kind]}"
     _emit(args, payload, text)
-    return 0
+    return 0 if result.ok else 1
 
 
 # --------------------------------------------------------------------------- gallery
@@ -380,9 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import numpy as np
+
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        # NumPy's float warnings (overflow, 0/0) would quote generated code at the user; every check
+        # reports nan and infinity itself (undecidable, never a pass).
+        with np.errstate(all="ignore"):
+            return args.run(args)
     except SymbpError as exc:
         print(f"symbp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ a power-of-ten bound.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -188,7 +189,12 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
     checks = verification(net, grads, printer)
-    worked = worked_example(net, grads, printer) if example else None
+    worked, omitted = None, None
+    if example:
+        try:
+            worked = worked_example(net, grads, printer)
+        except NotPrintable as exc:
+            omitted = str(exc)  # the document says why it has no worked example
     return {
         "title": title if title is not None else default_title(net),
         "author": f"symbp {__version__}",
@@ -202,6 +208,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "output": _output(net, grads, printer),
         "checks": checks["summary"],
         "example": worked,
+        "example_omitted": omitted,
         "flow": _flow(net, worked),
     }
 
@@ -437,8 +444,9 @@ def verification(net: MLP, grads, printer=None) -> dict:
         marks.setdefault(name, {"verdict": "holds" if error < 1e-8 else "fails", "method": "numeric",
                                 "detail": "", "bound": error_exponent(error)})
     for mark in marks.values():
-        mark["numeric_ok"] = mark["bound"] <= -8
-    worst = max(errors.values())
+        mark["numeric_ok"] = mark["bound"] is not None and mark["bound"] <= -8  # None: nan, undecidable
+    # max() skips a nan that is not first: an undecidable entry makes the whole check undecidable.
+    worst = math.nan if any(math.isnan(e) for e in errors.values()) else max(errors.values())
     summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8,
                "ok": report.ok, "assumptions": list(report.assumptions),
                "methods": sorted({r.method for r in report.results if r.method})}
@@ -485,12 +493,37 @@ def example_values(net: MLP) -> dict:
     return values
 
 
+class NotPrintable(Exception):
+    """A cell of the worked example is not a finite real number of printable size (a custom
+    activation such as ``1/x`` at 0, or ``exp(exp(exp(x)))``): the example is left out, and the
+    document says why."""
+
+
+#: The worked example prints numbers with ``DIGITS`` decimals in full: none may reach this size.
+EXAMPLE_MAX_ABS = sp.Integer(10) ** 12
+
+
 def _exact(expr):
-    """An exact rational stays exact; anything else (exp, tanh, ...) becomes a 30-digit Float."""
+    """An exact rational stays exact; anything else (exp, tanh, ...) becomes a 30-digit Float.
+    Raises :class:`NotPrintable` for a value that is not a finite real number below ``EXAMPLE_MAX_ABS``.
+
+    >>> _exact(sp.Rational(1, 3)), _exact(sp.exp(1))
+    (1/3, 2.71828182845904523536028747135)
+    >>> _exact(sp.log(0))
+    Traceback (most recent call last):
+    ...
+    symbp.document.NotPrintable: a cell of the worked example is zoo, not a finite real number
+    """
     value = sp.sympify(expr)
-    if value.is_Rational:
-        return value
-    return sp.Float(sp.N(value, 30), 30)
+    if not value.is_Rational:
+        value = sp.N(value, 30)
+        if not (value.is_Float or value.is_Rational):
+            raise NotPrintable(f"a cell of the worked example is {sp.N(value, 3)}, not a finite real number")
+        value = sp.Float(value, 30)
+    if abs(value) >= EXAMPLE_MAX_ABS:
+        raise NotPrintable(f"a cell of the worked example is about {str(sp.Float(value, 3)).lower()}, too large to print "
+                           f"with {DIGITS} decimals")
+    return value
 
 
 def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
