@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import textwrap
 
@@ -212,11 +214,18 @@ def _add_graph(sub):
 
 def _check_document_options(args, out) -> None:
     """``--pdf``, ``--title`` and ``--template-dir`` belong to a document: refuse them without
-    ``-o FILE.tex``, before any work (one rule and one message for every command)."""
+    ``-o FILE.tex``, before any work (one rule and one message for every command). With ``-o``, check
+    before any work that the title can be typeset and that every file can be written."""
     if out is None:
         for flag, attr in (("--pdf", "pdf"), ("--title", "title"), ("--template-dir", "template_dir")):
             if getattr(args, attr, None):
                 raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
+        return
+    from .latex import check_output, check_text
+
+    if args.title is not None:
+        check_text(args.title, "--title")
+    check_output(out, also=((".pdf", ".png") if args.command == "flow" else (".pdf",)) if args.pdf else ())
 
 
 def _write_document(args, tex):
@@ -411,6 +420,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     args = build_parser().parse_args(argv)
+    previous = _on_sigterm_exit()
     try:
         # NumPy's float warnings (overflow, 0/0) would quote generated code at the user; every check
         # reports nan and infinity itself (undecidable, never a pass).
@@ -419,8 +429,31 @@ def main(argv=None) -> int:
     except SymbpError as exc:
         print(f"symbp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (symbp ... | head -1): Python's documented recipe, so that the
+        # interpreter's final flush does not fail again; 141 is 128 + SIGPIPE, as a shell reports it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:  # pragma: no cover
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm_exit():
+    """Turn SIGTERM into ``SystemExit(143)`` (128 + SIGTERM) so that every ``finally`` and context
+    manager runs: temporary folders of a PDF compile and half-written temporary files are removed, and
+    a running pdflatex is killed by ``subprocess.run``. Returns the previous handler (None off the main
+    thread, where Python cannot install one)."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,7 +72,7 @@ def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, 
           example: bool | None = None, template_dir=None) -> dict:
     """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
     ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
-    tex.check_output(path)  # before the (slow) rendering
+    tex.check_output(path, also=(".pdf",) if pdf else ())  # before the (slow) rendering
     source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
     return tex.write_document(source, path, pdf=pdf)
 
@@ -136,7 +136,9 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, g
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SymbpError(f"{str(out_dir)!r} is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.parent.is_dir():  # symbp never creates missing parents (see symbp.latex.write_atomic)
+        raise SymbpError(f"cannot write into {str(out_dir)!r}: folder {str(out_dir.parent)!r} does not exist")
+    out_dir.mkdir(exist_ok=True)
     written = []
     for entry in entries:
         done = write(entry.network(), out_dir / f"{entry.name}.tex", pdf=pdf, title=entry.title)

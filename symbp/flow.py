@@ -601,7 +601,7 @@ def write_flow(result: Flow, tex_path, *, pdf: bool = False, title: str | None =
     Nothing is written if the document does not compile."""
     from .latex import check_output, compile_pdf, write_atomic
 
-    tex_path = check_output(tex_path)  # before the slow work
+    tex_path = check_output(tex_path, also=(".pdf", ".png") if pdf else ())  # before the slow work
     if not (all(run.finite for run in result.runs) and math.isfinite(result.reference_max_rel_error)):
         raise SymbpError(f"flow document: the gradient norms are not finite at init scale {result.init_scale:g} "
                          "(float64 overflow or 0/0), so there is nothing to plot or read; choose a smaller init scale")
