@@ -423,13 +423,13 @@ _ESCAPES = {
 _ESCAPE_RE = re.compile("|".join(re.escape(c) for c in _ESCAPES))
 
 #: The characters pdflatex typesets with symbp's preamble (T1 fonts, Latin Modern, UTF-8 input), as
-#: measured with TeX Live: printable ASCII, Latin-1 and Latin Extended-A (but for eight letters T1 has
+#: measured with TeX Live: printable ASCII, Latin-1 and Latin Extended-A (but for nine letters T1 has
 #: no glyph for), and the usual typographic punctuation. Chinese, Hebrew, Greek, Cyrillic or emoji would
 #: need XeLaTeX or LuaLaTeX with system fonts, which the Debian packages of .ci/run do not provide:
 #: symbp refuses them up front, naming the character (tests/test_latex_files.py compiles every one).
 TYPESET = frozenset(
     [chr(c) for c in range(0x20, 0x7F)]
-    + [chr(c) for c in range(0xA0, 0x180) if c not in (0x126, 0x127, 0x138, 0x13F, 0x140, 0x149, 0x166, 0x167)]
+    + [chr(c) for c in range(0xA0, 0x17F) if c not in (0x126, 0x127, 0x138, 0x13F, 0x140, 0x149, 0x166, 0x167)]
     + list("\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2020\u2021\u2022\u2026\u2030\u2039\u203a\u20ac\u2122")
 )
 
