@@ -126,6 +126,9 @@ def _run_derive(args):
     from .derive import derive
 
     _check_document_options(args, args.out)
+    if args.out is not None and args.layout == "numerator":
+        raise SymbpError("--layout numerator: the document is written in denominator layout only (dL/dV has the "
+                         "shape of V); leave out -o, or --layout")
     net = network_from_args(args)
     grads = derive(net, method=args.method, layout=args.layout)
     values = numeric.random_values(net, args.seed)

@@ -183,6 +183,9 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         if not isinstance(grads, Gradients) or grads.net is not net:
             raise SymbpError("document: grads must be symbp.derive(net) of this network, or left out")
         layout = grads.layout
+        if layout != "denominator":  # its matrices, closed forms and worked example are all denominator
+            raise SymbpError("document: written in denominator layout only (dL/dV has the shape of V); "
+                             "leave out the numerator layout for a document")
         # The document shows the chain method's compact entries (``expand`` writes everything out).
         grads = grads.with_layout("denominator") if grads.method == "chain" else None
     if grads is None:

@@ -84,3 +84,11 @@ def test_no_warning_from_generated_code_reaches_the_user():
     assert done.returncode == 1 and done.stderr == ""
     done = run_cli("derive", "3,4,2", "--hidden", "log(x)")
     assert done.returncode == 1 and done.stderr == ""
+
+
+def test_no_flow_document_from_norms_that_are_not_numbers(tmp_path, capsys):
+    code = main(["flow", "--depth", "3", "--width", "3", "--init-scale", "1e300", "-o", str(tmp_path / "f.tex")])
+    assert code == 2 and list(tmp_path.iterdir()) == []
+    assert capsys.readouterr().err == ("symbp flow: error: flow document: the gradient norms are not finite at init scale "
+                                       "1e+300 (float64 overflow or 0/0), so there is nothing to plot or read; choose a "
+                                       "smaller init scale\n")
