@@ -456,9 +456,9 @@ class Flow:
 
     @property
     def ok(self) -> bool:
-        """Whether the derived gradients agree with the NumPy reference (relative error at most 1e-8);
-        false when the check is undecidable (a non-finite gradient gives a nan error)."""
-        return self.reference_max_rel_error <= 1e-8
+        """Whether the measurement can be read: the derived gradients agree with the NumPy reference
+        (relative error at most 1e-8; a nan error is undecidable) and every norm is finite."""
+        return self.reference_max_rel_error <= 1e-8 and all(run.finite for run in self.runs)
 
     def to_json(self) -> dict:
         """``{"residual", "layers", ...}`` as in INTERFACE; with ``residual`` also ``plain_layers``."""
@@ -505,8 +505,14 @@ class Flow:
         lines.append("")
         lines += self.reading()
         error = self.reference_max_rel_error
-        verdict = "agree" if self.ok else "DISAGREE: do not trust these numbers" if math.isfinite(error) \
-            else "UNDECIDABLE: the gradients are not finite, nothing is checked"
+        if not math.isfinite(error):
+            verdict = "UNDECIDABLE: the gradients are not finite, nothing is checked"
+        elif error > 1e-8:
+            verdict = "DISAGREE: do not trust these numbers"
+        elif not self.ok:
+            verdict = "agree, but both overflowed float64 alike: do not read these numbers"
+        else:
+            verdict = "agree"
         lines.append(f"check: derived gradients vs NumPy reference backprop, max relative error {error:.1e} ({verdict})")
         return "\n".join(lines)
 

@@ -366,34 +366,51 @@ def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
     return result
 
 
-def _finite(*arrays) -> bool:
-    return all(np.all(np.isfinite(np.asarray(a, dtype=float))) for a in arrays)
+def _decidable(a, b) -> bool:
+    """Whether two arrays can be compared: no nan, and an infinity only where the other side has the
+    same one (both engines overflowed alike, as ``-y/a`` at an ``a`` that underflowed to 0)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.isnan(a).any() or np.isnan(b).any():
+        return False
+    infinite = np.isinf(a) | np.isinf(b)
+    return bool(np.all(a[infinite] == b[infinite])) if infinite.any() else True
+
+
+def _difference(a, b) -> np.ndarray:
+    """``|a - b|``, 0 where both are the same infinity."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(a == b, 0.0, np.abs(a - b))
 
 
 def max_abs_error(a: dict, b: dict, names=None) -> float:
     """The largest entry-wise difference over the gradients both dicts have; ``nan`` (undecidable,
-    never a pass) when either side has a non-finite entry.
+    never a pass) when either side has a nan, or an infinity the other side does not share.
 
     >>> max_abs_error({"W1": [[1.0, 2.0]]}, {"W1": [[1.0, 2.5]]}), max_abs_error({"W1": [[np.nan]]}, {"W1": [[0.0]]})
     (0.5, nan)
+    >>> max_abs_error({"W1": [[-np.inf, 1.0]]}, {"W1": [[-np.inf, 1.0]]}), max_abs_error({"W1": [[np.inf]]}, {"W1": [[1.0]]})
+    (0.0, nan)
     """
     names = names or [n for n in a if n in b]
-    if not _finite(*(a[n] for n in names), *(b[n] for n in names)):
+    if not all(_decidable(a[n], b[n]) for n in names):
         return math.nan
-    return max((float(np.max(np.abs(np.asarray(a[n], dtype=float) - np.asarray(b[n], dtype=float))))
-                for n in names), default=0.0)
+    return max((float(np.max(_difference(a[n], b[n]))) for n in names), default=0.0)
 
 
 def max_rel_error(got: dict, truth: dict, names=None) -> float:
     """The largest difference relative to the size of the true gradient (per variable, max norm);
-    ``nan`` (undecidable, never a pass) when either side has a non-finite entry."""
+    ``nan`` (undecidable, never a pass) as for :func:`max_abs_error`; the scale of a variable is
+    its largest finite entry."""
     names = names or [n for n in got if n in truth]
-    if not _finite(*(got[n] for n in names), *(truth[n] for n in names)):
+    if not all(_decidable(got[n], truth[n]) for n in names):
         return math.nan
     worst = 0.0
     for n in names:
-        scale = max(float(np.max(np.abs(truth[n]))), 1e-300)
-        worst = max(worst, float(np.max(np.abs(np.asarray(got[n]) - truth[n]))) / scale)
+        finite = np.abs(np.asarray(truth[n], dtype=float))
+        finite = finite[np.isfinite(finite)]
+        scale = max(float(np.max(finite)) if finite.size else 0.0, 1e-300)
+        worst = max(worst, float(np.max(_difference(got[n], truth[n]))) / scale)
     return worst
 
 
