@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import signal
 import sys
 import textwrap
 
@@ -47,8 +49,29 @@ def parse_sizes(text: str) -> list[int]:
         raise SymbpError(f"sizes {text!r}: '{bad}' is not a whole number (write e.g. 4,5,3,3)") from None
 
 
+def json_ready(value):
+    """``value`` with every non-finite float written as a string (``"nan"``, ``"inf"``, ``"-inf"``):
+    JSON has no NaN or Infinity, and ``null`` would compare as a small number in some tools (jq).
+
+    >>> json_ready({"error": float("nan"), "norms": [1.5, float("-inf")], "shape": (2, 1)})
+    {'error': 'nan', 'norms': [1.5, '-inf'], 'shape': [2, 1]}
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def dumps(payload) -> str:
+    """The one JSON encoder of every command: strict JSON (``allow_nan=False``) after :func:`json_ready`."""
+    return json.dumps(json_ready(payload), indent=2, allow_nan=False)
+
+
 def _emit(args, payload: dict, text: str) -> None:
-    print(json.dumps(payload, indent=2) if args.json else text)
+    print(dumps(payload) if args.json else text)
 
 
 # --------------------------------------------------------------------------- derive
@@ -115,6 +138,9 @@ def _run_derive(args):
     from .derive import derive
 
     _check_document_options(args, args.out)
+    if args.out is not None and args.layout == "numerator":
+        raise SymbpError("--layout numerator: the document is written in denominator layout only (dL/dV has the "
+                         "shape of V); leave out -o, or --layout")
     steps = cost.DERIVE_STEPS + (("document",) if args.out is not None else ())
     estimate = cost.refuse_if_too_big(parse_sizes(args.sizes), batch=_batch(args.batch), output=args.output,
                                       hidden=args.hidden.split(";") if ";" in args.hidden else args.hidden,
@@ -171,12 +197,18 @@ def _run_derive(args):
     if fd_excluded:
         fd += (f" (leaving out {fd_excluded} entr{'y' if fd_excluded == 1 else 'ies'} whose perturbation "
                "crosses a kink: there a difference quotient is not a derivative)")
-    lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
-              f"vs NumPy reference backprop{fd}"]
+    decided = math.isfinite(reference_error) and (fd_error is None or math.isfinite(fd_error))
+    payload["checks"]["ok"] = decided
+    if decided:
+        lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
+                  f"vs NumPy reference backprop{fd}"]
+    else:
+        lines += ["", "numeric check at a random point (float64): UNDECIDABLE: the gradients are not finite there "
+                  "(nan or infinity), so the derivation is not checked"]
     if args.out is not None:
         lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
     _emit(args, payload, "\n".join(lines))
-    return 0
+    return 0 if decided else 1
 
 
 FD_LIMIT = 2000
@@ -213,11 +245,18 @@ def _add_graph(sub):
 
 def _check_document_options(args, out) -> None:
     """``--pdf``, ``--title`` and ``--template-dir`` belong to a document: refuse them without
-    ``-o FILE.tex``, before any work (one rule and one message for every command)."""
+    ``-o FILE.tex``, before any work (one rule and one message for every command). With ``-o``, check
+    before any work that the title can be typeset and that every file can be written."""
     if out is None:
         for flag, attr in (("--pdf", "pdf"), ("--title", "title"), ("--template-dir", "template_dir")):
             if getattr(args, attr, None):
                 raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
+        return
+    from .latex import check_output, check_text
+
+    if args.title is not None:
+        check_text(args.title, "--title")
+    check_output(out, also=((".pdf", ".png") if args.command == "flow" else (".pdf",)) if args.pdf else ())
 
 
 def _write_document(args, tex):
@@ -412,7 +451,7 @@ def _run_flow(args):
         if written[kind]:
             text += f"\nwrote {written[kind]}"
     _emit(args, payload, text)
-    return 0
+    return 0 if result.ok else 1
 
 
 # --------------------------------------------------------------------------- gallery
@@ -454,14 +493,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import numpy as np
+
     args = build_parser().parse_args(argv)
+    previous = _on_sigterm_exit()
     try:
-        return args.run(args)
+        # NumPy's float warnings (overflow, 0/0) would quote generated code at the user; every check
+        # reports nan and infinity itself (undecidable, never a pass).
+        with np.errstate(all="ignore"):
+            return args.run(args)
     except SymbpError as exc:
         print(f"symbp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (symbp ... | head -1): Python's documented recipe, so that the
+        # interpreter's final flush does not fail again; 141 is 128 + SIGPIPE, as a shell reports it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:  # pragma: no cover
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _on_sigterm_exit():
+    """Turn SIGTERM into ``SystemExit(143)`` (128 + SIGTERM) so that every ``finally`` and context
+    manager runs: temporary folders of a PDF compile and half-written temporary files are removed, and
+    a running pdflatex is killed by ``subprocess.run``. Returns the previous handler (None off the main
+    thread, where Python cannot install one)."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 
 import sympy as sp
 
-from .errors import SymbpError
+from .errors import SymbpError, UnknownName, closest
 from .names import TextPrinter, times
 from .network import MLP
 
@@ -66,8 +66,8 @@ class Gradients(Mapping):
         self.definitions = list(definitions)  # (dV_i_j, expression), in the order computed
 
     def __getitem__(self, name):
-        if name not in self._matrices:
-            raise KeyError(name)
+        if not isinstance(name, str) or name not in self._matrices:
+            raise UnknownName(f"no gradient named {name!r}; have {', '.join(self._matrices)}{closest(str(name), self._matrices)}")
         M = self._matrices[name]
         return M.T if self.layout == "numerator" else M
 

@@ -18,6 +18,7 @@ a power-of-ten bound.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -71,7 +72,7 @@ def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, 
           example: bool | None = None, template_dir=None) -> dict:
     """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
     ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
-    tex.check_output(path)  # before the (slow) rendering
+    tex.check_output(path, also=(".pdf",) if pdf else ())  # before the (slow) rendering
     source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
     return tex.write_document(source, path, pdf=pdf)
 
@@ -135,7 +136,9 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, g
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SymbpError(f"{str(out_dir)!r} is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not out_dir.parent.is_dir():  # symbp never creates missing parents (see symbp.latex.write_atomic)
+        raise SymbpError(f"cannot write into {str(out_dir)!r}: folder {str(out_dir.parent)!r} does not exist")
+    out_dir.mkdir(exist_ok=True)
     written = []
     for entry in entries:
         done = write(entry.network(), out_dir / f"{entry.name}.tex", pdf=pdf, title=entry.title)
@@ -180,6 +183,9 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         if not isinstance(grads, Gradients) or grads.net is not net:
             raise SymbpError("document: grads must be symbp.derive(net) of this network, or left out")
         layout = grads.layout
+        if layout != "denominator":  # its matrices, closed forms and worked example are all denominator
+            raise SymbpError("document: written in denominator layout only (dL/dV has the shape of V); "
+                             "leave out the numerator layout for a document")
         # The document shows the chain method's compact entries (``expand`` writes everything out).
         grads = grads.with_layout("denominator") if grads.method == "chain" else None
     if grads is None:
@@ -188,7 +194,12 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
     checks = verification(net, grads, printer)
-    worked = worked_example(net, grads, printer) if example else None
+    worked, omitted = None, None
+    if example:
+        try:
+            worked = worked_example(net, grads, printer)
+        except NotPrintable as exc:
+            omitted = str(exc)  # the document says why it has no worked example
     return {
         "title": title if title is not None else default_title(net),
         "author": f"symbp {__version__}",
@@ -202,6 +213,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "output": _output(net, grads, printer),
         "checks": checks["summary"],
         "example": worked,
+        "example_omitted": omitted,
         "flow": _flow(net, worked),
     }
 
@@ -437,8 +449,9 @@ def verification(net: MLP, grads, printer=None) -> dict:
         marks.setdefault(name, {"verdict": "holds" if error < 1e-8 else "fails", "method": "numeric",
                                 "detail": "", "bound": error_exponent(error)})
     for mark in marks.values():
-        mark["numeric_ok"] = mark["bound"] <= -8
-    worst = max(errors.values())
+        mark["numeric_ok"] = mark["bound"] is not None and mark["bound"] <= -8  # None: nan, undecidable
+    # max() skips a nan that is not first: an undecidable entry makes the whole check undecidable.
+    worst = math.nan if any(math.isnan(e) for e in errors.values()) else max(errors.values())
     summary = {"numeric_bound": error_exponent(worst), "numeric_ok": worst < 1e-8,
                "ok": report.ok, "assumptions": list(report.assumptions),
                "methods": sorted({r.method for r in report.results if r.method})}
@@ -485,12 +498,37 @@ def example_values(net: MLP) -> dict:
     return values
 
 
+class NotPrintable(Exception):
+    """A cell of the worked example is not a finite real number of printable size (a custom
+    activation such as ``1/x`` at 0, or ``exp(exp(exp(x)))``): the example is left out, and the
+    document says why."""
+
+
+#: The worked example prints numbers with ``DIGITS`` decimals in full: none may reach this size.
+EXAMPLE_MAX_ABS = sp.Integer(10) ** 12
+
+
 def _exact(expr):
-    """An exact rational stays exact; anything else (exp, tanh, ...) becomes a 30-digit Float."""
+    """An exact rational stays exact; anything else (exp, tanh, ...) becomes a 30-digit Float.
+    Raises :class:`NotPrintable` for a value that is not a finite real number below ``EXAMPLE_MAX_ABS``.
+
+    >>> _exact(sp.Rational(1, 3)), _exact(sp.exp(1))
+    (1/3, 2.71828182845904523536028747135)
+    >>> _exact(sp.log(0))
+    Traceback (most recent call last):
+    ...
+    symbp.document.NotPrintable: a cell of the worked example is zoo, not a finite real number
+    """
     value = sp.sympify(expr)
-    if value.is_Rational:
-        return value
-    return sp.Float(sp.N(value, 30), 30)
+    if not value.is_Rational:
+        value = sp.N(value, 30)
+        if not (value.is_Float or value.is_Rational):
+            raise NotPrintable(f"a cell of the worked example is {sp.N(value, 3)}, not a finite real number")
+        value = sp.Float(value, 30)
+    if abs(value) >= EXAMPLE_MAX_ABS:
+        raise NotPrintable(f"a cell of the worked example is about {str(sp.Float(value, 3)).lower()}, too large to print "
+                           f"with {DIGITS} decimals")
+    return value
 
 
 def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:

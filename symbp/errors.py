@@ -23,3 +23,11 @@ def closest(word: str, known) -> str:
     """
     match = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class UnknownName(SymbpError, KeyError):
+    """A name a mapping does not hold (``grads["W9"]``): a :class:`SymbpError` whose message names it
+    and the known names, and a ``KeyError``, so that ``in`` and ``.get`` work as for any mapping."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""

@@ -247,6 +247,13 @@ class FlowRun:
     def depth(self) -> int:
         return len(self.layers) - 1
 
+    @property
+    def finite(self) -> bool:
+        """Whether every norm is a finite number (float64 overflows, or gives 0/0, at a large init scale)."""
+        norms = [getattr(layer, key) for layer in self.layers
+                 for key in ("weight_grad_norm", "activation_grad_norm", "preactivation_grad_norm", "input_norm")]
+        return all(math.isfinite(v) for v in norms if v is not None)
+
     def column(self, key: str) -> list:
         return [getattr(layer, key) for layer in self.layers]
 
@@ -381,7 +388,12 @@ class FlowModel:
 
     def measure(self, values: dict) -> FlowRun:
         """The norms per layer from the lambdified gradients at ``values``, cross-checked against the
-        NumPy reference backprop."""
+        NumPy reference backprop. Overflow gives infinite norms (see :attr:`FlowRun.finite`), silently:
+        NumPy's warnings would quote generated code."""
+        with np.errstate(all="ignore"):
+            return self._measure(values)
+
+    def _measure(self, values: dict) -> FlowRun:
         from .numeric import forward_pass, max_rel_error, reference_gradients
 
         net = self.net
@@ -442,6 +454,12 @@ class Flow:
     def sizes(self) -> list:
         return [self.width] * (self.depth + 1) + [self.classes]
 
+    @property
+    def ok(self) -> bool:
+        """Whether the measurement can be read: the derived gradients agree with the NumPy reference
+        (relative error at most 1e-8; a nan error is undecidable) and every norm is finite."""
+        return self.reference_max_rel_error <= 1e-8 and all(run.finite for run in self.runs)
+
     def to_json(self) -> dict:
         """``{"residual", "layers", ...}`` as in INTERFACE; with ``residual`` also ``plain_layers``."""
         payload = {"residual": self.residual is not None,
@@ -458,6 +476,10 @@ class Flow:
         lines = []
         for run in self.runs:
             name = "with the skip connections" if run.residual else "without skip connections"
+            if not run.finite:
+                lines.append(f"{name}: some norms are not finite (float64 overflow or 0/0 at init scale "
+                             f"{self.init_scale:g}): the flow cannot be read from these numbers")
+                continue
             lines.append(f"{name}: ||dL/da_1|| is {run.activation_ratio:.2g} of ||dL/da_{self.depth}|| "
                          f"(the gradient {regime(run.activation_ratio)}; {run.per_layer_factor:.3g} per layer); "
                          f"||dL/dW_1|| is {run.weight_ratio:.2g} of ||dL/dW_{self.depth + 1}||")
@@ -483,7 +505,14 @@ class Flow:
         lines.append("")
         lines += self.reading()
         error = self.reference_max_rel_error
-        verdict = "agree" if error <= 1e-8 else "DISAGREE: do not trust these numbers"
+        if not math.isfinite(error):
+            verdict = "UNDECIDABLE: the gradients are not finite, nothing is checked"
+        elif error > 1e-8:
+            verdict = "DISAGREE: do not trust these numbers"
+        elif not self.ok:
+            verdict = "agree, but both overflowed float64 alike: do not read these numbers"
+        else:
+            verdict = "agree"
         lines.append(f"check: derived gradients vs NumPy reference backprop, max relative error {error:.1e} ({verdict})")
         return "\n".join(lines)
 
@@ -578,7 +607,10 @@ def write_flow(result: Flow, tex_path, *, pdf: bool = False, title: str | None =
     Nothing is written if the document does not compile."""
     from .latex import check_output, compile_pdf, write_atomic
 
-    tex_path = check_output(tex_path)  # before the slow work
+    tex_path = check_output(tex_path, also=(".pdf", ".png") if pdf else ())  # before the slow work
+    if not (all(run.finite for run in result.runs) and math.isfinite(result.reference_max_rel_error)):
+        raise SymbpError(f"flow document: the gradient norms are not finite at init scale {result.init_scale:g} "
+                         "(float64 overflow or 0/0), so there is nothing to plot or read; choose a smaller init scale")
     if pdf:
         for tool in ("pdftoppm", "pdftotext"):
             if shutil.which(tool) is None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -140,6 +141,9 @@ class SymbpLatexPrinter(LatexPrinter):
     def _print_Symbol(self, expr, style="plain"):
         parsed = parse(expr)
         if parsed is None:
+            name = expr.name
+            if not _SYMPY_NAME.match(name):  # "_", "a___b", "x__1", "café": as written, in italics
+                return rf"\textit{{{escape_latex(name, what=f'name {name!r}')}}}"
             return super()._print_Symbol(expr)
         grad, var, i, j = parsed
         if not grad:
@@ -166,6 +170,11 @@ class SymbpLatexPrinter(LatexPrinter):
 
     def _print_Heaviside(self, expr, exp=None):
         return self._function(FUNCTION_NAMES["step"], expr, exp)
+
+
+#: Names SymPy's printer splits as the writer meant (``x``, ``w0``, ``x_1``, ``alpha_2``): ASCII
+#: letters and digits, single underscores between non-empty parts. Others print as written.
+_SYMPY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*$")
 
 
 def _natural_key(term):
@@ -413,14 +422,47 @@ _ESCAPES = {
 }
 _ESCAPE_RE = re.compile("|".join(re.escape(c) for c in _ESCAPES))
 
+#: The characters pdflatex typesets with symbp's preamble (T1 fonts, Latin Modern, UTF-8 input), as
+#: measured with TeX Live: printable ASCII, Latin-1 and Latin Extended-A (but for nine letters T1 has
+#: no glyph for), and the usual typographic punctuation. Chinese, Hebrew, Greek, Cyrillic or emoji would
+#: need XeLaTeX or LuaLaTeX with system fonts, which the Debian packages of .ci/run do not provide:
+#: symbp refuses them up front, naming the character (tests/test_latex_files.py compiles every one).
+TYPESET = frozenset(
+    [chr(c) for c in range(0x20, 0x7F)]
+    + [chr(c) for c in range(0xA0, 0x17F) if c not in (0x126, 0x127, 0x138, 0x13F, 0x140, 0x149, 0x166, 0x167)]
+    + list("\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2020\u2021\u2022\u2026\u2030\u2039\u203a\u20ac\u2122")
+)
 
-def escape_latex(text) -> str:
-    """User text made safe for LaTeX's text mode: it prints as written.
+
+def check_text(text, what: str = "text") -> str:
+    """``text`` if pdflatex can typeset every character of it (see :data:`TYPESET`; tabs and line
+    breaks count as spaces), else :class:`SymbpError` naming the first one that it cannot.
+
+    >>> check_text("Café – grads")
+    'Café – grads'
+    >>> check_text("梯度 of L", "title")
+    Traceback (most recent call last):
+    ...
+    symbp.errors.SymbpError: title: the character '梯' (U+68AF) cannot be typeset by pdflatex in symbp's documents (Latin letters and punctuation only)
+    """
+    text = str(text)
+    for char in text:
+        if char not in TYPESET and char not in "\t\n\r":
+            shown = repr(char)[1:-1] if not char.isprintable() else char
+            raise SymbpError(f"{what}: the character '{shown}' (U+{ord(char):04X}) cannot be typeset by pdflatex "
+                             "in symbp's documents (Latin letters and punctuation only)")
+    return text
+
+
+def escape_latex(text, what: str = "text") -> str:
+    """User text made safe for LaTeX's text mode: it prints as written (line breaks and tabs as
+    spaces); a character pdflatex cannot typeset is a :class:`SymbpError` (:func:`check_text`).
 
     >>> escape_latex("Grads & 100% of L_1 #1 {x}")
     'Grads \\\\& 100\\\\% of L\\\\_1 \\\\#1 \\\\{x\\\\}'
     """
-    return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], str(text))
+    text = re.sub(r"[\t\n\r]", " ", check_text(text, what))
+    return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], text)
 
 
 def template_dirs(user_dir=None) -> list[Path]:
@@ -462,27 +504,87 @@ def environment(user_dir=None) -> jinja2.Environment:
 
 
 def render(template: str, *, user_dir=None, **context) -> str:
-    """Render ``template`` (a file name in the template folders) with ``context``."""
+    """Render ``template`` (a file name in the template folders) with ``context``. A broken template
+    (a user's, from ``user_dir``) is a :class:`SymbpError` naming its file and line."""
+    if isinstance(context.get("title"), str):
+        check_text(context["title"], "title")
     try:
         return environment(user_dir).get_template(template).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise SymbpError(f"template {exc.name!r} not found in {', '.join(map(str, template_dirs(user_dir)))}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise SymbpError(f"template {exc.filename or exc.name}, line {exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateError as exc:  # raised while rendering: the line is in the traceback
+        where = _template_line(exc.__traceback__)
+        raise SymbpError(f"template {where or template}: {exc.message or type(exc).__name__}") from None
+
+
+def _template_line(tb) -> str | None:
+    """``"FILE, line N"`` of the innermost template frame of a traceback (Jinja2 rewrites its
+    frames to point at the template's own lines)."""
+    found = None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.endswith(".j2"):
+            found = f"{filename}, line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return found
+
+
+def _writable_folder(path: Path) -> None:
+    """Refuse, before any work, a file that cannot be written: a missing or unwritable folder, a
+    folder in its place, a read-only file. (symbp never creates missing folders: the one rule for
+    every command; ``gallery --out DIR`` creates ``DIR`` itself, as ``mkdir`` would, not its parents.)"""
+    where = str(path)
+    if not path.parent.is_dir():
+        raise SymbpError(f"cannot write {where!r}: folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise SymbpError(f"cannot write {where!r}: it is a folder")
+    if path.exists() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
+        raise SymbpError(f"cannot write {where!r}: the file is read-only")
+    try:  # the only sure test (root passes os.access; read-only file systems do not say)
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SymbpError(f"cannot write {where!r}: folder {str(path.parent)!r}: {exc.strerror}") from None
 
 
 def write_atomic(path, data) -> Path:
-    """Write ``data`` (str or bytes) to ``path`` through a temporary file and a rename."""
+    """Write ``data`` (str or bytes) to ``path`` through a temporary file and a rename, so a reader
+    never sees half a file. An existing file keeps its permission bits (a new one gets the umask's).
+    A symbolic link is followed (the file it points to is written). A file with hard links is written
+    in place instead (a rename would give ``path`` a new inode and cut the links): that write is not
+    atomic, but it happens only once the data is complete."""
     path = Path(path)
-    if path.parent and not path.parent.is_dir():
-        raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    _writable_folder(path)
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    existing = path.stat() if path.exists() else None
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8", "newline": "\n"})) as f:
+        if existing is not None and existing.st_nlink > 1:
+            with open(path, "r+b") as f:
+                f.write(data)
+                f.truncate()
+            return path
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise SymbpError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a document is as readable as any new file
+        if existing is not None:
+            mode = stat.S_IMODE(existing.st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask  # mkstemp makes 0600; a document is as readable as any new file
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise SymbpError(f"cannot write {str(path)!r}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -530,8 +632,9 @@ def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180, log_
             commands = [[pdflatex, "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", "doc.tex"]] * runs
         for command in commands:
             try:
-                done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=timeout,
-                                      stdin=subprocess.DEVNULL, env=_reproducible_env())
+                done = subprocess.run(command, cwd=work, capture_output=True, text=True, encoding="utf-8",
+                                      errors="replace", timeout=timeout, stdin=subprocess.DEVNULL,
+                                      env=_reproducible_env())
             except subprocess.TimeoutExpired:
                 raise SymbpError(f"LaTeX did not finish within {timeout:.0f} s") from None
             log_file = Path(work) / "doc.log"
@@ -543,14 +646,15 @@ def compile_pdf(tex: str, pdf_path, *, runs: int = 2, timeout: float = 180, log_
         return write_atomic(pdf_path, (Path(work) / "doc.pdf").read_bytes())
 
 
-def check_output(path) -> Path:
-    """``path`` as a ``Path`` if it can take a document: a ``.tex`` name in an existing folder.
-    Called before any slow rendering, so a bad ``-o`` fails at once."""
+def check_output(path, *, also=()) -> Path:
+    """``path`` as a ``Path`` if it can take a document: a ``.tex`` name that can be written (see
+    :func:`write_atomic`), and so can its siblings with the suffixes ``also`` (``(".pdf",)`` with a
+    PDF). Called before any slow rendering, so a bad ``-o`` fails at once."""
     path = Path(path)
     if path.suffix != ".tex":
         raise SymbpError(f"output {str(path)!r}: expected a file name ending in .tex")
-    if not path.parent.is_dir():
-        raise SymbpError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    for target in [path] + [path.with_suffix(suffix) for suffix in also]:
+        _writable_folder(Path(os.path.realpath(target)) if target.is_symlink() else target)
     return path
 
 
@@ -558,7 +662,7 @@ def write_document(source: str, path, *, pdf: bool = False) -> dict:
     """Write LaTeX ``source`` to ``path`` (a ``.tex`` file) and, with ``pdf``, the compiled
     ``path.pdf``. It compiles first, so a LaTeX error leaves neither file behind.
     Returns ``{"tex": Path, "pdf": Path | None}``."""
-    path = check_output(path)
+    path = check_output(path, also=(".pdf",) if pdf else ())
     pdf_path = compile_pdf(source, path.with_suffix(".pdf")) if pdf else None
     write_atomic(path, source)
     return {"tex": path, "pdf": pdf_path}

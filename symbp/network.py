@@ -94,6 +94,8 @@ class MLP:
 
     def shape(self, name: str) -> tuple[int, int]:
         """The shape of variable ``name`` (``x, y, W1, b1, z1, a1, ...``; ``a0`` is ``x``)."""
+        if not isinstance(name, str):
+            raise SymbpError(f"a variable's name is a string such as 'W1', not {type(name).__name__} {name!r}")
         if name == "a0":
             name = "x"
         kind, layer = name[:1], name[1:]

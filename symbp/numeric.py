@@ -185,7 +185,10 @@ class GradientFunction:
         flat = []
         for name in self._args:
             flat.extend(arrays[name].ravel())
-        results = self._fn(*flat)
+        # The generated code's own float warnings (overflow, 0/0) never reach the user: non-finite
+        # results are reported by the checks that read them (max_abs_error returns nan for them).
+        with np.errstate(all="ignore"):
+            results = self._fn(*flat)
         out = {}
         for name, result in zip(self.names, results):
             shape = self.net.shape(name)
@@ -252,14 +255,56 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
     # the shift is always safe for them; only expand results need the (costly at scale) look.
     staged = grads.method == "chain" or _all_logits_staged(net, outputs)
     program = _program(net, grads, net.output.name == "softmax" and staged)
-    flat_outputs = [list(M) for M in outputs]
+    targets = set(net.symbols("y"))
+    flat_outputs = [[guard_target_ratios(e, targets) for e in M] for M in outputs]
+    program = [(s, guard_target_ratios(e, targets)) for s, e in program]
     with paused_gc():  # printing allocates as much as deriving: see derive.paused_gc
-        fn = sp.lambdify(arg_symbols, flat_outputs, modules=[NUMPY_FUNCTIONS, "numpy"], printer=_printer(),
+        fn = sp.lambdify(arg_symbols, flat_outputs, modules=[dict(NUMPY_FUNCTIONS, target_ratio=np_target_ratio), "numpy"],
+                         printer=_printer(),
                          cse=lambda exprs: (program, exprs), docstring_limit=0)
     # The generated module is exactly this function; reading it back whole is much faster than
     # inspect.getsource, which tokenizes it to find the function's end.
     source = "".join(linecache.getlines(fn.__code__.co_filename))
     return GradientFunction(net, names, grads.layout, fn, source, args)
+
+
+class target_ratio(sp.Function):
+    """``n / d`` where the numerator ``n`` is a function of the targets alone (``-y/a`` of
+    cross-entropy, ``(1 - y)/(1 - a)`` of binary cross-entropy): 0 wherever ``n`` is 0, whatever ``d``.
+    That is the derivative's true value there: the loss term it comes from (``y log a``) is identically
+    0 in ``a`` when ``y = 0``, so an ``a`` that underflowed to 0 must not make it ``0/0 = nan``."""
+
+
+def np_target_ratio(n, d):
+    """NumPy :class:`target_ratio`.
+
+    >>> np_target_ratio(np.array([0.0, 1.0]), np.array([0.0, 4.0])).tolist()
+    [0.0, 0.25]
+    """
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    zero = n == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(zero, 0.0, n / np.where(zero, 1.0, d))
+
+
+def guard_target_ratios(expr, targets):
+    """``expr`` with every product ``n / d`` whose numerator is in ``targets`` alone written as
+    :class:`target_ratio` (for the generated code only; the derivation keeps ``-y/a``).
+
+    >>> y, a = sp.symbols("y_0_0 a2_0_0")
+    >>> guard_target_ratios(-y / a, {y})
+    target_ratio(-y_0_0, a2_0_0)
+    """
+    if not expr.free_symbols & targets:
+        return expr
+
+    def is_ratio(e):
+        if not e.is_Mul:
+            return False
+        n, d = e.as_numer_denom()
+        return d != 1 and bool(n.free_symbols) and n.free_symbols <= targets
+
+    return expr.replace(is_ratio, lambda e: target_ratio(*e.as_numer_denom()))
 
 
 def _printer():
@@ -271,7 +316,7 @@ def _printer():
     from sympy.printing.numpy import NumPyPrinter
 
     return NumPyPrinter({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True,
-                         "user_functions": {name: name for name in NUMPY_FUNCTIONS}, "order": "none"})
+                         "user_functions": {name: name for name in [*NUMPY_FUNCTIONS, "target_ratio"]}, "order": "none"})
 
 
 # --------------------------------------------------------------------------- NumPy engines
@@ -412,19 +457,51 @@ def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
     return result
 
 
+def _decidable(a, b) -> bool:
+    """Whether two arrays can be compared: no nan, and an infinity only where the other side has the
+    same one (both engines overflowed alike, as ``-y/a`` at an ``a`` that underflowed to 0)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.isnan(a).any() or np.isnan(b).any():
+        return False
+    infinite = np.isinf(a) | np.isinf(b)
+    return bool(np.all(a[infinite] == b[infinite])) if infinite.any() else True
+
+
+def _difference(a, b) -> np.ndarray:
+    """``|a - b|``, 0 where both are the same infinity."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(a == b, 0.0, np.abs(a - b))
+
+
 def max_abs_error(a: dict, b: dict, names=None) -> float:
-    """The largest entry-wise difference over the gradients both dicts have."""
+    """The largest entry-wise difference over the gradients both dicts have; ``nan`` (undecidable,
+    never a pass) when either side has a nan, or an infinity the other side does not share.
+
+    >>> max_abs_error({"W1": [[1.0, 2.0]]}, {"W1": [[1.0, 2.5]]}), max_abs_error({"W1": [[np.nan]]}, {"W1": [[0.0]]})
+    (0.5, nan)
+    >>> max_abs_error({"W1": [[-np.inf, 1.0]]}, {"W1": [[-np.inf, 1.0]]}), max_abs_error({"W1": [[np.inf]]}, {"W1": [[1.0]]})
+    (0.0, nan)
+    """
     names = names or [n for n in a if n in b]
-    return max((float(np.max(np.abs(np.asarray(a[n]) - np.asarray(b[n])))) for n in names), default=0.0)
+    if not all(_decidable(a[n], b[n]) for n in names):
+        return math.nan
+    return max((float(np.max(_difference(a[n], b[n]))) for n in names), default=0.0)
 
 
 def max_rel_error(got: dict, truth: dict, names=None) -> float:
-    """The largest difference relative to the size of the true gradient (per variable, max norm)."""
+    """The largest difference relative to the size of the true gradient (per variable, max norm);
+    ``nan`` (undecidable, never a pass) as for :func:`max_abs_error`; the scale of a variable is
+    its largest finite entry."""
     names = names or [n for n in got if n in truth]
+    if not all(_decidable(got[n], truth[n]) for n in names):
+        return math.nan
     worst = 0.0
     for n in names:
-        scale = max(float(np.max(np.abs(truth[n]))), 1e-300)
-        worst = max(worst, float(np.max(np.abs(np.asarray(got[n]) - truth[n]))) / scale)
+        finite = np.abs(np.asarray(truth[n], dtype=float))
+        finite = finite[np.isfinite(finite)]
+        scale = max(float(np.max(finite)) if finite.size else 0.0, 1e-300)
+        worst = max(worst, float(np.max(_difference(got[n], truth[n]))) / scale)
     return worst
 
 
@@ -433,12 +510,15 @@ def max_rel_error(got: dict, truth: dict, names=None) -> float:
 ERROR_FLOOR = -12
 
 
-def error_exponent(error: float) -> int:
-    """The smallest ``k >= ERROR_FLOOR`` with ``error < 10^k``: how numeric errors are printed.
+def error_exponent(error: float) -> int | None:
+    """The smallest ``k >= ERROR_FLOOR`` with ``error < 10^k``: how numeric errors are printed;
+    ``None`` for a non-finite error (an undecidable check has no bound).
 
-    >>> error_exponent(3.1e-16), error_exponent(0.002)
-    (-12, -2)
+    >>> error_exponent(3.1e-16), error_exponent(0.002), error_exponent(float("nan"))
+    (-12, -2, None)
     """
+    if not math.isfinite(error):
+        return None  # nan: undecidable (a non-finite gradient); no bound to print
     if error <= 0:
         return ERROR_FLOOR
     return max(ERROR_FLOOR, math.floor(math.log10(error)) + 1)

@@ -170,6 +170,14 @@ OUTPUTS: Mapping[str, Output] = {
 }
 
 
+def _target_ratio(n, d):
+    """``n / d``, but 0 where ``n`` (a function of the target) is 0: ``d/da (0 * log a) = 0`` even
+    where ``a`` underflowed to 0 (see :class:`symbp.numeric.target_ratio`)."""
+    zero = n == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(zero, 0.0, n / np.where(zero, 1.0, d))
+
+
 def _mean(terms):
     return sp.Add(*terms) / len(terms)
 
@@ -180,12 +188,12 @@ LOSSES: Mapping[str, Loss] = {
         Loss("cross_entropy", r"-\sum_{k} y_{k} \log a_{k}",
              lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a)).sum(axis=1),
-             lambda a, y: -y / a, True),
+             lambda a, y: -_target_ratio(y, a), True),
         Loss("binary_cross_entropy",
              r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
              lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
-             lambda a, y: (-(y / a) + (1 - y) / (1 - a)) / a.shape[1], True),
+             lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True),
         Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
              lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
              lambda a, y: ((a - y) ** 2).mean(axis=1),
@@ -264,12 +272,19 @@ def custom_activation(expression: str, *, name: str | None = None, latex: str | 
         name=name or expression,
         latex=latex or r"f",
         sympy=lambda z: body.xreplace({_X: z}),
-        numpy=lambda z: np.asarray(fn(z), dtype=float) + np.zeros_like(z),
-        numpy_derivative=lambda z: np.asarray(dfn(z), dtype=float) + np.zeros_like(z),
+        numpy=lambda z: _quietly(fn, z),
+        numpy_derivative=lambda z: _quietly(dfn, z),
         kinks=() if smooth else _kinks(derivative),
         note=f"f(x) = {expression}",
         expression=expression,
     )
+
+
+def _quietly(generated, z):
+    """A lambdified function at ``z`` without NumPy's float warnings: they would quote generated
+    code at the user; the checks that read the numbers report nan and infinity instead."""
+    with np.errstate(all="ignore"):
+        return np.asarray(generated(z), dtype=float) + np.zeros_like(z)
 
 
 def derivative(row: Activation) -> sp.Lambda:

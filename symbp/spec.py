@@ -156,7 +156,15 @@ def loads(text: str, *, path=None, steps=("build",)) -> Spec:
     code = _code(data["code"]) if "code" in data else None
     limits = _limits(data.get("limits", {}))
     values = _arrays(data.get("values", {}), "values")
-    claimed = _arrays(data.get("claimed_values", {}), "claimed_values")
+    claimed = _arrays(data.get("claimed_values", {}), "claimed_values", scalars=("L",))
+    # Every command reads the whole file: a misspelt name is an error here, whichever command it is for.
+    _known_names(values, list(net.inputs + net.params), "values", where)
+    cells = list(net.intermediates) + ["L"] + [f"d{n}" for n in net.intermediates + net.params]
+    for key in claimed:
+        if key.startswith(("dL/d", "dL_d")):
+            raise SymbpError(f"{where}claimed_values: unknown name '{key}' (write d{key[4:]} for dL/d{key[4:]})")
+    _known_names(claimed, cells, "claimed_values", where)
+    _known_names(data.get("example", {}), list(EXAMPLE_FIELDS), "example", where, kind="key")
     return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None,
                 dict(data.get("example", {})), limits)
 
@@ -228,10 +236,24 @@ def _limits(table):
             "memory_mb": check_limit(table.get("memory_mb", MEMORY_MB), "limits.memory_mb", whole=True)}
 
 
-def _arrays(table, what):
+def _arrays(table, what, scalars=()):
+    """The nested lists of a ``[values]``-like table; the names in ``scalars`` (the loss ``L``) may
+    also be a plain number."""
     out = {}
     for key, value in table.items():
-        if not isinstance(value, list):
+        scalar = key in scalars and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not isinstance(value, list) and not scalar:
             raise SymbpError(f"{what}.{key}: expected nested lists of numbers, got {value!r}")
         out[key] = value
     return out
+
+
+#: The keys of ``[example]`` (options of ``symbp example``).
+EXAMPLE_FIELDS = ("tolerance", "title", "note")
+
+
+def _known_names(table, known, what, where="", kind="name"):
+    """Refuse a key of ``table`` that is not in ``known``, as a misspelt ``[model]`` field is."""
+    for key in table:
+        if key not in known:
+            raise SymbpError(f"{where}{what}: unknown {kind} '{key}'{closest(key, known)}; known: {', '.join(known)}")

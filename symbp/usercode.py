@@ -243,7 +243,6 @@ def _talk(proc, code: CodeFile, points) -> Run:
     except (BrokenPipeError, OSError):
         pass
     channel = _Channel(proc, cap=max(code.memory_mb, 64) * 1024 * 1024)
-    stage = None  # None: importing the module; k: calling at point k
     frame = channel.frame(time.monotonic() + STARTUP_SECONDS)
     if frame[0] != "ready":
         out.failure = f"the child process did not start within {STARTUP_SECONDS} s" if frame[0] == "late" else \

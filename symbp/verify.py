@@ -1244,6 +1244,8 @@ def textbook(net: MLP) -> dict:
     >>> claims["z3"], claims["W3"], claims["z2"]
     ('a3 - y', 'dz3 @ a2.T', 'da2 * step(z2)')
     """
+    if not isinstance(net, MLP):
+        raise SymbpError(f"textbook: expected a symbp.MLP, got {type(net).__name__}")
     L, batch = net.L, net.batch
     mean = " / N" if batch and net.reduction == "mean" else ""
     aL, n = f"a{L}", net.sizes[-1]

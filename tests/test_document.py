@@ -275,9 +275,9 @@ def test_derive_writes_the_document_atomically(tmp_path, capsys):
 
 def test_derive_document_shows_the_chain_entries_and_states_the_layout(tmp_path):
     out = tmp_path / "x.tex"
-    assert main(["derive", "2,3,2", "--method", "expand", "--layout", "numerator", "-o", str(out)]) == 0
+    assert main(["derive", "2,3,2", "--method", "expand", "-o", str(out)]) == 0
     source = out.read_text()
-    assert "Numerator layout was requested: it is the transpose of every matrix shown here." in source
+    assert r"\item \textbf{Layout}: denominator: $\partial L / \partial V$ has the shape of $V$" in source
     assert r"\frac{\partial L}{\partial W^{(2)}_{1,1}} &= \delta^{(2)}_{1} a^{(1)}_{1}" in source
     net = symbp.MLP([2, 2])
     assert document.render(net, grads=symbp.derive(net, method="expand")) == document.render(net)
