@@ -225,8 +225,10 @@ def _add_graph(sub):
                            "gate is named for what it does to the gradient (add: distributor, mul: switcher, "
                            "max/min/relu: router, neg: sign flipper, other unary gates: scaler); a value used twice "
                            "accumulates (+=). Every input gradient is checked against sympy.diff of the whole "
-                           "expression. Values are exact for exact inputs (2, -3, 1/2, 0.1). relu'(0) = 0; a tie "
-                           "in max/min splits the gradient equally.", 100)
+                           "expression. Values are exact for exact inputs (2, -3, 1/2, 0.1), within 10^-3000..10^3000 "
+                           "(past that: floats, and the output says so). relu'(0) = 0; a tie in max/min splits "
+                           "the gradient equally between the tied inputs, or a tied constant takes it all "
+                           "(max(0, u) is relu). An expression may start with '-' (symbp graph -a*b --at ...).", 100)
                        + "\n\nexit codes: 0 all gradients agree with sympy.diff, 1 one does not, 2 bad input",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("expression", help="e.g. '(a*b + c)*f'")
@@ -268,11 +270,38 @@ def _write_document(args, tex):
     return str(write_document(tex, args.out, pdf=args.pdf)["tex"])
 
 
+_GRAPH_VALUED = ("--at", "--structure", "--title", "-o")
+
+
+def _graph_expression(argv: list) -> list:
+    """``symbp graph -a*b --at ...``: argparse takes an expression starting with ``-`` for an option. The
+    first argument of ``graph`` that starts with ``-`` and is no option nor an option's value is the
+    expression: a space in front makes argparse see a positional (``_run_graph`` strips it). ``-o`` and
+    ``-oFILE`` stay the option; ``-o*x`` is an expression."""
+    if not argv or argv[0] != "graph":
+        return argv
+    argv = list(argv)
+    k = 1
+    while k < len(argv):
+        token = argv[k]
+        if token == "--" or not token.startswith("-") or token == "-":
+            break  # the expression is already a positional
+        if token in _GRAPH_VALUED:
+            k += 2
+            continue
+        if token.startswith("--") or token == "-h" or (token.startswith("-o") and not any(c in token for c in "*+/()")):
+            k += 1
+            continue
+        argv[k] = " " + token
+        break
+    return argv
+
+
 def _run_graph(args):
     from .graph import document, graph, parse_point
 
     _check_document_options(args, args.out)
-    g = graph(args.expression, at=parse_point(args.at), structure=args.structure,
+    g = graph(args.expression.strip(), at=parse_point(args.at), structure=args.structure,
               granularity="primitives" if args.primitives else "gates")
     checks = g.check()
     written = _write_document(args, document(g, title=args.title, checks=checks) if args.out else None)
@@ -495,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     import numpy as np
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_graph_expression(sys.argv[1:] if argv is None else argv))
     previous = _on_sigterm_exit()
     try:
         # NumPy's float warnings (overflow, 0/0) would quote generated code at the user; every check

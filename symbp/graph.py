@@ -16,22 +16,34 @@ How it works:
   sqrt, ...) a *scaler*: it multiplies the upstream gradient by its local derivative.
 * :func:`graph` builds the graph of an expression. From text (parsed by the whitelist parser of
   :mod:`symbp.expression`, never evaluated) the default ``structure="source"`` keeps the gates *as
-  written*, binary and in source order, exactly the graph micrograd builds when it runs that line:
+  written*, binary and in source order, the graph micrograd builds when it runs that line:
   ``a*b + c`` is a mul then an add, ``a - b`` a sub gate, ``x/y`` a div gate, ``-u`` a neg gate, and a
   number folds into its gate (``1 + u`` is a ``+1`` gate, ``1/u`` a ``1/x`` gate). With
   ``structure="sympy"`` (the only choice for a SymPy expression) the graph follows SymPy's canonical
   tree instead: ``a + b + c`` is one distributor with three inputs (SymPy's ``Add`` is n-ary),
   ``a - b`` is ``a + (-1)*b`` (an add and a neg), ``x/y`` is ``x * y**-1`` (a mul and a ``1/x``),
   ``-(a + b)`` is ``-a - b``. Identical subexpressions are one node either way, so their gradients
-  accumulate.
+  accumulate: in source structure, the same operation of the same inputs as written (``a*b + a*b`` has
+  one mul node, whose gradient is 2; ``a*b + b*a`` has two), where micrograd would build it twice.
 * Granularity: ``granularity="gates"`` keeps sigmoid, tanh, softplus and relu as one gate each;
   ``"primitives"`` writes them in exp, add, 1/x and max (sigmoid(u) = 1/(1 + exp(-u)), tanh(u) =
   (e - 1)/(e + 1) with e = exp(2u), softplus(u) = log(1 + exp(u)), relu(u) = max(0, u)).
 * Values are exact SymPy numbers where the inputs are exact (integers, fractions, decimals written as
   text), floats where they are floats. :meth:`Graph.check` compares every input's gradient with
   ``sympy.diff`` of the whole expression: exactly where the values are rational, to 30 digits otherwise.
-* Ties: a max (min) gate splits the gradient equally between tied inputs (SymPy's ``Heaviside(0) = 1/2``
-  for two); relu'(0) = 0, as PyTorch and micrograd.
+* Exact work is bounded: an exact value (or local gradient) may have at most :data:`EXACT_DIGITS` digits
+  and a size within ``10^-EXACT_DIGITS .. 10^EXACT_DIGITS``, estimated (in floating point with an
+  unbounded exponent) *before* a power or an exponential is computed. Past that the whole graph is
+  rebuilt in floating point and :attr:`Graph.fallback` says where and why; a float past ``10^308``
+  (where IEEE doubles overflow) is refused, naming the gate. A value or local gradient that is not
+  real (``log(-1)``, ``(-2)**x`` at ``x = 1/2``, ``x**y`` with ``x < 0``) is refused, naming the gate.
+* Ties, one rule for every granularity and structure, used by the gate and by the check: where a max
+  (min) is tied, a tied *constant* wins (the variable inputs get 0, so ``relu(u) = max(0, u)`` gives
+  relu'(0) = 0, as PyTorch and micrograd), else the tied inputs share the gradient equally (1/k each for
+  k distinct tied inputs; SymPy's ``Heaviside(0) = 1/2`` for two). Both are subgradients; SymPy's own
+  rule gives 1/2 to *every* tied input (3/2 in all for three), which is not, so :meth:`Graph.check`
+  differentiates with ``sympy.diff`` after giving Max and Min this derivative (:func:`tie_shares`).
+  Nested max (min) calls are one router, as SymPy's ``Max`` flattens them, so the rule sees every tie.
 
 >>> g = graph("(a*b + c)*f", at={"a": 2, "b": -3, "c": 5, "f": -2})
 >>> g.value, g.grad("a"), g.grad("b"), g.grad("c"), g.grad("f")
@@ -44,10 +56,12 @@ from __future__ import annotations
 
 import ast
 import math
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Mapping
 
+import mpmath
 import sympy as sp
 
 from . import functions as F
@@ -63,8 +77,10 @@ GATES = {
     "div": ("switcher", "gives x the upstream gradient times 1/y, and y times -x/y^2"),
     "scale": ("scaler", "multiplies the upstream gradient by the constant"),
     "neg": ("sign flipper", "flips the sign of the upstream gradient"),
-    "max": ("router", "routes the upstream gradient to the largest input (split on ties); the others get 0"),
-    "min": ("router", "routes the upstream gradient to the smallest input (split on ties); the others get 0"),
+    "max": ("router", "routes the upstream gradient to the largest input (ties: split equally, or all to a "
+            "tied constant); the others get 0"),
+    "min": ("router", "routes the upstream gradient to the smallest input (ties: split equally, or all to a "
+            "tied constant); the others get 0"),
     "relu": ("router", "passes the upstream gradient where x > 0 and blocks it where x <= 0 (relu'(0) = 0)"),
     "abs": ("sign switch", "multiplies the upstream gradient by sign(x)"),
     "exp": ("scaler", "multiplies the upstream gradient by exp(x), its own output"),
@@ -84,6 +100,19 @@ GATES = {
 STRUCTURES = ("source", "sympy")
 _INFINITE = (sp.zoo, sp.oo, sp.S.NegativeInfinity, sp.nan)
 GRANULARITIES = ("gates", "primitives")
+
+EXACT_DIGITS = 3000  # an exact value has at most this many digits and a size within 10^-3000 .. 10^3000
+FLOAT_DIGITS = 308  # floats overflow past 10^308 (IEEE doubles), as the JSON's numbers would
+_LN10 = math.log(10)
+_mp = type(mpmath.mp)()  # a private context, 53 bits: the size estimates (their exponent is unbounded)
+
+
+class _TooBig(SymbpError):
+    """A value past the exact bounds (``exact=True``: the graph is rebuilt in floats) or past floats'."""
+
+    def __init__(self, message, *, exact):
+        super().__init__(message)
+        self.exact = exact
 
 
 def number(value) -> sp.Expr:
@@ -123,22 +152,33 @@ class Node:
     (2, [6, -4, -2, -1, -2, -2])
     """
 
-    __slots__ = ("value", "grad", "inputs", "local", "op", "const", "label", "id", "expr")
+    __slots__ = ("value", "grad", "inputs", "local", "op", "const", "label", "id", "expr", "exact", "approx")
 
-    def __init__(self, value, inputs=(), op="input", *, local=(), const=None, label=None, expr=None):
-        self.value = number(value)
-        self.grad = sp.S.Zero
+    def __init__(self, value, inputs=(), op="input", *, local=(), const=None, label=None, expr=None,
+                 approx=None):
         self.inputs = tuple(inputs)
-        self.local = tuple(local)  # d(self)/d(input k), one per input
-        for node, d in zip(self.inputs, self.local):
-            if d in _INFINITE or (not d.is_Number and d.has(*_INFINITE)):
-                raise SymbpError(f"{op} has no derivative at {sp.sstr(node.value)} (its local gradient is "
-                                 f"{sp.sstr(d)}): the expression is not differentiable at this point")
         self.op = op
         self.const = const  # a number folded into the gate (the 1 of "+1", the -1 of "*-1")
         self.label = label
         self.id = label
         self.expr = expr  # the SymPy expression this node computes, when known
+        if self.inputs and isinstance(value, sp.Basic) and value.is_extended_real is False:
+            raise SymbpError(f"{_culprit(self)} is {sp.sstr(value)}, not a real number")
+        self.value = number(value)
+        self.grad = sp.S.Zero
+        self.local = tuple(local)  # d(self)/d(input k), one per input
+        for k, (node, d) in enumerate(zip(self.inputs, self.local)):
+            if d in _INFINITE or (not d.is_Number and d.has(*_INFINITE)):
+                raise SymbpError(f"{op} has no derivative at {sp.sstr(node.value)} (its local gradient is "
+                                 f"{sp.sstr(d)}): the expression is not differentiable at this point")
+            if d.is_extended_real is False:
+                wrt = ("x", "y")[k] if len(self.inputs) == 2 else "x"
+                raise SymbpError(f"{_culprit(self)} has no real derivative: d/d{wrt} is {sp.sstr(d)}")
+        # exact: every value it comes from is exact (a float anywhere makes the rest floats)
+        self.exact = not self.value.has(sp.Float) if not self.inputs else (
+            not self.value.is_Float and all(n.exact for n in self.inputs))
+        self.approx = approx if approx is not None else _approximate(self)
+        _check_size(self, self.approx)
 
     def __repr__(self):
         return f"Node({self.label or self.op}, value={self.value}, grad={self.grad})"
@@ -220,22 +260,26 @@ class Node:
         n = number(n)
         if n == -1:
             return self.reciprocal()
-        return Node(self.value**n, (self,), "pow", local=(n * self.value ** (n - 1),), const=n)
+        approx = _precheck("pow", (self,), n)
+        return Node(self.value**n, (self,), "pow", local=(n * self.value ** (n - 1),), const=n, approx=approx)
 
     def cpow(self, base):
         """``base ** self`` for a number ``base``; local gradient ``base**self log(base)``."""
         base = number(base)
+        approx = _precheck("cpow", (self,), base)
         value = base**self.value
-        return Node(value, (self,), "cpow", local=(value * sp.log(base),), const=base)
+        return Node(value, (self,), "cpow", local=(value * sp.log(base),), const=base, approx=approx)
 
     def power(self, other):
         """``self ** other``, both nodes; local gradients ``y x**(y-1)`` and ``x**y log(x)``."""
+        approx = _precheck("power", (self, other), None)
         x, y = self.value, other.value
-        return Node(x**y, (self, other), "power", local=(y * x ** (y - 1), x**y * sp.log(x)))
+        return Node(x**y, (self, other), "power", local=(y * x ** (y - 1), x**y * sp.log(x)), approx=approx)
 
     def exp(self):
+        approx = _precheck("exp", (self,), None)
         value = sp.exp(self.value)
-        return Node(value, (self,), "exp", local=(value,))
+        return Node(value, (self,), "exp", local=(value,), approx=approx)
 
     def log(self):
         if self.value.is_positive is False:
@@ -247,15 +291,18 @@ class Node:
         return Node(value, (self,), "sqrt", local=(1 / (2 * value),))
 
     def sigmoid(self):
+        approx = _precheck("sigmoid", (self,), None)
         value = F.sigmoid(self.value)
-        return Node(value, (self,), "sigmoid", local=(value * (1 - value),))
+        return Node(value, (self,), "sigmoid", local=(value * (1 - value),), approx=approx)
 
     def tanh(self):
+        approx = _precheck("tanh", (self,), None)
         value = sp.tanh(self.value)
-        return Node(value, (self,), "tanh", local=(1 - value**2,))
+        return Node(value, (self,), "tanh", local=(1 - value**2,), approx=approx)
 
     def softplus(self):
-        return Node(F.softplus(self.value), (self,), "softplus", local=(F.sigmoid(self.value),))
+        approx = _precheck("softplus", (self,), None)
+        return Node(F.softplus(self.value), (self,), "softplus", local=(F.sigmoid(self.value),), approx=approx)
 
     def relu(self):
         """Router: passes the gradient where ``self > 0``; relu'(0) = 0 (``Heaviside(x, 0)``)."""
@@ -271,14 +318,13 @@ class Node:
         return Node(sp.cos(self.value), (self,), "cos", local=(-sp.sin(self.value),))
 
     def max(self, *others, const=None, op="max"):
-        """Router: ``max(self, others, const)``; the winner's local gradient is 1 (1/k for a k-way tie)."""
+        """Router: ``max(self, others, const)``; the winner's local gradient is 1; ties: :func:`tie_shares`."""
         inputs = (self,) + others
         values = [n.value for n in inputs] + ([number(const)] if const is not None else [])
         best = sp.Max(*values) if op == "max" else sp.Min(*values)
-        winners = [k for k, v in enumerate(values) if sp.Eq(v, best) is sp.true or v == best]
-        share = sp.Rational(1, len(winners))
-        local = [share if k in winners else sp.S.Zero for k in range(len(inputs))]
-        return Node(best, inputs, op, local=local, const=number(const) if const is not None else None)
+        keys = [id(n) for n in inputs] + [None] * (const is not None)
+        local = tie_shares(values, keys, fixed=[False] * len(inputs) + [True] * (const is not None), op=op)
+        return Node(best, inputs, op, local=local[:len(inputs)], const=number(const) if const is not None else None)
 
     def min(self, *others, const=None):
         """Router: ``min(self, others, const)``."""
@@ -354,6 +400,205 @@ def postorder(root, children) -> list:
     return order
 
 
+def tie_shares(values, keys, fixed, *, op="max") -> list:
+    """The share of a max (min) gate's gradient each argument gets: the tie rule, one for the gates
+    and for :meth:`Graph.check`.
+
+    The winner gets 1. At a tie a tied constant (``fixed``) wins and every variable argument gets 0
+    (``max(0, u)`` at ``u = 0``: relu'(0) = 0); else the ``k`` distinct tied arguments (``keys``: the
+    same node twice is one argument) get ``1/k`` each, split between its copies.
+
+    >>> tie_shares([1, 1, 1], "abc", [False] * 3), tie_shares([1, 1, 1], "abc", [False, False, True])
+    ([1/3, 1/3, 1/3], [0, 0, 0])
+    >>> tie_shares([2, 2, 1], "aab", [False] * 3, op="max"), tie_shares([2, 2, 1], "abc", [False] * 3, op="min")
+    ([1/2, 1/2, 0], [0, 0, 1])
+    """
+    best = (sp.Max if op == "max" else sp.Min)(*values)
+    tied = [k for k, v in enumerate(values) if v == best or sp.Eq(v, best) is sp.true]
+    if any(fixed[k] for k in tied):
+        return [sp.S.Zero] * len(values)
+    copies = Counter(keys[k] for k in tied)
+    return [sp.Rational(1, len(copies) * copies[keys[k]]) if k in tied else sp.S.Zero for k in range(len(values))]
+
+
+class _TieMax(sp.Function):
+    """``Max`` whose derivative follows :func:`tie_shares` (for :meth:`Graph.check`); unevaluated
+    (not flattened) until its arguments are numbers."""
+
+    _op = "max"
+
+    @classmethod
+    def eval(cls, *args):
+        if all(a.is_number for a in args):
+            return (sp.Max if cls._op == "max" else sp.Min)(*args)
+        return None
+
+    def fdiff(self, argindex=1):
+        mask = sum(1 << k for k, a in enumerate(self.args) if not _symbols_of(a))
+        return _TieShare(sp.Integer(self._op == "min"), sp.Integer(argindex - 1), sp.Integer(mask), *self.args)
+
+
+class _TieMin(_TieMax):
+    _op = "min"
+
+
+class _TieShare(sp.Function):
+    """``_TieShare(min?, k, constants-mask, *args)``: the share of argument ``k``, once they are numbers."""
+
+    @classmethod
+    def eval(cls, is_min, k, mask, *args):
+        if not all(a.is_number for a in args):
+            return None
+        fixed = [bool(int(mask) >> j & 1) for j in range(len(args))]
+        return tie_shares(list(args), list(range(len(args))), fixed, op="min" if is_min else "max")[int(k)]
+
+    def fdiff(self, argindex=1):
+        return sp.S.Zero  # piecewise constant
+
+
+# --------------------------------------------------------------------------- sizes of exact values
+
+
+def _to_mpf(v):
+    """A 53-bit estimate of a real SymPy number (its exponent unbounded), or None if it cannot be had."""
+    try:
+        if v.is_Rational:
+            return _mp.mpf(int(v.p)) / int(v.q)
+        if v.is_Float:
+            return _mp.make_mpf(v._mpf_)
+        return _mp.mpf(sp.N(v, 15)._mpf_)
+    except (TypeError, ValueError, AttributeError, OverflowError, ZeroDivisionError):
+        return None
+
+
+def _ops_approx(op, xs, c):
+    """What gate ``op`` computes, on the estimates ``xs`` of its inputs (and ``c`` of its constant)."""
+    mp = _mp
+    one = lambda d: c if c is not None else d  # noqa: E731
+    xc = xs + ([c] if c is not None else [])
+    table = {
+        "add": lambda: mp.fsum(xs) + one(0), "sub": lambda: xs[0] - xs[1], "mul": lambda: mp.fprod(xs) * one(1),
+        "div": lambda: xs[0] / xs[1], "scale": lambda: c * xs[0], "neg": lambda: -xs[0],
+        "max": lambda: max(xc), "min": lambda: min(xc),
+        "relu": lambda: max(mp.zero, xs[0]), "abs": lambda: abs(xs[0]), "exp": lambda: mp.exp(xs[0]),
+        "log": lambda: mp.log(xs[0]), "reciprocal": lambda: one(1) / xs[0], "pow": lambda: xs[0] ** c,
+        "cpow": lambda: c ** xs[0], "power": lambda: xs[0] ** xs[1], "sqrt": lambda: mp.sqrt(xs[0]),
+        "sigmoid": lambda: 1 / (1 + mp.exp(-xs[0])), "tanh": lambda: mp.tanh(xs[0]),
+        "softplus": lambda: mp.log1p(mp.exp(xs[0])), "sin": lambda: mp.sin(xs[0]), "cos": lambda: mp.cos(xs[0]),
+    }
+    return table[op]()
+
+
+# the size of the local gradient, where it can be far smaller than the value (tanh'(x) = sech(x)^2 ~ 4e^-2|x|)
+_LOCAL_APPROX = {
+    "tanh": lambda x: _mp.sech(x) ** 2,
+    "sigmoid": lambda x: 1 / (4 * _mp.cosh(x / 2) ** 2),
+    "softplus": lambda x: 1 / (1 + _mp.exp(-x)),
+}
+
+
+def _estimate(op, inputs, const):
+    xs = [n.approx for n in inputs]
+    c = None if const is None else _to_mpf(number(const))
+    if any(x is None for x in xs) or (const is not None and c is None):
+        return None
+    try:
+        return _ops_approx(op, xs, c)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def _approximate(node):
+    if not node.inputs:
+        return _to_mpf(node.value)
+    estimate = _estimate(node.op, node.inputs, node.const)
+    return estimate if estimate is not None else _to_mpf(node.value)
+
+
+def _magnitude(x):
+    """log10 |x| (an mpf), None for 0 or unknown."""
+    if x is None or x == 0:
+        return None
+    return _mp.log10(abs(x))
+
+
+def _power_of_ten(m) -> str:
+    """``10^434``, ``10^-869``, ``10^(4.3e+399)``: the size ``10^m`` for people."""
+    if abs(m) < 10**6:
+        return f"10^{int(_mp.nint(m))}"
+    return f"10^({float(m):.2g})" if abs(m) < 1e300 else f"10^({_mp.nstr(m, 2)})"
+
+
+def _ndigits(n: int) -> int:
+    n = abs(n)
+    k = max(0, int(n.bit_length() * 0.3010299956639812) - 1)
+    while 10 ** (k + 1) <= n:
+        k += 1
+    return k + 1
+
+
+def _brief(v, approx=None) -> str:
+    """A number in an error message, short whatever its size: ``10^100000``, ``-2``, ``1/2``, ``1.5e+10``."""
+    if v.is_Rational:
+        if v.q == 1 and v.p > 0 and _ndigits(v.p) > 20 and 10 ** (_ndigits(v.p) - 1) == v.p:
+            return f"10^{_ndigits(v.p) - 1}"
+        if max(_ndigits(v.p), _ndigits(v.q)) <= 20:
+            return sp.sstr(v)
+    elif v.is_Float and approx is not None and abs(approx) < 1e15 and approx == int(approx):
+        return str(int(approx))
+    elif not v.is_Float and sp.count_ops(v) <= 6:
+        return sp.sstr(v)
+    return _mp.nstr(approx if approx is not None else _to_mpf(v), 6)
+
+
+def _culprit(node) -> str:
+    """The gate in a message: ``exp of 1000``, ``x^y of 10, 100000``, ``a = 10^400``."""
+    if not node.inputs:
+        return f"{node.label or 'input'} = {_brief(node.value, getattr(node, 'approx', None))}"
+    return f"{gate_label(node)} of {', '.join(_brief(n.value, n.approx) for n in node.inputs)}"
+
+
+class _Pending:
+    """A gate about to be computed, for its messages."""
+
+    def __init__(self, op, inputs, const):
+        self.op, self.inputs, self.const = op, inputs, const
+
+
+def _precheck(op, inputs, const):
+    """The estimated value of a power or an exponential, refused (before it is computed) if too large."""
+    approx = _estimate(op, inputs, const)
+    pending = _Pending(op, inputs, None if const is None else number(const))
+    exact = all(n.exact for n in inputs)
+    m = _magnitude(approx)
+    if exact:
+        local = _LOCAL_APPROX[op](inputs[0].approx) if op in _LOCAL_APPROX and inputs[0].approx is not None else None
+        for what, size in (("", m), ("the local gradient of ", _magnitude(local))):
+            if size is not None and abs(size) > EXACT_DIGITS:
+                raise _TooBig(f"{what}{_culprit(pending)} is about {_power_of_ten(size)}, beyond the exact range "
+                              f"10^-{EXACT_DIGITS}..10^{EXACT_DIGITS}", exact=True)
+    elif m is not None and m > FLOAT_DIGITS:
+        raise _TooBig(f"{_culprit(pending)} is about {_power_of_ten(m)}: beyond floating point (10^{FLOAT_DIGITS})",
+                      exact=False)
+    return approx
+
+
+def _check_size(node, approx):
+    """Refuse an exact value with too many digits or past 10^+-EXACT_DIGITS, a float past 10^308."""
+    m = _magnitude(approx)
+    if node.exact:
+        v = node.value
+        if v.is_Rational and max(_ndigits(v.p), _ndigits(v.q)) > EXACT_DIGITS:
+            raise _TooBig(f"{_culprit(node)} has {max(_ndigits(v.p), _ndigits(v.q))} digits (exact values are "
+                          f"kept to {EXACT_DIGITS} digits)", exact=True)
+        if m is not None and abs(m) > EXACT_DIGITS:
+            raise _TooBig(f"{_culprit(node)} is about {_power_of_ten(m)}, beyond the exact range "
+                          f"10^-{EXACT_DIGITS}..10^{EXACT_DIGITS}", exact=True)
+    elif m is not None and m > FLOAT_DIGITS:
+        raise _TooBig(f"{_culprit(node)} is about {_power_of_ten(m)}: beyond floating point (10^{FLOAT_DIGITS})",
+                      exact=False)
+
+
 # --------------------------------------------------------------------------- the Graph
 
 
@@ -370,6 +615,8 @@ class Graph:
     structure: str
     granularity: str
     text: str | None = None
+    fallback: str | None = None  # why the values are floats although the inputs were exact
+
 
     @property
     def value(self):
@@ -391,9 +638,12 @@ class Graph:
         Rational values are compared exactly; others to ``digits`` significant digits (floats: 1e-9).
         """
         subs = {self.symbols[n]: v for n, v in self.at.items()}
+        expr = self.expr
+        if expr.atoms(sp.Max, sp.Min):  # the tie rule of the gates (SymPy's own gives 1/2 to every tied one)
+            expr = expr.replace(sp.Max, _TieMax).replace(sp.Min, _TieMin)
         result = {}
         for name, node in self.inputs.items():
-            truth = sp.diff(self.expr, self.symbols[name]).xreplace(subs)
+            truth = sp.diff(expr, self.symbols[name]).xreplace(subs)
             truth = truth.doit() if truth.has(sp.Derivative) else truth
             result[name] = (node.grad, truth, agree(node.grad, truth, digits=digits))
         return result
@@ -420,7 +670,7 @@ class Graph:
             "expression": self.text if self.text is not None else sp.sstr(self.expr),
             "value": num(self.value),
             "exact": sp.sstr(self.value) if self.exact else None,
-            "structure": self.structure, "granularity": self.granularity,
+            "structure": self.structure, "granularity": self.granularity, "fallback": self.fallback,
             "inputs": {n: {"value": num(node.value), "grad": num(node.grad),
                            "exact": sp.sstr(node.grad) if self.exact else None}
                        for n, node in self.inputs.items()},
@@ -431,6 +681,8 @@ class Graph:
         """Plain text: one line per node (value, gradient, gate), then the input gradients."""
         lines = [f"{self.text or sp.sstr(self.expr)} = {show(self.value)}"
                  f"   ({len(self.nodes)} nodes; structure {self.structure}, granularity {self.granularity})", ""]
+        if self.fallback:
+            lines[1:1] = [f"note: {self.fallback}: computed in floating point instead"]
         width = max(len(n.id) for n in self.nodes)
         for node in self.nodes:
             args = ", ".join(n.id for n in node.inputs)
@@ -451,7 +703,9 @@ def show(v) -> str:
     """
     if v.is_Rational:
         return sp.sstr(v)
-    decimal = f"{float(sp.N(v, 17)):.6g}"
+    x = sp.N(v, 17)
+    # exp(1000) and exp(-1000) are no doubles: their decimals from SymPy's own floats
+    decimal = f"{float(x):.6g}" if x == 0 or 1e-300 < abs(x) < 1e300 else sp.sstr(sp.N(v, 6))
     return decimal if v.is_Float else f"{decimal} ({sp.sstr(v)})"
 
 
@@ -490,7 +744,7 @@ def gate_label(node: Node) -> str:
     if op == "pow":
         return f"x^{sp.sstr(c)}"
     if op == "cpow":
-        return f"{sp.sstr(c)}^x"
+        return f"{sp.sstr(c)}^x" if c >= 0 else f"({sp.sstr(c)})^x"
     return op
 
 
@@ -538,7 +792,10 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
             raise SymbpError(f"no value for {', '.join(repr(n) for n in missing)} (give "
                              f"{'it' if len(missing) == 1 else 'them'} a value: --at {missing[0]}=..., or at={{...}})")
         symbols = {n: sp.Symbol(n, real=True) for n in values}
-        sym_expr = parse_scalar(text, symbols)
+        try:
+            sym_expr = parse_scalar(text, symbols)
+        except (TypeError, ValueError) as exc:  # SymPy's Max of a complex constant: max(log(-1), a)
+            raise SymbpError(_not_real(text) or f"expression {text!r}: {exc}") from None
         structure = structure or "source"
     elif isinstance(expr, sp.Basic):
         text, sym_expr = None, expr
@@ -558,11 +815,25 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
     if not names:
         raise SymbpError("the expression has no variables: nothing to differentiate")
     order = list(names)
-    leaves = {n: Node(values[n], label=n, expr=symbols[n]) for n in order}
-    if structure == "source":
-        output = _SourceBuilder(text, leaves, granularity).build()
-    else:
-        output = _build_sympy(sym_expr, {symbols[n]: leaf for n, leaf in leaves.items()}, granularity)
+
+    def build(values):
+        leaves = {n: Node(values[n], label=n, expr=symbols[n]) for n in order}
+        if structure == "source":
+            return leaves, _SourceBuilder(text, leaves, granularity).build()
+        return leaves, _build_sympy(sym_expr, {symbols[n]: leaf for n, leaf in leaves.items()}, granularity)
+
+    fallback = None
+    try:
+        leaves, output = build(values)
+    except _TooBig as exc:  # an exact value past the bounds: the whole graph in floating point instead
+        if not exc.exact:
+            raise SymbpError(str(exc)) from None
+        fallback = str(exc)
+        values = {n: v if v.has(sp.Float) else sp.N(v, 15) for n, v in values.items()}
+        try:
+            leaves, output = build(values)
+        except _TooBig as again:
+            raise SymbpError(f"{fallback}; in floating point, {again}") from None
     if not isinstance(output, Node) or not output.inputs:
         raise SymbpError(f"expression {text or sym_expr}: no operation to draw (it is a single variable or number)")
     output.backward()
@@ -574,7 +845,28 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
             node.id = f"n{k}"
     inputs = dict(leaves)  # a variable SymPy cancelled (x - x + y) has no node and gradient 0
     return Graph(expr=sym_expr, symbols=symbols, at=values, inputs=inputs, output=output, nodes=nodes,
-                 structure=structure, granularity=granularity, text=text)
+                 structure=structure, granularity=granularity, text=text, fallback=fallback)
+
+
+def _not_real(text: str) -> str | None:
+    """The first constant part of ``text`` (a call or operation without variables) that is not a real
+    number, as a message: ``log(-1) is I*pi, not a real number``."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Call, ast.BinOp, ast.UnaryOp)) and not any(
+                isinstance(n, ast.Name) and not (isinstance(p, ast.Call) and p.func is n)
+                for p in ast.walk(node) for n in ast.iter_child_nodes(p)):
+            segment = ast.get_source_segment(text.strip(), node)
+            try:
+                value = parse_scalar(segment, {})
+            except (SymbpError, TypeError, ValueError):
+                continue
+            if value.is_extended_real is False:
+                return f"{segment} is {sp.sstr(value)}, not a real number"
+    return None
 
 
 def _names_in(text: str) -> list[str]:
@@ -629,6 +921,7 @@ class _SourceBuilder:
 
     def __init__(self, text, leaves, granularity):
         self.text, self.leaves, self.granularity = text.strip(), leaves, granularity
+        self.memo = {}
 
     def build(self):
         tree = ast.parse(self.text, mode="eval").body
@@ -659,6 +952,16 @@ class _SourceBuilder:
             return sp.Rational(segment.replace("_", "")) if isinstance(node.value, float) else sp.Integer(node.value)
         if isinstance(node, ast.Name):
             return self.leaves[node.id]
+        # identical subexpressions (the same operation of the same nodes and numbers) are one node
+        what = type(node.op) if not isinstance(node, ast.Call) else _ROUTERS.get(node.func.id, node.func.id)
+        key = (type(node), what, tuple(("node", id(a)) if isinstance(a, Node) else ("number", a) for a in args))
+        if key not in self.memo:
+            self.memo[key] = result = self._compute(node, args)
+            if not isinstance(result, Node) and result.is_extended_real is False:
+                raise SymbpError(f"{ast.get_source_segment(self.text, node)} is {sp.sstr(result)}, not a real number")
+        return self.memo[key]
+
+    def _compute(self, node, args):
         if isinstance(node, ast.UnaryOp):
             (x,) = args
             return -x if isinstance(node.op, ast.USub) else x
@@ -672,6 +975,15 @@ class _SourceBuilder:
             return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
                     ast.Div: lambda: left / right, ast.Pow: lambda: left**right}[op]()
         name = node.func.id
+        if name in _ROUTERS:  # max(max(a, b), c) is max(a, b, c), as SymPy's Max: the tie rule sees all three
+            flat = []
+            for tree, arg in zip(node.args, args):
+                inner = isinstance(tree, ast.Call) and _ROUTERS.get(tree.func.id) == _ROUTERS[name]
+                if inner and isinstance(arg, Node) and arg.op == _ROUTERS[name]:
+                    flat += list(arg.inputs) + ([arg.const] if arg.const is not None else [])
+                else:
+                    flat.append(arg)
+            args = flat
         return self._call(name, args)
 
     def _call(self, name, args):
@@ -690,6 +1002,7 @@ class _SourceBuilder:
 
 
 _CONST_FUNCTIONS = dict(FUNCTIONS, abs=sp.Abs, max=sp.Max, min=sp.Min)
+_ROUTERS = {"max": "max", "Max": "max", "min": "min", "Min": "min"}
 
 
 def _build_sympy(expr, leaves: dict, granularity: str) -> Node:
@@ -715,7 +1028,7 @@ def _build_sympy(expr, leaves: dict, granularity: str) -> Node:
             stack.append((e, True))
             stack.extend((a, False) for a in reversed(parts) if a not in memo)
             continue
-        node = _gate(e, memo, variable)
+        node = _gate(e, memo, variable, granularity)
         node.expr = e
         memo[e] = node
     return memo[expr]
@@ -726,12 +1039,13 @@ _SYMPY_PRIMITIVE = {
     F.sigmoid: lambda u: 1 / (1 + sp.exp(-u)),
     sp.tanh: lambda u: (sp.exp(2 * u) - 1) / (sp.exp(2 * u) + 1),
     F.softplus: lambda u: sp.log(1 + sp.exp(u)),
-    F.relu: lambda u: sp.Max(0, u),
+    # relu is not rewritten to Max(0, u): SymPy would flatten max(relu(a), b) into Max(0, a, b), and the
+    # tie rule would then see the 0 of the relu; _gate draws it as a max(0, u) gate instead
 }
 
 
 def _primitives(expr):
-    """sigmoid, tanh, softplus and relu written in exp, +, 1/x and max; nothing else touched."""
+    """sigmoid, tanh and softplus written in exp, + and 1/x (relu: see _gate); nothing else touched."""
     for cls, primitive in _SYMPY_PRIMITIVE.items():
         expr = expr.replace(lambda e, cls=cls: isinstance(e, cls), lambda e, p=primitive: p(e.args[0]))
     return expr
@@ -784,7 +1098,9 @@ def _as_subtraction(e, variable):
     return None
 
 
-def _gate(e, memo, variable) -> Node:
+def _gate(e, memo, variable, granularity="gates") -> Node:
+    if isinstance(e, F.relu) and granularity == "primitives":
+        return memo[e.args[0]].max(const=0)
     if isinstance(e, (sp.Add, sp.Mul)):
         special = _as_subtraction(e, variable) if isinstance(e, sp.Add) else _as_division(e, variable)
         if special is not None:
@@ -831,7 +1147,10 @@ def short(v) -> str:
     """
     if v.is_Integer or (v.is_Rational and v.q <= 16 and abs(v.p) < 100):
         return sp.sstr(v)
-    x = float(sp.N(v, 17))
+    x = sp.N(v, 17)
+    if x != 0 and not 1e-300 < abs(x) < 1e300:  # exp(1000), exp(-1000): no doubles
+        return mpmath.nstr(_to_mpf(x), 2)
+    x = float(x)
     return f"{x:.2f}" if x == 0 or abs(x) >= 0.005 else f"{x:.1e}"
 
 
@@ -924,7 +1243,7 @@ def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict 
     def tex(v):  # exact form (if short enough to typeset), and a decimal when it is not a plain number
         plain = v.is_Rational or v.is_Float
         exact = latex(v) if plain or sp.count_ops(v) <= EXACT_LIMIT else None
-        return {"tex": exact, "dec": None if plain else f"{float(sp.N(v, 17)):.4f}"}
+        return {"tex": exact, "dec": None if plain else _decimal(v)}
 
     nodes = []
     for node in g.nodes:
@@ -944,10 +1263,16 @@ def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict 
     return render("graph.tex.j2", user_dir=user_dir, author="symbp graph", title=title or "Computation graph",
                   expression=g.expr, text=g.text, point=[(g.symbols[n], v) for n, v in g.at.items()],
                   value=g.value, exact_value=g.value.is_Rational or g.value.is_Float,
-                  decimal=f"{float(sp.N(g.value, 17)):.4f}", exact=g.exact, structure=g.structure,
+                  decimal=_decimal(g.value), exact=g.exact, fallback=g.fallback, structure=g.structure,
                   granularity=g.granularity, picture=picture, fit=bool(picture and picture["width"] > 16),
                   rotate=bool(picture and picture["width"] > 24),
                   nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT)
+
+
+def _decimal(v) -> str:
+    """Four decimal places, or four significant digits past the doubles (``1.970e+434``)."""
+    x = sp.N(v, 17)
+    return f"{float(x):.4f}" if x == 0 or 1e-300 < abs(x) < 1e300 else mpmath.nstr(_to_mpf(x), 4)
 
 
 def parse_point(text: str) -> dict:

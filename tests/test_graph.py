@@ -368,3 +368,130 @@ def test_names_with_underscores_and_greek_letters_are_typeset(tmp_path):
     # the point's names go through SymPy's printer: a_b is a_{b}, alpha is \alpha (raw, a_b_c broke LaTeX)
     assert main(["graph", "a_b_c*alpha", "--at", "a_b_c=1,alpha=2", "-o", str(tmp_path / "g.tex"), "--pdf"]) == 0
     assert r"\alpha = 2" in (tmp_path / "g.tex").read_text()
+
+
+# --------------------------------------------------------------------------- ties, relu'(0), exact work
+
+
+ALL_WAYS = [(s, g) for s in ("source", "sympy") for g in ("gates", "primitives")]
+
+
+@pytest.mark.parametrize("structure, granularity", ALL_WAYS)
+def test_relu_derivative_at_zero_is_zero_in_every_granularity(structure, granularity):
+    # relu(x*w) + x at x = 0, w = 3: d/dx = w * relu'(0) + 1 = 1, d/dw = x * relu'(0) = 0. Drawn as
+    # max(0, u), a tie with the constant 0 passes nothing: 5/2 if the tie were split.
+    g = graph("relu(x*w) + x", at={"x": 0, "w": 3}, structure=structure, granularity=granularity)
+    assert (g.grad("x"), g.grad("w")) == (1, 0)
+    assert g.check() == {"x": (1, 1, True), "w": (0, 0, True)}
+    g = graph("relu(x)", at={"x": 0}, structure=structure, granularity=granularity)
+    assert g.grad("x") == 0 and g.check()["x"] == (0, 0, True)
+
+
+TIES = [
+    # (expression, point, gradients): the tied variable inputs share the gradient equally; a tied
+    # constant wins it all (relu(u) = max(0, u): relu'(0) = 0)
+    ("max(a, b)", {"a": 1, "b": 1}, {"a": sp.Rational(1, 2), "b": sp.Rational(1, 2)}),
+    ("max(a, b, c)", {"a": 1, "b": 1, "c": 1}, dict.fromkeys("abc", sp.Rational(1, 3))),
+    ("min(a, b, c)", {"a": 2, "b": 2, "c": 5}, {"a": sp.Rational(1, 2), "b": sp.Rational(1, 2), "c": 0}),
+    ("max(a, b, 1)", {"a": 1, "b": 1}, {"a": 0, "b": 0}),
+    ("max(a, b, 1)", {"a": 2, "b": 2}, {"a": sp.Rational(1, 2), "b": sp.Rational(1, 2)}),
+    ("min(a, 2)", {"a": 2}, {"a": 0}),
+    ("max(max(a, b), c)", {"a": 1, "b": 1, "c": 1}, dict.fromkeys("abc", sp.Rational(1, 3))),
+    ("max(a, a, b)", {"a": 1, "b": 1}, {"a": sp.Rational(1, 2), "b": sp.Rational(1, 2)}),
+    ("3*max(a*b, c) + max(relu(a), c)", {"a": 0, "b": 2, "c": 0},
+     {"a": sp.Rational(3, 1), "b": 0, "c": sp.Rational(3, 2) + sp.Rational(1, 2)}),
+]
+
+
+@pytest.mark.parametrize("structure, granularity", ALL_WAYS)
+@pytest.mark.parametrize("text, at, grads", TIES)
+def test_ties_follow_one_rule_in_the_gate_and_in_the_check(text, at, grads, structure, granularity):
+    g = graph(text, at=at, structure=structure, granularity=granularity)
+    assert {n: g.grad(n) for n in at} == grads
+    assert {n: ok for n, (_, _, ok) in g.check().items()} == {n: True for n in at}
+
+
+def test_cli_ties_agree_with_the_check(capsys):
+    assert main(["graph", "max(a,b,c)", "--at", "a=1,b=1,c=1"]) == 0
+    out = capsys.readouterr().out
+    assert "  dL/da = 1/3" in out and "all 3 agree" in out
+    assert main(["graph", "max(a, b, 1)", "--at", "a=1,b=1", "--primitives"]) == 0
+    assert "  dL/da = 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["graph", "a**b", "--at", "a=10,b=100000"], "x^y of 10, 100000 is about 10^100000"),
+    (["graph", "exp(exp(a))", "--at", "a=1e400"], "exp of 10^400 is about 10^(4.3e+399)"),
+    (["graph", "sin(a)", "--at", "a=1e100000"], "a = 10^100000 has 100001 digits"),
+    (["graph", "a**a**a**a", "--at", "a=3"], "x^y of 3, 7625597484987 is about 10^(3.6e+12)"),
+    (["graph", "(-2)**a", "--at", "a=1/2"], "(-2)^x of 1/2 is sqrt(2)*I, not a real number"),
+    (["graph", "a**b", "--at", "a=-2,b=3"], "x^y of -2, 3 has no real derivative: d/dy is -8*log(2) - 8*I*pi"),
+    (["graph", "max(log(-1), a)", "--at", "a=1"], "log(-1) is I*pi, not a real number"),
+    (["graph", "a*sqrt(-1)", "--at", "a=1"], "sqrt(-1) is I, not a real number"),
+])
+def test_cli_values_that_explode_or_are_not_real_are_one_line(capsys, argv, message):
+    import time
+
+    start = time.monotonic()
+    assert main(argv) == 2
+    assert time.monotonic() - start < 5
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_exact_values_that_would_explode_fall_back_to_floats_and_say_so(capsys):
+    import time
+
+    start = time.monotonic()
+    assert main(["graph", "tanh(-a)", "--at", "a=1e10", "--primitives"]) == 0
+    assert time.monotonic() - start < 5
+    out = capsys.readouterr().out
+    assert ("note: exp of -20000000000 is about 10^(-8.7e+09), beyond the exact range 10^-3000..10^3000: "
+            "computed in floating point instead") in out
+    assert "  dL/da = -3.44369e-8685889638" in out and "all 1 agree" in out  # -4 exp(-2a), not 0
+    g = graph("tanh(-a)", at={"a": "1e10"}, granularity="primitives")
+    assert not g.exact and g.fallback.startswith("exp of -20000000000 is about") and float(g.value) == -1.0
+    assert g.to_json()["fallback"] == g.fallback
+    g = graph("tanh(-a)", at={"a": "1e10"})  # one gate: its local gradient 1 - tanh^2 is the tiny one
+    assert g.fallback.startswith("the local gradient of tanh of -10000000000 is about 10^(-8.7e+09)")
+    g = graph("tanh(-a)", at={"a": "1e3"}, granularity="primitives")  # exp(-2000) ~ 10^-869: exact
+    assert g.fallback is None and g.exact and g.check()["a"][2]
+    assert graph("exp(a)", at={"a": 1000}).fallback is None  # 10^434: exact, though no float holds it
+
+
+def test_floats_past_the_float_range_are_refused():
+    with pytest.raises(SymbpError, match=r"^exp of 1000 is about 10\^434: beyond floating point \(10\^308\)$"):
+        graph("exp(a)", at={"a": 1000.0})
+    assert graph("exp(-a)", at={"a": 1000.0}).value < 1e-300  # underflow is fine
+
+
+def test_cli_expression_starting_with_a_minus(capsys, tmp_path):
+    assert main(["graph", "-a*b", "--at", "a=1,b=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("-a*b = -2") and "  dL/da = -2" in out and "  dL/db = -1" in out
+    assert main(["graph", "--at", "a=1,b=2", "-(a+b)", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"]["a"]["grad"] == -1.0
+    out_file = tmp_path / "g.tex"  # -o stays the option, and -o*a (o times a) is the expression
+    assert main(["graph", "-o", str(out_file), "-o*a", "--at", "o=3,a=2"]) == 0
+    assert "  dL/do = -2" in capsys.readouterr().out and out_file.exists()
+    assert main(["graph", "-a", "--at", "a=1"]) == 0  # one neg gate
+    assert "  dL/da = -1" in capsys.readouterr().out
+
+
+def test_identical_subexpressions_are_one_node_in_source_structure():
+    g = graph("(a*b) + (a*b)", at={"a": 2, "b": 3})
+    assert [n.op for n in g.nodes] == ["input", "input", "mul", "add"]
+    mul = g.nodes[2]
+    assert mul.grad == 2 and g.grad("a") == 6 and g.grad("b") == 4  # the mul node collects 1 + 1
+    assert g.nodes[-1].inputs == (mul, mul)
+    g = graph("exp(a*b) * exp(a*b) + b*a", at={"a": 0, "b": 1})
+    assert [n.op for n in g.nodes if n.inputs] == ["mul", "exp", "mul", "mul", "add"]  # b*a is not a*b
+
+
+def test_values_past_the_doubles_are_written_as_decimals_not_inf():
+    g = graph("exp(a)", at={"a": 1000})  # exact, about 1.97e+434
+    assert "value 1.97007e+434 (exp(1000))" in g.report()
+    tex = graph_document(g)
+    assert r"\approx 1.97e+434" in tex and "inf" not in tex
+    g = graph("tanh(-a)", at={"a": "1e10"}, granularity="primitives")
+    assert r"the inputs are exact, but exp of -20000000000 is about 10\textasciicircum{}(-8.7e+09)" in graph_document(g)
