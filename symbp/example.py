@@ -37,6 +37,7 @@ from decimal import Decimal
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.core.evalf import PrecisionExhausted
 
 from . import registry
 from .derive import derive
@@ -319,11 +320,11 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
     for stage in net.stages:
         M = stage.local.xreplace(env).applyfunc(tidy)
         forward[stage.name] = M
-        approx[stage.name] = _evaluate(stage.local, num)
+        approx[stage.name] = _evaluate(stage.local, num, stage.name)
         env.update(zip(stage.symbols, M))
         num.update(zip(stage.symbols, approx[stage.name]))
     loss = tidy(net.local_loss.xreplace(env))
-    approx["L"] = _evaluate(sp.Matrix([[net.local_loss]]), num)
+    approx["L"] = _evaluate(sp.Matrix([[net.local_loss]]), num, "L")
 
     grads = derive(net, method="chain")
     backward_values = {}
@@ -332,7 +333,7 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
         if any(v.free_symbols for v in M):
             raise AssertionError(f"{name}: symbols left after substitution: {M}")  # an internal invariant
         backward_values[name] = M
-        approx["d" + name] = _evaluate(grads[name], num)
+        approx["d" + name] = _evaluate(grads[name], num, "d" + name)
         env.update(zip(net.grad_symbols(name), M))
         num.update(zip(net.grad_symbols(name), approx["d" + name]))
     backward = {}
@@ -356,10 +357,26 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
 PRECISION = 40
 
 
-def _evaluate(M: sp.Matrix, num: dict) -> sp.Matrix:
+def _evaluate(M: sp.Matrix, num: dict, name: str) -> sp.Matrix:
     """``M`` at the numbers ``num`` to :data:`PRECISION` digits: a shadow of the exact values that
-    stays cheap when they grow (a tanh of a tanh of ...), used for decimals and comparisons."""
-    return M.xreplace(num).applyfunc(lambda v: v if v.is_Rational else sp.N(v, PRECISION))
+    stays cheap when they grow (a tanh of a tanh of ...), used for decimals and comparisons. A value
+    SymPy cannot get to that precision (``log(exp(z1) + exp(z2)) - z1`` with ``z ~ 1e300`` cancels every
+    digit) is refused, naming the cell, rather than printed wrong (``evalf(strict=True)``); one known
+    only to be below ``1e-30`` in size is 0."""
+    def approximate(v):
+        if v.is_Rational:
+            return v
+        try:
+            value = sp.N(v, PRECISION, strict=True)
+        except PrecisionExhausted:  # no digit known: fine if it is known to be 0 to 30 places
+            value = sp.N(v, PRECISION)
+            value = sp.Float(0, PRECISION) if value.is_Float and abs(float(value)) < 1e-30 else None
+        if value is None or not value.is_finite:
+            raise SymbpError(f"{name}: its value cannot be computed to {PRECISION} digits at these [values] "
+                             "(they are too large: a worked example is for numbers a person can follow)")
+        return value
+
+    return M.xreplace(num).applyfunc(approximate)
 
 
 def _claims(ex: Example, claimed: dict) -> dict:

@@ -356,3 +356,23 @@ def test_documents_compile_for_batches_and_other_losses(tmp_path, config):
 def test_title_without_a_document_is_bad_input(capsys):
     assert main(["example", str(SPEC), "--title", "mine"]) == 2
     assert capsys.readouterr().err == "symbp example: error: --title is an option of the document: add -o FILE.tex\n"
+
+
+def _huge_values(scale):
+    return {"x": [[scale], [2]], "y": [[1], [0]], "W1": [[scale, 1], [1, 1]], "b1": [[0], [0]],
+            "W2": [[1, -1], [-1, 1]], "b2": [[0], [0]]}
+
+
+def test_values_whose_cells_lose_every_digit_are_refused_naming_the_cell():
+    # z2 = +-1e600: the loss log(e^z1 + e^z2) - z1 cancels every digit of a 40-digit shadow; it printed
+    # L = inf and dW2 = inf before, a wrong worked example with exit 0
+    net = symbp.MLP([2, 2, 2])
+    with pytest.raises(SymbpError, match=r"^L: its value cannot be computed to 40 digits"):
+        worked_example(net, _huge_values(10 ** 300))
+
+
+def test_cells_known_only_to_be_tiny_are_zero():
+    # z2 = +-1e16: L = log(1 + exp(-2e16)) is below any printed digit; 0 to 30 places, not a refusal
+    ex = worked_example(symbp.MLP([2, 2, 2]), _huge_values(10 ** 8))
+    assert abs(float(ex.approx["L"][0])) < 1e-30
+    assert ex.forward["z2"] == sp.Matrix([10 ** 16 - 10 ** 8, 10 ** 8 - 10 ** 16])  # exact, as ever
