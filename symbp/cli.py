@@ -9,11 +9,13 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import textwrap
 
 from . import __version__
+from .characters import require_ascii
 from .errors import SymbpError
 
 CONVENTIONS = """\
@@ -41,12 +43,12 @@ def parse_sizes(text: str) -> list[int]:
     >>> parse_sizes("[4, 5, 3, 3]")
     [4, 5, 3, 3]
     """
+    require_ascii(text, "sizes")  # int() would read Arabic-Indic or fullwidth digits as widths
     parts = [p.strip() for p in text.strip().strip("[]").split(",")]
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise SymbpError(f"sizes {text!r}: '{bad}' is not a whole number (write e.g. 4,5,3,3)") from None
+    for part in parts:
+        if not re.fullmatch(r"[+-]?[0-9]+", part):
+            raise SymbpError(f"sizes {text!r}: {part!r} is not a whole number (write e.g. 4,5,3,3)")
+    return [int(p) for p in parts]
 
 
 def json_ready(value):

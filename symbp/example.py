@@ -299,8 +299,8 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
     if not isinstance(values, dict):
         raise SymbpError("values: expected a table of x, y and the parameters")
     tolerance = exact(tolerance, "tolerance")
-    if tolerance < 0:
-        raise SymbpError(f"tolerance: expected a number >= 0, got {tolerance}")
+    if tolerance.is_extended_real is not True or tolerance.is_finite is not True or tolerance < 0:
+        raise SymbpError(f"tolerance: expected a finite number >= 0, got {tolerance}")
     needed = list(net.inputs + net.params)
     unknown = [k for k in values if k not in needed]
     if unknown:

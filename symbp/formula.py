@@ -11,12 +11,15 @@ The language
     true gradient ``dL/dV`` of any parameter or intermediate ``V`` (``dz3``, ``dW1``); ``N``, the batch
     size (batched networks only). *Numbers* (exact: ``0.1`` is ``1/10``). *Operators*: ``+ - * /``
     element-wise with NumPy broadcasting of 2-D shapes (``(1, 1)`` broadcasts everywhere, ``(r, 1)``
-    and ``(1, c)`` along their axis), ``**`` with a constant exponent, ``@`` (matrix product), ``.T``.
+    and ``(1, c)`` along their axis), ``**`` with a constant exponent (folded to a rational: ``-1/2``,
+    ``2**-1``; at most 16 in absolute value), ``@`` (matrix product), ``.T``.
     *Functions* (element-wise): ``relu, leaky_relu, step, sigmoid, tanh, softplus, exp, log``;
     ``softmax(X)`` per example (each column for one example, each row in a batch); ``sum(X)`` (a
     ``1 x 1`` scalar), ``sum(X, axis=0)`` (a ``1 x c`` row), ``sum(X, axis=1)`` (an ``r x 1``
     column); ``ones(r, c)`` (``r``, ``c`` whole numbers or ``N``); ``diag(v)``; ``outer(u, v)``.
-    Everything is 2-D.
+    Everything is 2-D. The text is ASCII only (a lookalike such as ``ａ3`` is refused, named, not
+    read as ``a3``), and number literals keep their decimal exponent within +-300 (see
+    :mod:`symbp.expression` for the limits).
 
 The tree (stable: the NumPy code generator walks it)
     :class:`Node` is frozen: ``op``, ``args`` (child nodes), ``shape`` (``(rows, cols)`` with ``N``
@@ -59,7 +62,6 @@ symbp.formula.FormulaError: formula 'W3.T @ dz1', column 6: W3.T @ dz1: shapes (
 from __future__ import annotations
 
 import ast
-import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -67,7 +69,10 @@ import numpy as np
 import sympy as sp
 
 from . import functions as F
+from .characters import one_line
 from .errors import SymbpError, closest
+from .expression import (ASCII_BLANKS, MAX_DIGITS, MAX_POWER, column_of, exponent_too_large, line_starts, literal,
+                         power_too_big, read_tree, too_big)
 
 #: The element-wise functions of the language (op ``func``), with their SymPy forms.
 ELEMENTWISE = {
@@ -88,7 +93,7 @@ FUNCTIONS = {**{name: 1 for name in ELEMENTWISE}, "softmax": 1, "sum": (1, 2), "
 _BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 _MAX_LENGTH = 10_000
-_MAX_EXPONENT = 100
+_MAX_EXPONENT = MAX_POWER  # the exponent of ** is a constant within +-16 (a3**50 would stall SymPy)
 
 
 class FormulaError(SymbpError):
@@ -157,18 +162,12 @@ def parse(text: str, net, *, what: str = "formula") -> Node:
     ...
     symbp.formula.FormulaError: formula 'dz3 @ W3 * stp(z2)', column 12: unknown function 'stp' (did you mean 'step'?)
     """
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip(ASCII_BLANKS):
         raise FormulaError(f"{what}: expected a non-empty string, got {text!r}")
     if len(text) > _MAX_LENGTH:
         raise FormulaError(f"{what}: longer than {_MAX_LENGTH} characters")
-    source = text.strip()
-    try:
-        tree = ast.parse(source, mode="eval")
-    except SyntaxError as exc:
-        column = exc.offset if exc.offset and exc.offset > 0 else len(source) + 1  # 0: at the end
-        raise FormulaError(f"{what} {text!r}, column {column}: syntax error", column=column) from None
-    except (ValueError, MemoryError, RecursionError, OverflowError):
-        raise FormulaError(f"{what} {text!r}: cannot be parsed") from None
+    source, tree = read_tree(text, what, lambda message, column, token: FormulaError(message, column=column,
+                                                                                    token=token))
     walker = _Walker(source, text, known_shapes(net), net.batch, what)
     try:
         return walker.visit(tree.body)
@@ -179,12 +178,13 @@ def parse(text: str, net, *, what: str = "formula") -> Node:
 class _Walker:
     def __init__(self, source, text, shapes, batch, what):
         self.source, self.text, self.shapes, self.batch, self.what = source, text, shapes, batch, what
+        self.starts = line_starts(source)
 
     def fail(self, node, message, token="", column=None, operands=None):
-        column = column or getattr(node, "col_offset", 0) + 1
+        column = column or column_of(self.starts, node)
         shape = {} if operands is None else {"kind": "shape", "source": self.source,
                                              "operands": [self.span(o) for o in operands]}
-        raise FormulaError(f"{self.what} {self.text!r}, column {column}: {message}", column=column,
+        raise FormulaError(one_line(f"{self.what} {self.text!r}, column {column}: {message}"), column=column,
                            token=token or self.segment(node), **shape)
 
     def span(self, node):
@@ -200,7 +200,7 @@ class _Walker:
             return ""
 
     def make(self, node, op, args=(), shape=(1, 1), value=None):
-        return Node(op, tuple(args), tuple(shape), value, self.segment(node), getattr(node, "col_offset", 0) + 1)
+        return Node(op, tuple(args), tuple(shape), value, self.segment(node), column_of(self.starts, node))
 
     def visit(self, node):
         if isinstance(node, ast.Constant):
@@ -216,9 +216,11 @@ class _Walker:
             base = self.visit(node.left)
             exponent = self.constant(node.right)
             if exponent is None:
-                self.fail(node.right, "the exponent of ** must be a number")
+                self.fail(node.right, "the exponent of ** must be a number (a constant such as 2, -1/2 or 0.5)")
             if abs(exponent) > _MAX_EXPONENT:
-                self.fail(node.right, f"exponent {exponent} is too large (at most {_MAX_EXPONENT})")
+                self.fail(node.right, exponent_too_large(self.segment(node.right)))
+            if base.op == "number" and base.value == 0 and exponent < 0:
+                self.fail(node, "division by zero")
             return self.make(node, "pow", [base], base.shape, exponent)
         if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
             op = _BINARY[type(node.op)]
@@ -250,34 +252,47 @@ class _Walker:
                   "+ - * / ** @, .T and the functions " + ", ".join(FUNCTIONS) + ")")
 
     def number(self, node):
-        value = node.value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(node, f"unsupported constant {value!r}")
-        if isinstance(value, float):
-            if not math.isfinite(value):
-                self.fail(node, f"number {self.segment(node)} is not finite")
-            try:
-                return Fraction(self.segment(node).replace("_", ""))
-            except (ValueError, ZeroDivisionError):
-                return Fraction(value)
-        return Fraction(value)
+        try:
+            return literal(self.segment(node), node.value)
+        except SymbpError as exc:
+            self.fail(node, str(exc))
 
     def constant(self, node):
-        """A number literal, possibly signed, else None."""
+        """The value of a constant expression (numbers, + - * / and ** a whole number), else None.
+
+        ``-1/2``, ``(1/3)``, ``-0.5`` and ``2**-1`` are constants; an exponent inside one is within
+        +-MAX_POWER and every step has at most MAX_DIGITS digits, so folding is quick.
+        """
+        if isinstance(node, ast.Constant):
+            return self.number(node)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             inner = self.constant(node.operand)
             return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
-        if isinstance(node, ast.Constant):
-            return self.number(node)
-        return None
+        if not isinstance(node, ast.BinOp) or not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
+            return None
+        left, right = self.constant(node.left), self.constant(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Pow):
+            if right.denominator != 1:
+                return None  # 4 ** (1/2): not folded (the exponent must be rational)
+            if abs(right) > _MAX_EXPONENT:
+                self.fail(node.right, exponent_too_large(self.segment(node.right)))
+            if power_too_big(left, right):
+                self.fail(node, f"the constant {self.segment(node)} has more than {MAX_DIGITS} digits")
+        if (isinstance(node.op, ast.Div) or isinstance(node.op, ast.Pow) and right < 0) and \
+                (right if isinstance(node.op, ast.Div) else left) == 0:
+            self.fail(node, "division by zero")
+        value = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
+                 ast.Div: lambda: left / right, ast.Pow: lambda: left ** int(right)}[type(node.op)]()
+        if too_big(value):
+            self.fail(node, f"the constant {self.segment(node)} has more than {MAX_DIGITS} digits")
+        return value
 
     def operator_column(self, node, symbol):
         """The 1-based column of a binary operator (between its operands), for error messages."""
-        lines = self.source.splitlines() or [""]
-        if node.left.end_lineno != node.lineno or node.right.lineno != node.lineno:
-            return None
-        line = lines[node.lineno - 1]
-        found = line.find(symbol, node.left.end_col_offset, node.right.col_offset)
+        left_end = self.starts[node.left.end_lineno - 1] + node.left.end_col_offset
+        found = self.source.find(symbol, left_end, column_of(self.starts, node.right) - 1)
         return found + 1 if found >= 0 else None
 
     def matmul_fail(self, node, left, right):
@@ -303,9 +318,13 @@ class _Walker:
             hint = closest(name, FUNCTIONS) or f" (known: {', '.join(FUNCTIONS)})"
             self.fail(node, f"unknown function '{name}'{hint}", name)
         keywords = {k.arg: k.value for k in node.keywords}
-        for key in keywords:
-            if name != "sum" or key != "axis":
-                self.fail(node, f"{name}() takes no keyword argument '{key}'", name)
+        for k in node.keywords:
+            if k.arg is None:
+                self.fail(k, f"{name}(): '**' arguments are not allowed", "**")
+            if name != "sum" or k.arg != "axis":
+                self.fail(node, f"{name}() takes no keyword argument '{k.arg}'", name)
+        if len(keywords) < len(node.keywords):
+            self.fail(node, f"{name}(): keyword argument 'axis' given twice", name)
         arity = FUNCTIONS[name]
         allowed = arity if isinstance(arity, tuple) else (arity, arity)
         given = len(node.args) + len(keywords)
@@ -321,6 +340,8 @@ class _Walker:
                           "(10 times the largest variable of the network)", name)
             return self.make(node, "ones", (), shape, dims)
         if name == "sum":
+            if not node.args:
+                self.fail(node, "sum() needs the matrix to sum as its first argument, e.g. sum(dz1, axis=0)", name)
             operand = self.visit(node.args[0])
             axis_node = node.args[1] if len(node.args) > 1 else keywords.get("axis")
             axis = None

@@ -65,6 +65,7 @@ import mpmath
 import sympy as sp
 
 from . import functions as F
+from .characters import require_ascii
 from .errors import SymbpError, closest
 from .expression import FUNCTIONS, parse_scalar
 
@@ -1278,15 +1279,21 @@ def _decimal(v) -> str:
 def parse_point(text: str) -> dict:
     """``"a=2,b=-3,c=1/2"`` -> ``{"a": "2", "b": "-3", "c": "1/2"}`` (values parsed exactly later).
 
+    ASCII only, like every text symbp reads: a lookalike such as a fullwidth ``ａ`` is refused, named.
+
     >>> parse_point("a=2, b=-3")
     {'a': '2', 'b': '-3'}
     """
+    require_ascii(text, "point")
     point = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, eq, value = part.partition("=")
-        if not eq or not name.strip() or not value.strip():
-            raise SymbpError(f"point {text!r}: '{part}' is not name=value (write e.g. a=2,b=-3)")
-        if name.strip() in point:
-            raise SymbpError(f"point {text!r}: '{name.strip()}' is given twice")
-        point[name.strip()] = value.strip()
+        name, value = name.strip(), value.strip()
+        if not eq or not name or not value:
+            raise SymbpError(f"point {text!r}: {part!r} is not name=value (write e.g. a=2,b=-3)")
+        if not name.isidentifier():
+            raise SymbpError(f"point {text!r}: {name!r} is not a variable name")
+        if name in point:
+            raise SymbpError(f"point {text!r}: '{name}' is given twice")
+        point[name] = value
     return point

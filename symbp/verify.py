@@ -75,6 +75,7 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
+from .expression import MAX_DECIMAL_EXPONENT, MAX_POWER
 from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .network import MLP
@@ -1174,6 +1175,8 @@ def _formula_text(expr, z: str) -> str | None:
     if expr.is_Symbol:
         return z if expr.name == "t" else None
     if expr.is_Rational:
+        if max(abs(expr.p), expr.q) >= 10 ** (MAX_DECIMAL_EXPONENT + 1):
+            return None  # beyond the literals the claim language reads
         return f"({expr})" if not expr.is_Integer else (str(expr) if expr >= 0 else f"({expr})")
     if expr.is_Add or expr.is_Mul:
         parts = [_formula_text(a, z) for a in expr.args]
@@ -1187,6 +1190,8 @@ def _formula_text(expr, z: str) -> str | None:
                 inner = _formula_text(expr.exp, z)
                 return None if inner is None else f"exp({inner})"
             return None
+        if abs(expr.exp) > MAX_POWER:
+            return None  # beyond the exponents the claim language reads (x**-16 has z**-17)
         return f"({base} ** ({expr.exp}))"
     if expr.func is sp.Heaviside:
         if len(expr.args) > 1 and expr.args[1] != 0:

@@ -1,6 +1,8 @@
 """The command line: readable output, JSON, and exit code 2 with one line for bad input."""
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +77,41 @@ def test_output_in_a_missing_folder_fails_before_any_work(tmp_path, capsys):
     assert main(["flow", "--depth", "1", "--width", "2", "--init-scale", "1", "--classes", "2",
                  "-o", str(tmp_path / "missing" / "f.tex"), "--pdf"]) == 2
     assert "folder" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+SEED = str(Path(__file__).resolve().parent.parent / "symbp" / "data" / "seed000.toml")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["graph", "a*1e999999999", "--at", "a=1"],
+     "symbp graph: error: expression 'a*1e999999999', column 3: 1e999999999: a number's exponent must be within +-300"),
+    (["graph", "a*b", "--at", "a=1e-999999999,b=2"],
+     "symbp graph: error: at a: value '1e-999999999', column 1: 1e-999999999: a number's exponent must be within +-300"),
+    (["graph", "a**50", "--at", "a=2"], "symbp graph: error: expression 'a**50', column 4: exponent 50 is too large: "
+     "the exponent of ** must be at most 16 in absolute value"),
+    (["graph", "a*b", "--at", "ａ=1,b=2"], "symbp graph: error: point 'ａ=1,b=2': 'ａ' (U+FF41 FULLWIDTH LATIN SMALL "
+     "LETTER A) at column 1 is not ASCII; write 'a'"),
+    (["graph", "a*b", "--at", "a=１,b=2"], "symbp graph: error: point 'a=１,b=2': '１' (U+FF11 FULLWIDTH DIGIT ONE) at "
+     "column 3 is not ASCII; write '1'"),
+    (["graph", "ａ*b", "--at", "a=1,b=2"], "symbp graph: error: expression 'ａ*b': 'ａ' (U+FF41 FULLWIDTH LATIN SMALL "
+     "LETTER A) at column 1 is not ASCII; write 'a'"),
+    (["graph", "a*b", "--at", "a=1,2b=2"], "symbp graph: error: point 'a=1,2b=2': '2b' is not a variable name"),
+    (["derive", "٣,٤,٢"], "symbp derive: error: sizes '٣,٤,٢': '٣' (U+0663 ARABIC-INDIC DIGIT THREE) at column 1 is "
+     "not ASCII; write '3'"),
+    (["derive", "4,３"], "symbp derive: error: sizes '4,３': '３' (U+FF13 FULLWIDTH DIGIT THREE) at column 3 is not "
+     "ASCII; write '3'"),
+    (["derive", "4,1_0"], "symbp derive: error: sizes '4,1_0': '1_0' is not a whole number (write e.g. 4,5,3,3)"),
+    (["derive", "4,5", "--hidden", "ｘ*sigmoid(x)"], "symbp derive: error: activation 'ｘ*sigmoid(x)': 'ｘ' "
+     "(U+FF58 FULLWIDTH LATIN SMALL LETTER X) at column 1 is not ASCII; write 'x'"),
+    (["example", SEED, "--tolerance", "1e999"],
+     "symbp example: error: tolerance '1e999', column 1: 1e999: a number's exponent must be within +-300"),
+    (["example", SEED, "--tolerance", "log(0)"],
+     "symbp example: error: tolerance 'log(0)', column 1: log(0) is not a finite number (zoo)"),
+    (["example", SEED, "--tolerance", "-0.5"], "symbp example: error: tolerance: expected a finite number >= 0, "
+     "got -1/2"),
+])
+def test_extreme_and_lookalike_input_is_one_line_exit_2_at_once(argv, line, capsys):
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 10  # refused at once, not after hours of big-number arithmetic
+    assert capsys.readouterr().err == line + "\n"

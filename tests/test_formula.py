@@ -14,6 +14,7 @@ import symbp
 from symbp import functions as F
 from symbp.errors import SymbpError
 from symbp.formula import FormulaError, Node, Semantics, evaluate, evaluate_array, known_shapes, parse
+from symbp.registry import ACTIVATIONS as REGISTRY
 
 NET = symbp.MLP([4, 5, 3, 3])
 BATCH = symbp.MLP([4, 5, 3, 3], batch=8)
@@ -70,6 +71,80 @@ def test_numbers_are_exact():
     assert parse("-3", NET).value == -3
 
 
+@pytest.mark.parametrize("text, exponent", [
+    ("dz3 ** (-1/2)", Fraction(-1, 2)),  # what textbook() writes for sqrt(x)
+    ("dz3 ** -0.5", Fraction(-1, 2)),
+    ("dz3 ** (1/3)", Fraction(1, 3)),
+    ("dz3 ** 2**-1", Fraction(1, 2)),
+    ("dz3 ** -(3/2)", Fraction(-3, 2)),
+    ("dz3 ** (1 + 1)", Fraction(2)),
+    ("dz3 ** 16", Fraction(16)),  # the cap, inclusive
+    ("dz3 ** -16", Fraction(-16)),
+    ("dz3 ** (32/2)", Fraction(16)),
+])
+def test_constant_exponents_fold_to_a_rational(text, exponent):
+    node = parse(text, NET)
+    assert node.op == "pow" and node.value == exponent and node.shape == (3, 1)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("1e300", Fraction(10**300)),  # the literal caps, inclusive
+    ("1e-300", Fraction(1, 10**300)),
+    ("9.99e300", Fraction(999 * 10**298)),
+    ("0.001e-297", Fraction(1, 10**300)),
+    ("1e-5", Fraction(1, 100000)),
+    ("0e999999999", Fraction(0)),
+    ("1_000.5", Fraction(2001, 2)),
+    ("0x1F", Fraction(31)),
+    ("9" * 300, Fraction(10**300 - 1)),
+])
+def test_number_literals_within_the_caps_are_exact(text, value):
+    assert parse(text, NET).value == value
+
+
+@pytest.mark.parametrize("text, column, character, message", [
+    ("ａ3 - y", 1, "ａ", "'ａ' (U+FF41 FULLWIDTH LATIN SMALL LETTER A) at column 1 is not ASCII; write 'a'"),
+    ("𝑎3 - y", 1, "𝑎", "'𝑎' (U+1D44E MATHEMATICAL ITALIC SMALL A) at column 1 is not ASCII; write 'a'"),
+    ("a３ - y", 2, "３", "'３' (U+FF13 FULLWIDTH DIGIT THREE) at column 2 is not ASCII; write '3'"),
+    ("a3 − y", 4, "−", "'−' (U+2212 MINUS SIGN) at column 4 is not ASCII; write '-'"),
+    ("а3 - y", 1, "а", "'а' (U+0430 CYRILLIC SMALL LETTER A) at column 1 is not ASCII; write 'a'"),
+    ("a3 -\u00a0y", 5, "\u00a0", "'\\xa0' (U+00A0 NO-BREAK SPACE) at column 5 is not ASCII; write a plain space"),
+    ("dz3 * ٣", 7, "٣", "'٣' (U+0663 ARABIC-INDIC DIGIT THREE) at column 7 is not ASCII; write '3'"),
+    ("a3 - y  # λ", 11, "λ", "'λ' (U+03BB GREEK SMALL LETTER LAMDA) at column 11 is not ASCII; symbp reads ASCII only"),
+])
+def test_non_ascii_is_refused_not_read_as_its_lookalike(text, column, character, message):
+    with pytest.raises(FormulaError) as info:
+        parse(text, NET)  # Python's ast would read ａ3 and 𝑎3 as a3 (NFKC)
+    assert str(info.value) == f"formula {text!r}: {message}"
+    assert info.value.column == column and info.value.token == character
+
+
+@pytest.mark.parametrize("text, column", [("(dz3\n + W9)", 9), ("(dz3\r\n + W9)", 10), ("(dz3\r + W9)", 9)])
+def test_columns_count_through_line_breaks_and_messages_stay_one_line(text, column):
+    with pytest.raises(FormulaError) as info:
+        parse(text, NET)
+    assert info.value.column == column and "\n" not in str(info.value) and "\r" not in str(info.value)
+
+
+CUSTOM = ["x**0.5", "sqrt(x)", "x**3", "x**-2", "x*sigmoid(x)", "log(1+exp(x))", "exp(x)-1", "tanh(x)**2",
+          "max(x, 0.1*x)", "x**16", "x**(-16)", "x/(1+abs(x))"]
+
+
+@pytest.mark.parametrize("batch", [None, 3], ids=["single", "batch"])
+@pytest.mark.parametrize("hidden", list(REGISTRY) + CUSTOM)
+def test_every_textbook_claim_parses_and_holds(hidden, batch):
+    net = symbp.MLP([2, 3, 2], hidden=hidden, batch=batch)
+    claims = symbp.textbook(net)
+    for target, text in claims.items():
+        assert parse(text, net).shape == net.shape(target), (target, text)
+    assert symbp.verify(net, claims).ok
+    derivative = claims.get("z1")  # None when f' needs what the language lacks (abs) or its caps (z**-17)
+    if hidden in ("x**0.5", "sqrt(x)"):
+        assert derivative == "da1 * ((1/2) * (z1 ** (-1/2)))"
+    if hidden in ("x/(1+abs(x))", "x**(-16)"):
+        assert derivative is None
+
+
 @pytest.mark.parametrize("text, column, token, message", [
     ("W3.T @ dz1", 6, "@", "W3.T @ dz1: shapes (3, 3) and (5, 1) do not align"),
     ("dz3 @ a2.T + W9", 14, "W9", "unknown name 'W9'"),
@@ -83,7 +158,29 @@ def test_numbers_are_exact():
     ("sum(dz3, keepdims=1)", 1, "sum", "sum() takes no keyword argument 'keepdims'"),
     ("dz3 + dz1", 5, "+", "shapes (3, 1) and (5, 1) do not match for element-wise '+'"),
     ("dz3 ** z3", 8, "z3", "the exponent of ** must be a number"),
-    ("dz3 ** 1000", 8, "1000", "exponent 1000 is too large"),
+    ("dz3 ** 1000", 8, "1000", "exponent 1000 is too large: the exponent of ** must be at most 16 in absolute value"),
+    ("sum(axis=1)", 1, "sum", "sum() needs the matrix to sum as its first argument, e.g. sum(dz1, axis=0)"),
+    ("sum(dz3, axis=1, axis=0)", 1, "sum", "sum(): keyword argument 'axis' given twice"),
+    ("sum(dz3, **{})", 10, "**", "sum(): '**' arguments are not allowed"),
+    ("a3 ** 17", 7, "17", "exponent 17 is too large: the exponent of ** must be at most 16 in absolute value"),
+    ("a3 ** -17", 7, "-17", "exponent -17 is too large"),
+    ("a3 ** (2 ** 5)", 8, "2 ** 5", "exponent 2 ** 5 is too large"),
+    ("a3 ** (2 ** 50)", 13, "50", "exponent 50 is too large"),
+    ("a3 ** (1e300 ** 4)", 8, "1e300 ** 4", "the constant 1e300 ** 4 has more than 1000 digits"),
+    ("a3 ** (1 / 0)", 8, "1 / 0", "division by zero"),
+    ("0 ** -1 * dz3", 1, "0 ** -1", "division by zero"),
+    ("a3 ** (4 ** 0.5)", 8, "4 ** 0.5", "the exponent of ** must be a number (a constant such as 2, -1/2 or 0.5)"),
+    ("dz3 * 1e999999999", 7, "1e999999999", "1e999999999: a number's exponent must be within +-300"),
+    ("dz3 * 1e-999999999", 7, "1e-999999999", "1e-999999999: a number's exponent must be within +-300"),
+    ("dz3 * 1e301", 7, "1e301", "1e301: a number's exponent must be within +-300"),
+    ("dz3 * 1e-301", 7, "1e-301", "1e-301: a number's exponent must be within +-300"),
+    ("dz3 * 0.001e-298", 7, "0.001e-298", "0.001e-298: a number's exponent must be within +-300"),
+    ("dz3 * " + "1" * 302, 7, "1" * 302, "111111111111...11111111 (302 characters): a number's exponent must be within"),
+    ("dz3 * 1e-5" + "1" * 300, 7, "1e-5" + "1" * 300, "1e-511111111...11111111 (304 characters): a number's exponent"),
+    ("dz3 * 0." + "1" * 1001, 7, "0." + "1" * 1001, "0.1111111111...11111111 (1003 characters): a number has at most "
+     "1000 digits"),
+    ("(dz3\n + W9)", 9, "W9", "unknown name 'W9'"),
+    ("(dz3 +\n x.shape)", 9, ".shape", "'.shape' is not allowed"),
     ("x.shape", 1, ".shape", "'.shape' is not allowed"),
     ("__import__('os').system('x')", 1, "__import__('os').system('x')", "only plain function names can be called"),
     ("__import__('os')", 1, "__import__", "unknown function '__import__'"),

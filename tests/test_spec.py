@@ -117,3 +117,13 @@ def test_code_path_that_is_not_a_python_file_is_bad_input(tmp_path):
     path.write_text(FULL.replace('path = "backward.py"', 'path = "back.txt"'))
     with pytest.raises(SymbpError, match="code.path: 'back.txt' is not a Python file \\(\\.py\\)"):
         load(path).function()
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ("[٣, ٤]", "not valid TOML"),  # TOML integers are ASCII: Arabic-Indic digits are no widths here either
+    ('["٣", 4]', "width n0 = '٣' must be a positive integer"),
+    ('"٣,٤"', "sizes: expected a list of layer widths"),
+])
+def test_spec_sizes_refuse_non_ascii_digits(sizes, message):
+    with pytest.raises(SymbpError, match=message):
+        loads(f"[model]\nsizes = {sizes}\n")
