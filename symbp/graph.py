@@ -795,6 +795,8 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
         symbols = {n: sp.Symbol(n, real=True) for n in values}
         try:
             sym_expr = parse_scalar(text, symbols)
+        except SymbpError:  # the parser's own one-line message (a SymbpError is a ValueError too)
+            raise
         except (TypeError, ValueError) as exc:  # SymPy's Max of a complex constant: max(log(-1), a)
             raise SymbpError(_not_real(text) or f"expression {text!r}: {exc}") from None
         structure = structure or "source"

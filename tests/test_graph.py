@@ -421,8 +421,9 @@ def test_cli_ties_agree_with_the_check(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["graph", "a**b", "--at", "a=10,b=100000"], "x^y of 10, 100000 is about 10^100000"),
-    (["graph", "exp(exp(a))", "--at", "a=1e400"], "exp of 10^400 is about 10^(4.3e+399)"),
-    (["graph", "sin(a)", "--at", "a=1e100000"], "a = 10^100000 has 100001 digits"),
+    (["graph", "exp(exp(a))", "--at", "a=1e300"], "exp of 10^300 is about 10^(4.3e+299)"),
+    (["graph", "exp(exp(a))", "--at", "a=1e400"], "1e400: a number's exponent must be within +-300"),
+    (["graph", "sin(a)", "--at", "a=1e100000"], "1e100000: a number's exponent must be within +-300"),
     (["graph", "a**a**a**a", "--at", "a=3"], "x^y of 3, 7625597484987 is about 10^(3.6e+12)"),
     (["graph", "(-2)**a", "--at", "a=1/2"], "(-2)^x of 1/2 is sqrt(2)*I, not a real number"),
     (["graph", "a**b", "--at", "a=-2,b=3"], "x^y of -2, 3 has no real derivative: d/dy is -8*log(2) - 8*I*pi"),
