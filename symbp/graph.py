@@ -574,14 +574,22 @@ def _precheck(op, inputs, const):
     m = _magnitude(approx)
     if exact:
         local = _LOCAL_APPROX[op](inputs[0].approx) if op in _LOCAL_APPROX and inputs[0].approx is not None else None
-        for what, size in (("", m), ("the local gradient of ", _magnitude(local))):
-            if size is not None and abs(size) > EXACT_DIGITS:
-                raise _TooBig(f"{what}{_culprit(pending)} is about {_power_of_ten(size)}, beyond the exact range "
-                              f"10^-{EXACT_DIGITS}..10^{EXACT_DIGITS}", exact=True)
-    elif m is not None and m > FLOAT_DIGITS:
-        raise _TooBig(f"{_culprit(pending)} is about {_power_of_ten(m)}: beyond floating point (10^{FLOAT_DIGITS})",
-                      exact=False)
+        _refuse_magnitude(pending, m, exact=True)
+        _refuse_magnitude(pending, _magnitude(local), exact=True, what="the local gradient of ")
+    else:
+        _refuse_magnitude(pending, m, exact=False)
     return approx
+
+
+def _refuse_magnitude(node, m, *, exact, what=""):
+    """Refuse the value of ``node``, about ``10^m``: past 10^+-EXACT_DIGITS when exact, past 10^308 as a float."""
+    if m is None:
+        return
+    if exact and abs(m) > EXACT_DIGITS:
+        raise _TooBig(f"{what}{_culprit(node)} is about {_power_of_ten(m)}, beyond the exact range "
+                      f"10^-{EXACT_DIGITS}..10^{EXACT_DIGITS}", exact=True)
+    if not exact and m > FLOAT_DIGITS:
+        raise _TooBig(f"{what}{_culprit(node)} is about {_power_of_ten(m)}: beyond floating point (10^{FLOAT_DIGITS})", exact=False)
 
 
 def _check_size(node, approx):
@@ -592,12 +600,7 @@ def _check_size(node, approx):
         if v.is_Rational and max(_ndigits(v.p), _ndigits(v.q)) > EXACT_DIGITS:
             raise _TooBig(f"{_culprit(node)} has {max(_ndigits(v.p), _ndigits(v.q))} digits (exact values are "
                           f"kept to {EXACT_DIGITS} digits)", exact=True)
-        if m is not None and abs(m) > EXACT_DIGITS:
-            raise _TooBig(f"{_culprit(node)} is about {_power_of_ten(m)}, beyond the exact range "
-                          f"10^-{EXACT_DIGITS}..10^{EXACT_DIGITS}", exact=True)
-    elif m is not None and m > FLOAT_DIGITS:
-        raise _TooBig(f"{_culprit(node)} is about {_power_of_ten(m)}: beyond floating point (10^{FLOAT_DIGITS})",
-                      exact=False)
+    _refuse_magnitude(node, m, exact=node.exact)
 
 
 # --------------------------------------------------------------------------- the Graph

@@ -30,6 +30,11 @@ def backward(values, dtype=np.float64):
     n = y.shape[0]
     # the general form of d(-sum y log softmax(z))/dz: a * sum(y) - y (a - y when rows of y sum to 1)
     delta = (probs * y.sum(axis=1, keepdims=True) - y) / n
+    return _layers(L, W, cache, delta)
+
+
+def _layers(L, W, cache, delta):
+    """dL/dW_l, dL/db_l for l = L..1 from the output layer's delta (ReLU hidden layers)."""
     grads = {}
     for l in range(L, 0, -1):
         a_prev, _ = cache[l - 1]
@@ -51,14 +56,7 @@ def backward_unit_rows(values):
     L, W, probs, cache = _forward(values, np.float64)
     y = values["y"]
     delta = (probs - y) / y.shape[0]
-    grads = {}
-    for l in range(L, 0, -1):
-        a_prev, _ = cache[l - 1]
-        grads[f"W{l}"] = delta.T @ a_prev
-        grads[f"b{l}"] = delta.sum(axis=0, keepdims=True).T
-        if l > 1:
-            delta = (delta @ W[l]) * (cache[l - 2][1] > 0)
-    return grads
+    return _layers(L, W, cache, delta)
 
 
 def backward_complex(values):
