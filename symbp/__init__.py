@@ -17,6 +17,7 @@ from .errors import SymbpError
 from .example import worked_example
 from .flow import flow
 from .graph import Node, graph
+from .layers import Network, network
 from .network import MLP
 from .numeric import lambdify
 from .registry import custom_activation
@@ -24,5 +25,5 @@ from .verify import Report, Result, textbook, verify
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Gradients", "Node", "Report", "Result", "SymbpError", "compile", "custom_activation",
-           "derive", "flow", "graph", "lambdify", "textbook", "verify", "worked_example", "__version__"]
+__all__ = ["MLP", "Gradients", "Network", "Node", "Report", "Result", "SymbpError", "compile", "custom_activation",
+           "derive", "flow", "graph", "lambdify", "network", "textbook", "verify", "worked_example", "__version__"]

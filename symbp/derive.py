@@ -38,6 +38,7 @@ import sympy as sp
 
 from .errors import SymbpError, UnknownName, closest
 from .names import TextPrinter, times
+from .layers import Network
 from .network import MLP
 
 METHODS = ("chain", "expand")
@@ -124,8 +125,8 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
     >>> symbp.derive(net, method="expand")["z1"]
     Matrix([[-y_0_0 + sigmoid(W1_0_0*x_0_0 + b1_0_0)]])
     """
-    if not isinstance(net, MLP):
-        raise SymbpError(f"derive: expected a symbp.MLP, got {type(net).__name__}")
+    if not isinstance(net, (MLP, Network)):
+        raise SymbpError(f"derive: expected a symbp.MLP or symbp.network, got {type(net).__name__}")
     if method not in METHODS:
         raise SymbpError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     _check_layout(layout)
@@ -264,7 +265,7 @@ def _chain(net, report):
         tracked.update(net.symbols(name))
     acc = _Accumulator(tracked)
     matrices, definitions = {}, []
-    last = f"a{net.L}"
+    last = net.output_name
     if net.loss_stage != last:
         # dL/da_L is a side branch when the loss is written in the logits: the loss's own derivative.
         side = _Accumulator(tracked)

@@ -71,7 +71,7 @@ import sympy as sp
 from . import functions as F
 from .characters import one_line
 from .errors import SymbpError, closest
-from .expression import (ASCII_BLANKS, MAX_DIGITS, MAX_POWER, column_of, exponent_too_large, line_starts, literal,
+from .expression import (ASCII_BLANKS, MAX_DECIMAL_EXPONENT, MAX_DIGITS, MAX_POWER, column_of, exponent_too_large, line_starts, literal,
                          power_too_big, read_tree, too_big)
 
 #: The element-wise functions of the language (op ``func``), with their SymPy forms.
@@ -580,3 +580,47 @@ def _matmul(a, b):
                 out[i, j] = sp.Add(*[a[i, k] * b[k, j] for k in range(a.shape[1])])
         return out
     return np.matmul(a, b)
+
+
+def formula_text(expr, z) -> str | None:
+    """A SymPy expression as a claim, or None where the language cannot write it: ``z`` is the text
+    for the symbol ``t`` (a string), or a dict from symbol names to texts.
+
+    >>> t = sp.Symbol("t", real=True)
+    >>> formula_text(1 - sp.tanh(t) ** 2, "z1")
+    '(1 + ((-1) * (tanh(z1) ** (2))))'
+    """
+    if expr.is_Symbol:
+        if isinstance(z, str):
+            return z if expr.name == "t" else None
+        return z.get(expr.name)
+    if expr.is_Rational:
+        if max(abs(expr.p), expr.q) >= 10 ** (MAX_DECIMAL_EXPONENT + 1):
+            return None  # beyond the literals the claim language reads
+        return f"({expr})" if not expr.is_Integer else (str(expr) if expr >= 0 else f"({expr})")
+    if expr.is_Add or expr.is_Mul:
+        parts = [formula_text(a, z) for a in expr.args]
+        if None in parts:
+            return None
+        return "(" + (" + " if expr.is_Add else " * ").join(parts) + ")"
+    if expr.is_Pow:
+        base = formula_text(expr.base, z)
+        if base is None or not expr.exp.is_Rational:
+            if expr.base is sp.E and base is None:
+                inner = formula_text(expr.exp, z)
+                return None if inner is None else f"exp({inner})"
+            return None
+        if abs(expr.exp) > MAX_POWER:
+            return None  # beyond the exponents the claim language reads (x**-16 has z**-17)
+        return f"({base} ** ({expr.exp}))"
+    if expr.func is sp.Heaviside:
+        if len(expr.args) > 1 and expr.args[1] != 0:
+            return None
+        inner = formula_text(expr.args[0], z)
+        return None if inner is None else f"step({inner})"
+    names = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
+             sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
+    if expr.func in names:
+        inner = formula_text(expr.args[0], z)
+        return None if inner is None else f"{names[expr.func]}({inner})"
+    return None

@@ -127,6 +127,38 @@ class softplus(sp.Function):
         return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
 
 
+def gelu(z):
+    """The exact GELU, ``z/2 (1 + erf(z / sqrt(2)))`` (PyTorch's default ``approximate='none'``).
+
+    >>> z = sp.Symbol("z", real=True)
+    >>> gelu(z)
+    z*(erf(sqrt(2)*z/2) + 1)/2
+    """
+    return z * (1 + sp.erf(z / sp.sqrt(2))) / 2
+
+
+def silu(z):
+    """SiLU (swish), ``z sigmoid(z)``.
+
+    >>> silu(sp.Symbol("z"))
+    z*sigmoid(z)
+    """
+    return z * sigmoid(z)
+
+
+def elu(z):
+    """ELU with alpha 1 (PyTorch's default): ``z`` for ``z > 0``, else ``exp(z) - 1``, written
+    ``relu(z) + exp(z - relu(z)) - 1``. Why this form: ``sympy.diff`` of it is
+    ``step(z) + (1 - step(z)) exp(z - relu(z))``, which is 1 at 0, the true derivative (ELU with alpha 1
+    is smooth there); a ``Piecewise`` would do the same, at the cost described in the module docstring.
+
+    >>> z = sp.Symbol("z", real=True)
+    >>> [sp.diff(elu(z), z).subs(z, v) for v in (-1, 0, 1)]
+    [exp(-1), 1, 1]
+    """
+    return relu(z) + sp.exp(z - relu(z)) - 1
+
+
 def explicit(expr):
     """Rewrite symbp's functions into SymPy's elementary ones (``Max``, ``exp``, ``log``).
 

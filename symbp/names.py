@@ -14,7 +14,7 @@ import re
 import sympy as sp
 from sympy.printing.str import StrPrinter
 
-_NAME = re.compile(r"^(d?)([A-Za-z]+\d*)_(\d+)_(\d+)$")
+_NAME = re.compile(r"^(d?)([A-Za-z][A-Za-z0-9]*)_(\d+)_(\d+)$")  # no network name begins with d
 
 
 def entry_symbol(name: str, i: int, j: int) -> sp.Symbol:

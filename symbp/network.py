@@ -213,6 +213,11 @@ class MLP:
         return self._reduce([self.fused.sympy(zk, yk) for zk, yk in zip(self._examples(z), self._examples(y))])
 
     @property
+    def output_name(self) -> str:
+        """The last output, ``aL``: what the loss reads."""
+        return f"a{self.L}"
+
+    @property
     def loss_stage(self) -> str:
         """The stage :attr:`local_loss` is written in: ``zL`` (fused pair) or ``aL``."""
         return f"z{self.L}" if self.fused else f"a{self.L}"

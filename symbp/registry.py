@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+import math
+
 import numpy as np
 import sympy as sp
 
@@ -53,6 +55,26 @@ def np_leaky_relu(z):
     return np.where(z > 0, z, 0.01 * z)
 
 
+_np_erf = np.vectorize(math.erf, otypes=[float])
+
+
+def np_erf(z):
+    """The error function entry by entry (NumPy has none; ``math.erf`` is exact to the last bit)."""
+    return _np_erf(z) + np.zeros_like(z, dtype=float)
+
+
+def np_gelu(z):
+    return 0.5 * z * (1.0 + np_erf(z / math.sqrt(2.0)))
+
+
+def np_gelu_derivative(z):
+    return 0.5 * (1.0 + np_erf(z / math.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+
+
+def np_elu(z):
+    return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
+
+
 def np_softmax(z):
     """Softmax of each row (rows are examples), shifted by the row maximum so it cannot overflow."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -71,6 +93,7 @@ NUMPY_FUNCTIONS = {
     "sigmoid": np_sigmoid,
     "softplus": np_softplus,
     "Heaviside": lambda z, h0=0.0: np.heaviside(z, h0),
+    "erf": np_erf,
 }
 
 
@@ -88,6 +111,9 @@ class Activation:
     kinks: tuple = ()  # points where f' jumps; numeric checks keep away from them
     note: str = ""  # the derivative convention, stated in documents
     expression: str = ""  # the user's text, for a custom activation
+    # f'(z) as the textbook writes it in the claim language: (with a = f(z), in z alone); empty for a
+    # custom activation, whose f' is sympy.diff of its expression (symbp.ops.activation_derivative_text)
+    textbook: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +138,7 @@ class Loss:
     numpy: Callable[[np.ndarray, np.ndarray], np.ndarray]  # rows -> one loss per row
     numpy_grad: Callable[[np.ndarray, np.ndarray], np.ndarray]  # d loss / d a, per row
     needs_unit_interval: bool  # takes logs of the outputs
+    backward: str = ""  # d loss / d a per example, in the claim language (a, y; n the output width)
 
 
 @dataclass(frozen=True)
@@ -128,25 +155,41 @@ class Fused:
     simplified: str | None = None  # that simplification, in the formula language, per example
 
 
-def _activation(name, latex, sym, fn, dfn, kinks=(), note=""):
-    return Activation(name, latex, sym, fn, dfn, tuple(kinks), note)
+def _activation(name, latex, sym, fn, dfn, kinks=(), note="", textbook=None):
+    in_a, in_z = textbook if isinstance(textbook, tuple) else (textbook, textbook)
+    return Activation(name, latex, sym, fn, dfn, tuple(kinks), note, textbook=(in_a, in_z) if in_a else ())
 
 
 ACTIVATIONS: Mapping[str, Activation] = {
     row.name: row
     for row in [
         _activation("relu", r"\operatorname{ReLU}", F.relu, np_relu, np_step, [0.0],
-                    r"\operatorname{ReLU}'(0) = 0 (as PyTorch and micrograd)"),
+                    r"\operatorname{ReLU}'(0) = 0 (as PyTorch and micrograd)", textbook="step(z)"),
         _activation("leaky_relu", r"\operatorname{LeakyReLU}", F.leaky_relu, np_leaky_relu,
                     lambda z: np.where(z > 0, 1.0, 0.01), [0.0],
-                    r"slope 0.01 for z \le 0; derivative 0.01 at 0 (as PyTorch)"),
+                    r"slope 0.01 for z \le 0; derivative 0.01 at 0 (as PyTorch)",
+                    textbook="(0.01 + 0.99 * step(z))"),
         _activation("sigmoid", r"\sigma", F.sigmoid, np_sigmoid,
-                    lambda z: np_sigmoid(z) * (1 - np_sigmoid(z))),
-        _activation("tanh", r"\tanh", sp.tanh, np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+                    lambda z: np_sigmoid(z) * (1 - np_sigmoid(z)),
+                    textbook=("a * (1 - a)", "sigmoid(z) * (1 - sigmoid(z))")),
+        _activation("tanh", r"\tanh", sp.tanh, np.tanh, lambda z: 1 - np.tanh(z) ** 2,
+                    textbook=("(1 - a ** 2)", "(1 - tanh(z) ** 2)")),
         _activation("softplus", r"\operatorname{softplus}", F.softplus, np_softplus, np_sigmoid,
-                    note=r"\operatorname{softplus}(z) = \log(1 + e^{z})"),
+                    note=r"\operatorname{softplus}(z) = \log(1 + e^{z})", textbook="sigmoid(z)"),
         _activation("identity", r"\operatorname{id}", lambda z: z, lambda z: z + 0.0,
-                    lambda z: np.ones_like(z)),
+                    lambda z: np.ones_like(z), textbook="1"),
+        _activation("gelu", r"\operatorname{GELU}", F.gelu, np_gelu, np_gelu_derivative,
+                    note=r"\operatorname{GELU}(z) = \tfrac{z}{2} \bigl(1 + \operatorname{erf}(z / \sqrt{2})\bigr) "
+                         r"(the exact form, as PyTorch's default)"),
+        _activation("silu", r"\operatorname{SiLU}", F.silu, lambda z: z * np_sigmoid(z),
+                    lambda z: np_sigmoid(z) * (1 + z * (1 - np_sigmoid(z))),
+                    note=r"\operatorname{SiLU}(z) = z \, \sigma(z)",
+                    textbook="(sigmoid(z) * (1 + z * (1 - sigmoid(z))))"),
+        _activation("elu", r"\operatorname{ELU}", F.elu, np_elu,
+                    lambda z: np.where(z > 0, 1.0, np.exp(np.minimum(z, 0.0))),
+                    note=r"\operatorname{ELU}(z) = z for z > 0, else e^{z} - 1 (alpha 1, as PyTorch); "
+                         r"written \operatorname{ReLU}(z) + e^{z - \operatorname{ReLU}(z)} - 1, so its derivative at 0 is 1",
+                    textbook=("(step(z) + (1 - step(z)) * (a + 1))", "(step(z) + (1 - step(z)) * exp(z - relu(z)))")),
     ]
 }
 
@@ -188,16 +231,17 @@ LOSSES: Mapping[str, Loss] = {
         Loss("cross_entropy", r"-\sum_{k} y_{k} \log a_{k}",
              lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a)).sum(axis=1),
-             lambda a, y: -_target_ratio(y, a), True),
+             lambda a, y: -_target_ratio(y, a), True, "-y / a"),
         Loss("binary_cross_entropy",
              r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
              lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
-             lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True),
+             lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True,
+             "(-(y / a) + (1 - y) / (1 - a)) / n"),
         Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
              lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
              lambda a, y: ((a - y) ** 2).mean(axis=1),
-             lambda a, y: 2 * (a - y) / a.shape[1], False),
+             lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n"),
     ]
 }
 

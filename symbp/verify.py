@@ -1180,42 +1180,6 @@ def _masks(net) -> dict:
 # --------------------------------------------------------------------------- the textbook
 
 
-def _formula_text(expr, z: str) -> str | None:
-    """A SymPy expression in the symbol ``t`` as a formula-language string in ``z``, or None."""
-    if expr.is_Symbol:
-        return z if expr.name == "t" else None
-    if expr.is_Rational:
-        if max(abs(expr.p), expr.q) >= 10 ** (MAX_DECIMAL_EXPONENT + 1):
-            return None  # beyond the literals the claim language reads
-        return f"({expr})" if not expr.is_Integer else (str(expr) if expr >= 0 else f"({expr})")
-    if expr.is_Add or expr.is_Mul:
-        parts = [_formula_text(a, z) for a in expr.args]
-        if None in parts:
-            return None
-        return "(" + (" + " if expr.is_Add else " * ").join(parts) + ")"
-    if expr.is_Pow:
-        base = _formula_text(expr.base, z)
-        if base is None or not expr.exp.is_Rational:
-            if expr.base is sp.E and base is None:
-                inner = _formula_text(expr.exp, z)
-                return None if inner is None else f"exp({inner})"
-            return None
-        if abs(expr.exp) > MAX_POWER:
-            return None  # beyond the exponents the claim language reads (x**-16 has z**-17)
-        return f"({base} ** ({expr.exp}))"
-    if expr.func is sp.Heaviside:
-        if len(expr.args) > 1 and expr.args[1] != 0:
-            return None
-        inner = _formula_text(expr.args[0], z)
-        return None if inner is None else f"step({inner})"
-    names = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
-             sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
-    if expr.func in names:
-        inner = _formula_text(expr.args[0], z)
-        return None if inner is None else f"{names[expr.func]}({inner})"
-    return None
-
-
 def activation_derivative(net, layer: int) -> str | None:
     """``f'(z_l)`` of hidden layer ``layer`` as a claim string (``step(z1)``, ``a1 * (1 - a1)``...).
 
@@ -1227,22 +1191,10 @@ def activation_derivative(net, layer: int) -> str | None:
     >>> activation_derivative(net, 1), activation_derivative(net, 2)
     ('step(z1)', 'a2 * (1 - a2)')
     """
-    row = net.hidden[layer - 1]
-    z, a = f"z{layer}", f"a{layer}"
+    from .ops.table import activation_derivative_text
+
     plain = layer not in net.residual_layers
-    known = {
-        "relu": f"step({z})",
-        "leaky_relu": f"(0.01 + 0.99 * step({z}))",
-        "sigmoid": f"{a} * (1 - {a})" if plain else f"sigmoid({z}) * (1 - sigmoid({z}))",
-        "tanh": f"(1 - {a} ** 2)" if plain else f"(1 - tanh({z}) ** 2)",
-        "softplus": f"sigmoid({z})",
-        "identity": "1",
-    }
-    if row.name in known and not row.expression:
-        return known[row.name]
-    t = sp.Symbol("t", real=True)
-    derivative = sp.diff(row.sympy(t), t)
-    return _formula_text(derivative, z)
+    return activation_derivative_text(net.hidden[layer - 1], f"z{layer}", f"a{layer}" if plain else None)
 
 
 def textbook(net: MLP) -> dict:

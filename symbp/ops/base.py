@@ -1,0 +1,88 @@
+"""The row type of the op table and the context its claim columns are written in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable, Mapping
+
+#: The default of a field that must be given (``out`` of ``affine``, ``dk`` of ``attention``).
+REQUIRED = object()
+
+
+def number(value) -> str:
+    """An exact number as claim-language text: ``1/100000`` as ``(1/100000)``, ``2`` as ``2``.
+
+    >>> number(Fraction(1, 100000)), number(Fraction(2)), number(Fraction(-1, 2))
+    ('(1/100000)', '2', '(-1/2)')
+    """
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator) if value >= 0 else f"({value.numerator})"
+    return f"({value.numerator}/{value.denominator})"
+
+
+@dataclass(frozen=True)
+class Context:
+    """The names a layer's claim columns are written with, and the network's orientation.
+
+    ``out`` is the layer's output, ``inp`` its input (``x`` for the first layer), ``params`` maps each
+    parameter role to its name (``{"W": "W1", "b": "b1"}``), ``extra`` each extra input's field to its
+    name (``{"from": "a1"}``, ``{"mask": "m1"}``), ``stages`` each internal stage to its name
+    (attention's ``{"Q": "Q1", ...}``). ``batch`` is the number of examples, or None for one example
+    (column vectors).
+    """
+
+    out: str
+    inp: str
+    params: Mapping[str, str]
+    extra: Mapping[str, str]
+    stages: Mapping[str, str]
+    cfg: Mapping[str, object]
+    batch: int | None
+    n_in: int
+    n_out: int
+    mean_over_batch: str = ""  # " / N" for a batch with reduction "mean" (the loss's scale)
+
+    @property
+    def features(self) -> int:
+        """The axis of the features of one example: 0 (a column) for one example, 1 for a batch."""
+        return 1 if self.batch else 0
+
+    def over_examples(self, text: str) -> str:
+        """A per-example ``(n, 1)`` parameter's gradient from ``text`` (shaped like the output): itself
+        for one example, the sum over the rows of a batch, as a column."""
+        return f"sum({text}, axis=0).T" if self.batch else text
+
+    def as_feature(self, name: str) -> str:
+        """An ``(n, 1)`` parameter lined up with one example's features: itself for a column, its
+        transpose (a row, broadcast over the examples) for a batch."""
+        return f"{name}.T" if self.batch else name
+
+    def num(self, value) -> str:
+        return number(value)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One rule of the table (see :mod:`symbp.ops`)."""
+
+    name: str
+    summary: str  # one line: what it computes, per example
+    forward: Callable  # (X, P, E, cfg, stage) -> local (rows), SymPy
+    numpy: Callable  # (X, P, E, cfg, stage) -> output (rows), NumPy float64
+    backward: Callable  # Context -> {target name: claim}
+    latex: str  # the op's name in documents
+    params: tuple[str, ...] = ()  # parameter roles, in order
+    fields: Mapping[str, object] = field(default_factory=dict)  # field -> default (REQUIRED)
+    extra: tuple[str, ...] = ()  # fields that name another input: ("from",), ("mask",)
+    stages: tuple[str, ...] = ()  # internal stages, in the order defined
+    prefix: str = "h"  # default output name: prefix + position
+    width: Callable = lambda cfg, n_in: n_in  # output width per example
+    param_shape: Callable | None = None  # (role, cfg, n_in) -> (rows, cols)
+    check: Callable | None = None  # (cfg, n_in, batch) -> error text or None
+    torch: Callable | None = None  # as numpy, on torch tensors (float64)
+    mistakes: Callable = lambda ctx: ()  # Context -> ((name, {target: wrong claim}), ...)
+    kinks: tuple = ()
+    note: str = ""  # the convention it follows, for documents
+    activation: object = None  # the registry row of an entry-wise op
