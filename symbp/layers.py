@@ -175,7 +175,9 @@ class Network:
             name_of_op = spec.get("op")
             if name_of_op is None:
                 raise SymbpError(f"layer {position}: missing field 'op'")
-            if name_of_op == "activation":
+            if isinstance(name_of_op, Op):  # a row given directly (symbp.MLP's builder; tests of rows)
+                row_op, allowed = name_of_op, set()
+            elif name_of_op == "activation":
                 if "expr" not in spec:
                     raise SymbpError(f"layer {position} (activation): missing field 'expr' (an expression in x)")
                 try:
