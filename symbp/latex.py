@@ -214,6 +214,8 @@ FUNCTION_NAMES = {
     "step": r"\operatorname{step}",
     "exp": r"\exp",
     "log": r"\log",
+    "erf": r"\operatorname{erf}",
+    "cosh": r"\cosh",
 }
 
 # Binding strength of each op: a child binding weaker than its parent gets parentheses.
@@ -256,12 +258,24 @@ def _name(value, printer, sup=""):
     return printer.base(value, sup)
 
 
+def _size(name: str) -> str:
+    r"""A size name: ``n2`` is ``n_{2}``, ``n_h1`` is ``n_{\mathrm{h1}}``."""
+    rest = name[1:].lstrip("_")
+    return f"n_{{{rest}}}" if rest.isdigit() else rf"n_{{\mathrm{{{rest}}}}}"
+
+
 def _formula(node, printer) -> str:
     op, args = node.op, node.args
     if op == "name":
         return _name(node.value, printer)
     if op == "number":
         return printer.doprint(sp.Rational(node.value.numerator, node.value.denominator))
+    if op == "size":
+        return _size(node.value[0])
+    if op == "const":
+        return r"\pi"
+    if node.sugar == ("sqrt",):
+        return rf"\sqrt{{{_formula(args[0], printer)}}}"
     if op == "neg":
         return "-" + _wrap(args[0], "neg", printer)
     if op in ("add", "sub"):
@@ -296,7 +310,7 @@ def _formula(node, printer) -> str:
             return rf"{inner} \mathbf{{1}}_{{{cols}}}"
         return rf"\mathbf{{1}}_{{{rows}}}^{{\top}} {inner} \mathbf{{1}}_{{{cols}}}"
     if op == "ones":
-        r, c = node.value
+        r, c = (_size(d) if isinstance(d, str) and d != "N" else d for d in node.value)
         return rf"\mathbf{{1}}_{{{r} \times {c}}}"
     if op == "diag":
         return rf"\operatorname{{diag}}\left({_formula(args[0], printer)}\right)"
