@@ -228,7 +228,8 @@ def formula_latex(node, *, printer: SymbpLatexPrinter | None = None) -> str:
 
     ``@`` is juxtaposition, element-wise ``*`` is ``\odot``, ``.T`` a superscript ``\top``, ``dz2`` is
     ``\delta^{(2)}`` and ``da1`` is ``\bar{a}^{(1)}``, ``sum(X, axis=0)`` is ``\mathbf{1}^\top X``.
-    Only the node's ``op``, ``args``, ``shape`` and ``value`` are read.
+    Only the node's ``op``, ``args``, ``shape`` and ``value`` are read (and ``sugar``, if it has one:
+    ``sqrt(X)`` is typeset as a root; ``mean`` and ``var`` as the sums they are).
 
     >>> from types import SimpleNamespace as N
     >>> dz, a = N(op="name", value="dz3", args=(), shape=(3, 1)), N(op="name", value="a2", args=(), shape=(3, 1))
@@ -274,7 +275,7 @@ def _formula(node, printer) -> str:
         return _size(node.value[0])
     if op == "const":
         return r"\pi"
-    if node.sugar == ("sqrt",):
+    if getattr(node, "sugar", ()) == ("sqrt",):
         return rf"\sqrt{{{_formula(args[0], printer)}}}"
     if op == "neg":
         return "-" + _wrap(args[0], "neg", printer)
