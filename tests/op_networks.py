@@ -43,7 +43,7 @@ def configs() -> dict:
         layers=[{"op": "affine", "out": 2, "name": "h"}, {"op": "tanh"}, {"op": "add", "from": "h"},
                 {"op": "affine", "out": 2}], input=2, loss="mse"))
     out["attention"] = ("attention", dict(
-        layers=[{"op": "attention", "dk": 2}, {"op": "affine", "out": 2}], input=2, batch=3, loss="mse"))
+        layers=[{"op": "attention", "dk": 2}, {"op": "affine", "out": 2}], input=2, batch=2, loss="mse"))
     out["attention-causal"] = ("attention", dict(
         layers=[{"op": "attention", "dk": 2, "causal": True}, {"op": "affine", "out": 2}], input=2, batch=3,
         loss="mse"))
