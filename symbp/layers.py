@@ -23,6 +23,7 @@ the examples. For attention the rows are the tokens of one sequence.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -176,7 +177,9 @@ class Network:
             given = f" ({spec['name']})" if isinstance(spec.get("name"), str) else ""
             if name_of_op is None:
                 raise SymbpError(f"layer {position}{given}: missing field 'op' (such as op = \"affine\")")
-            if name_of_op == "activation":
+            if isinstance(name_of_op, Op):  # a row given directly (symbp.MLP's builder; tests of rows)
+                row_op, allowed = name_of_op, set()
+            elif name_of_op == "activation":
                 given = f" ({spec['name']}, activation)" if given else " (activation)"
                 if "expr" not in spec:
                     raise SymbpError(f"layer {position}{given}: missing field 'expr' (an expression in x)")
@@ -243,8 +246,9 @@ class Network:
     def _check_name(self, name, label, used):
         if not isinstance(name, str) or not name.isascii() or not name.isidentifier() or "_" in name:
             raise SymbpError(f"{label}: name {name!r} must be a letter followed by letters and digits")
-        if name in RESERVED or name in _FUNCTION_NAMES:
-            raise SymbpError(f"{label}: name {name!r} is reserved (x, y, N, pi and the function names)")
+        if name in RESERVED or name in _FUNCTION_NAMES or re.fullmatch(r"n\d+", name):
+            raise SymbpError(f"{label}: name {name!r} is reserved (x, y, N, pi, the sizes n0, n1, ... and the "
+                             "function names)")
         if name in used:
             raise SymbpError(f"{label}: name {name!r} is already used by {used[name]}")
         if name.startswith("d"):

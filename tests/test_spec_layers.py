@@ -169,7 +169,7 @@ BAD = [
      "layer 1 (att1, attention): attention needs the tokens as the rows of a batch; set batch (the number of "
      "tokens)"),
     ("reserved-name", HEAD + AFFINE + 'name = "y"\n',
-     "layer 1 (y, affine): name 'y' is reserved (x, y, N, pi and the function names)"),
+     "layer 1 (y, affine): name 'y' is reserved (x, y, N, pi, the sizes n0, n1, ... and the function names)"),
     ("sizes-and-layers", '[model]\nsizes = [3, 3]\ninput = 3\n' + AFFINE,
      "model: sizes = [...] (an MLP) and [[layers]] tables (a network of layers) describe two networks; give one "
      "of them"),

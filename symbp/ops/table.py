@@ -9,6 +9,7 @@ attention giving the entries above the diagonal weight 0.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -97,6 +98,25 @@ def activation_op(row) -> Op:
     return Op(row.name, f"{row.name} entry by entry", forward, numpy, backward, row.latex, prefix="a",
               kinks=tuple(row.kinks), note=row.note, activation=row,
               torch=_torch_activation(row))
+
+
+def skip_activation_op(row) -> Op:
+    """An entry-wise activation with a skip connection added in the same stage, ``a = f(z) + from``:
+    the residual hidden layer of :class:`symbp.MLP` (``residual=True``), whose names keep ``a_l`` for the
+    sum. A network of layers writes the same with an ``add`` layer."""
+    plain = activation_op(row)
+
+    def backward(c: Context):
+        derivative = activation_derivative_text(row, c.inp, None)
+        claims = {c.extra["from"]: f"d{c.out}"}
+        if derivative is not None:
+            claims[c.inp] = f"d{c.out}" if derivative == "1" else f"d{c.out} * {derivative}"
+        return claims
+
+    return replace(plain, summary=f"{row.name} entry by entry, plus a skip connection",
+                   forward=lambda X, P, E, cfg, stage: X.applyfunc(row.sympy) + E["from"],
+                   numpy=lambda X, P, E, cfg, stage: row.numpy(X) + E["from"], backward=backward,
+                   fields={"from": REQUIRED}, extra=("from",), torch=None)
 
 
 def activation_derivative_text(row, z: str, a: str | None) -> str | None:
