@@ -11,12 +11,21 @@ How it works:
   compact entries (``dL/dW1_ij = dz1_i x_j``, ``dz1_i = da1_i step(z1_i)``) are evaluated stage by
   stage, ``aL, zL, ..., a1, z1`` and then the parameters, each with the numbers of the stages before
   it. The tests cross-check every cell with the plain NumPy backprop of :mod:`symbp.numeric`.
+* Networks of layers (:func:`symbp.network`, spec ``[[layers]]``) are worked the same way: their
+  stages (each layer's output, and internal stages such as a norm's mean and variance) are evaluated
+  in order, and the backward cells come layer by layer from the last, each layer's output gradient
+  first, then its internal stages', then its parameters'. A dropout mask is one of the ``[values]``
+  (0 or 1 in each entry). Layer norm and batch norm give square roots; they stay exact (decimals are
+  shown next to them).
 * Claimed cells (hand-computed numbers) are right when they equal the truth or agree with it to
   within ``tolerance`` (default 0.005: right to two decimals). A wrong one gets its reason by checking
   the usual mistakes, each recomputed exactly, in this order: a forgotten activation derivative (the
   ReLU mask), a transposed product, a wrong sign, a missing 1/N, a mask forgotten at an earlier layer
   and carried on, a forgotten bias, an activation not applied. If none of them gives the claimed
-  number, the reason says so and gives the true value; nothing is guessed.
+  number, the reason says so and gives the true value; nothing is guessed. For a network of layers
+  the mistakes checked are the op table's own: a forgotten activation derivative, the skip term of an
+  ``add`` left out, dropout's ``1/(1 - p)`` forgotten, a transposed weight gradient, a wrong sign, a
+  missing (or doubled) 1/N, an activation not applied, twice the loss.
 
 >>> import symbp
 >>> net = symbp.MLP([2, 2, 1], hidden="relu", output="identity", loss="mse")
@@ -43,6 +52,7 @@ from . import registry
 from .derive import derive
 from .errors import SymbpError, closest
 from .expression import parse_scalar
+from .layers import Network
 from .network import MLP
 
 DEFAULT_TOLERANCE = sp.Rational(5, 1000)
@@ -197,8 +207,8 @@ class Cell:
 class Example:
     """Every cell of a worked example; ``cells`` in the order a person fills them in."""
 
-    net: MLP
-    inputs: dict  # x, y, W*, b* -> exact Matrix
+    net: MLP | Network
+    inputs: dict  # x, y, W*, b* (and dropout masks) -> exact Matrix
     forward: dict  # z1, a1, ..., zL, aL -> exact Matrix
     loss: sp.Expr
     backward: dict  # dz*, da*, dW*, db* -> exact Matrix
@@ -294,8 +304,8 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
     ``claimed`` maps cell names (``z1``, ``a1``, ``L``, ``dz1``, ``da1``, ``dW1``, ``db1``, ...) to
     hand-computed numbers of the same shape. See the module docstring for how claims are judged.
     """
-    if not isinstance(net, MLP):
-        raise SymbpError(f"worked_example: expected a symbp.MLP, got {type(net).__name__}")
+    if not isinstance(net, (MLP, Network)):
+        raise SymbpError(f"worked_example: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     if not isinstance(values, dict):
         raise SymbpError("values: expected a table of x, y and the parameters")
     tolerance = exact(tolerance, "tolerance")
@@ -311,6 +321,10 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
         raise SymbpError(f"values: missing {', '.join(missing)} (shapes: "
                          + ", ".join(f"{k} {net.shape(k)}" for k in missing) + ")")
     inputs = {k: matrix(values[k], k, net.shape(k)) for k in needed}
+    for k in getattr(net, "masks", ()):
+        for (i, j), v in zip(itertools.product(range(inputs[k].rows), range(inputs[k].cols)), inputs[k]):
+            if v not in (0, 1):
+                raise SymbpError(f"values.{k}[{i + 1},{j + 1}]: a dropout mask holds 0 (dropped) or 1 (kept), got {v}")
 
     env, num = {}, {}  # symbol -> exact value; symbol -> value to PRECISION digits
     for k, M in inputs.items():
@@ -337,10 +351,9 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
         env.update(zip(net.grad_symbols(name), M))
         num.update(zip(net.grad_symbols(name), approx["d" + name]))
     backward = {}
-    for l in range(net.L, 0, -1):
-        for name in (f"a{l}", f"z{l}", f"W{l}", f"b{l}"):
-            if name in backward_values:
-                backward["d" + name] = backward_values[name]
+    for name in _backward_order(net):
+        if name in backward_values:
+            backward["d" + name] = backward_values[name]
 
     ex = Example(net=net, inputs=inputs, forward=forward, loss=loss, backward=backward, approx=approx, cells=[],
                  claimed={}, tolerance=tolerance)
@@ -352,6 +365,18 @@ def worked_example(net: MLP, values: dict, *, claimed: dict | None = None, toler
                 ex.cells.append(Cell(name, (i, j), M[i, j], _label(net, name, i, j), A[i, j]))
     _judge(ex)
     return ex
+
+
+def _backward_order(net) -> list:
+    """The order a person fills in the backward cells: layer by layer from the last; for an MLP
+    ``a_l, z_l, W_l, b_l``, for a network of layers each layer's output, its internal stages (last
+    first), then its parameters."""
+    if isinstance(net, MLP):
+        return [n for l in range(net.L, 0, -1) for n in (f"a{l}", f"z{l}", f"W{l}", f"b{l}")]
+    order = []
+    for layer in reversed(net.layers):
+        order += [layer.name, *reversed(list(layer.stages.values())), *layer.params.values()]
+    return order
 
 
 PRECISION = 40
@@ -460,6 +485,9 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
     def gives(alt):
         return alt is not None and _close(claim, alt, tol) and not _close(alt, truth, tol)
 
+    if isinstance(net, Network):
+        return _diagnose_layers(ex, cell, claim, wrong, gives)
+
     backward = name.startswith("d")
     var = name[1:] if backward else name
     kind, layer = var[:1], int(var[1:]) if var[1:].isdigit() else None
@@ -512,6 +540,68 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
         return f"{wrong}: the activation {act.name} was not applied ({say(claim)} is {_label(net, f'z{layer}', i, j)})"
     return (f"{wrong}; none of the usual mistakes (a forgotten ReLU mask, a transposed product, a wrong sign, "
             "a missing 1/N, a forgotten bias) gives this number")
+
+
+def _diagnose_layers(ex: Example, cell: Cell, claim, wrong: str, gives) -> str:
+    """:func:`_diagnose` for a network of layers: the mistakes of the op table's rows, then the
+    general ones (sign, 1/N, a transposed weight gradient, twice the loss), each recomputed from the
+    exact cells."""
+    net, name, (i, j), truth = ex.net, cell.name, cell.index, cell.approx
+    backward = name.startswith("d")
+    var = name[1:] if backward else name
+    here = lambda other: _label(net, other, i, j)  # noqa: E731 - the same cell of another variable
+    if backward:
+        for layer in net.layers:
+            if var not in (layer.inp, *layer.extra.values()):
+                continue
+            upstream = ex.num("d" + layer.name)[i, j]  # the same shape as var: entry-wise ops, dropout, add
+            if layer.inp == var and layer.op.activation is not None:
+                inp = ex.num(var)[i, j]
+                slope = _derivative(layer.op.activation, ex.value(var)[i, j])
+                if gives(truth + upstream * (1 - slope)):  # this layer's term without its f'
+                    if layer.op.name == "relu":
+                        return (f"{here(var)} = {say(ex.value(var)[i, j], inp)} {'< 0' if inp < 0 else '= 0'}, so "
+                                f"ReLU blocks the gradient: {wrong} (the ReLU mask of {layer.label} was forgotten: "
+                                f"{here('d' + layer.name)} = {say(upstream)} passed on unchanged)")
+                    return (f"{wrong}: the factor {layer.op.name}'({here(var)}) = {say(slope, sp.N(slope, PRECISION))} "
+                            f"of {layer.label} was forgotten ({here('d' + layer.name)} passed on unchanged)")
+            if layer.inp == var and layer.op.name == "dropout":
+                kept = ex.num(layer.extra["mask"])[i, j]
+                p = _exact_p(layer)
+                if gives(truth - upstream * kept * p / (1 - p)):  # this layer's term without 1/(1 - p)
+                    return (f"{wrong}: the scale 1/(1 - p) = {say(1 / (1 - p))} of {layer.label} was forgotten "
+                            "(kept entries are scaled up in training mode)")
+            if layer.extra.get("from") == var and gives(truth - upstream):
+                return (f"{wrong}: the skip term {here('d' + layer.name)} of the residual connection {layer.label} "
+                        f"was left out ({var} is read twice, so its gradient is the sum of both paths)")
+        if var in net.params and ex.value(name).is_square:
+            if gives(ex.num(name)[j, i]):
+                return f"{wrong}: that is {_label(net, name, j, i)}: the product is transposed ({name} has the shape of {var})"
+    if gives(-truth):
+        return f"{wrong}: the sign is flipped"
+    if net.batch and net.reduction == "mean" and backward and gives(net.batch * truth):
+        return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples, "
+                f"so every gradient carries a factor 1/{net.batch}")
+    if net.batch and net.reduction == "mean" and backward and gives(truth / net.batch):
+        return (f"{wrong}: the 1/N is applied twice: the loss is the mean over the N = {net.batch} examples, "
+                f"and the upstream gradient already carries its factor 1/{net.batch}")
+    if name == "L" and net.batch and net.reduction == "mean" and gives(net.batch * truth):
+        return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples "
+                f"({say(claim)} is their sum)")
+    if name == "L" and gives(2 * truth):
+        return f"{wrong}: that is twice L; multiplied by 1/2 it is right (a factor 1/2 forgotten)"
+    layer = net.layer_of(var)
+    if (not backward and layer is not None and layer.name == var and layer.op.activation is not None
+            and gives(ex.num(layer.inp)[i, j])):
+        return (f"{wrong}: the activation {layer.op.name} was not applied ({say(claim)} is {here(layer.inp)}, "
+                f"{layer.label})")
+    return (f"{wrong}; none of the usual mistakes (a forgotten activation derivative, a skip term left out, "
+            "dropout's scale forgotten, a transposed product, a wrong sign, a missing 1/N) gives this number")
+
+
+def _exact_p(layer) -> sp.Rational:
+    p = layer.cfg["p"]
+    return sp.Rational(p.numerator, p.denominator)
 
 
 def _derivative(act, z):
@@ -606,6 +696,9 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
     from .latex import latex, render
 
     net = ex.net
+    if isinstance(net, Network):
+        raise SymbpError("-o: documents of worked examples for networks of layers are not available yet (leave "
+                         "out -o: the cells and the verdicts are printed)")
 
     def rows(M, name=None, A=None):
         marks = name in ex.claimed

@@ -174,23 +174,25 @@ class Network:
             if not isinstance(spec, Mapping):
                 raise SymbpError(f"layer {position}: expected a table of fields such as op = \"affine\", got {spec!r}")
             name_of_op = spec.get("op")
+            given = f" ({spec['name']})" if isinstance(spec.get("name"), str) else ""
             if name_of_op is None:
-                raise SymbpError(f"layer {position}: missing field 'op'")
+                raise SymbpError(f"layer {position}{given}: missing field 'op' (such as op = \"affine\")")
             if isinstance(name_of_op, Op):  # a row given directly (symbp.MLP's builder; tests of rows)
                 row_op, allowed = name_of_op, set()
             elif name_of_op == "activation":
+                given = f" ({spec['name']}, activation)" if given else " (activation)"
                 if "expr" not in spec:
-                    raise SymbpError(f"layer {position} (activation): missing field 'expr' (an expression in x)")
+                    raise SymbpError(f"layer {position}{given}: missing field 'expr' (an expression in x)")
                 try:
                     row = registry.custom_activation(spec["expr"])
                 except SymbpError as error:
-                    raise SymbpError(f"layer {position} (activation): {error}") from None
+                    raise SymbpError(f"layer {position}{given}: {error}") from None
                 row_op, allowed = activation_op(row), {"expr"}
             else:
                 try:
                     row_op = lookup(name_of_op)
                 except SymbpError as error:
-                    raise SymbpError(f"layer {position}: {error}") from None
+                    raise SymbpError(f"layer {position}{given}: {error}") from None
                 allowed = set()
             affines += row_op.name == "affine"
             number = affines if row_op.prefix in ("z", "a") and affines else position
@@ -201,7 +203,7 @@ class Network:
                 if key in spec:
                     cfg[key] = _value(spec[key], default, f"{label}: {key}")
                 elif default is REQUIRED:
-                    raise SymbpError(f"{label}: missing field '{key}'")
+                    raise SymbpError(f"{label}: missing field '{key}'{_REQUIRED_HINTS.get(key, '')}")
                 else:
                     cfg[key] = default
             roles = [r for r in row_op.params if _has_param(row_op, r, cfg)]
@@ -462,6 +464,17 @@ _FUNCTION_NAMES = frozenset({"relu", "leaky_relu", "step", "sigmoid", "tanh", "s
                              "elu"})
 
 
+EPS_DEFAULT = Fraction(1, 100000)  # for the doctest of _value: any Fraction default reads a number
+
+#: What a missing required field holds, for its message.
+_REQUIRED_HINTS = {
+    "out": " (its number of output units, e.g. out = 5)",
+    "dk": " (the head's width, e.g. dk = 4)",
+    "mask": " (the name of its 0/1 mask, an input like x, e.g. mask = \"m1\")",
+    "from": " (the earlier output to add, e.g. from = \"z1\")",
+}
+
+
 def _has_param(row: Op, role: str, cfg) -> bool:
     if role == "b":
         return bool(cfg.get("bias", True))
@@ -471,7 +484,13 @@ def _has_param(row: Op, role: str, cfg) -> bool:
 
 
 def _value(value, default, where):
-    """A field's value, checked against the type of its default (exact numbers for fractions)."""
+    """A field's value, checked against the type of its default. A number field (a :class:`Fraction`
+    default) is exact: a string or a float is read as the decimal it is written as (a float's ``repr``,
+    which the spec reader makes the text of the file: ``1e-5`` is ``1/100000``, ``-0.5`` is ``-1/2``).
+
+    >>> _value("1e-5", EPS_DEFAULT, "eps"), _value(-0.5, EPS_DEFAULT, "p"), _value(2, EPS_DEFAULT, "p")
+    (Fraction(1, 100000), Fraction(-1, 2), Fraction(2, 1))
+    """
     if default is REQUIRED:
         return value
     if isinstance(default, bool):
@@ -481,8 +500,12 @@ def _value(value, default, where):
     if isinstance(default, Fraction):
         if isinstance(value, bool) or not isinstance(value, (int, float, str, Fraction)):
             raise SymbpError(f"{where}: expected a number, got {value!r}")
+        if not isinstance(value, (float, str)):
+            return Fraction(value)
+        text = (repr(value) if isinstance(value, float) else value).strip()  # a float's repr: its shortest decimal
+        sign = -1 if text.startswith("-") else 1
         try:
-            return Fraction(value) if not isinstance(value, (float, str)) else literal(repr(value) if isinstance(value, float) else value, value)
+            return sign * literal(text[1:] if text[:1] in "+-" else text, float(value) if isinstance(value, float) else 0.0)
         except (ValueError, ZeroDivisionError, SymbpError):
             raise SymbpError(f"{where}: expected a number, got {value!r}") from None
     if isinstance(default, str) and not isinstance(value, str):

@@ -34,6 +34,28 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
 
     [claimed_values]         # hand-computed numbers to check
     dz1 = [[1], [-2], [2], [-1]]
+
+A network of layers instead (see INTERFACE.md, "Networks of layers"):
+
+.. code-block:: toml
+
+    [model]
+    input = 6                # features per example
+    batch = 4                # 0 or absent: one example
+    loss = "cross_entropy"   # a registry loss, or an expression in a and y: "log(cosh(a - y))"
+    reduction = "mean"
+
+    [[layers]]
+    op = "affine"
+    out = 5
+    name = "z1"
+    W = "W1"
+    b = "b1"
+
+    [[layers]]
+    op = "layernorm"
+    name = "h1"
+    eps = 1e-5               # exactly 1/100000
 """
 
 from __future__ import annotations
@@ -45,11 +67,43 @@ from pathlib import Path
 
 from . import cost
 from .errors import SymbpError, closest
+from .layers import Network, network
 from .network import MLP
 from .usercode import MEMORY_MB, SECONDS, CodeFile, check_limit
 
-TABLES = ("model", "claims", "code", "limits", "values", "claimed_values", "example")
+TABLES = ("model", "layers", "claims", "code", "limits", "values", "claimed_values", "example")
 MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
+#: The fields of a ``[model]`` whose network is given by ``[[layers]]`` tables.
+LAYERS_MODEL_FIELDS = ("input", "batch", "loss", "reduction")
+
+
+class Written(float):
+    """A TOML float that remembers the decimal it was written as: ``repr`` gives that text back, so the
+    exact readers (:func:`symbp.expression.literal`, :func:`symbp.example.exact`) take ``1e-5`` as
+    ``1/100000`` and ``0.1`` as ``1/10``, digit for digit, while arithmetic sees an ordinary float.
+
+    >>> w = _written("1e-5"); w == 1e-05, repr(w)
+    (True, '1e-5')
+    """
+
+    text: str
+
+    def __repr__(self):
+        return self.text
+
+    __str__ = __repr__
+
+
+def _written(text: str) -> float:
+    """``parse_float`` of the spec reader: a :class:`Written` for a decimal, a plain float for
+    ``inf`` and ``nan`` (which have no exact value)."""
+    plain = text.replace("_", "")
+    value = float(plain)
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    written = Written(plain)
+    written.text = plain.lstrip("+")
+    return written
 CODE_FIELDS = ("path", "function")
 LIMIT_FIELDS = ("seconds", "memory_mb")
 
@@ -59,7 +113,7 @@ class Spec:
     """A loaded spec file: the network, the claims (``{target: formula}``), the optional code claim,
     and the ``[values]`` / ``[claimed_values]`` tables (name -> nested lists, unchecked here)."""
 
-    net: MLP
+    net: MLP | Network
     model: dict
     claims: dict = field(default_factory=dict)
     code: dict | None = None
@@ -68,6 +122,7 @@ class Spec:
     path: Path | None = None
     example: dict = field(default_factory=dict)  # options of ``symbp example``: title, note, tolerance
     limits: dict = field(default_factory=lambda: {"seconds": SECONDS, "memory_mb": MEMORY_MB})
+    layers: list | None = None  # the [[layers]] tables as read (None for an MLP)
 
     def _code_file(self):
         if self.code is None:
@@ -134,24 +189,32 @@ def loads(text: str, *, path=None, steps=("build",)) -> Spec:
     """
     where = f"{path}: " if path else ""
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text, parse_float=_written)
     except tomllib.TOMLDecodeError as exc:
         raise SymbpError(f"{where}not valid TOML: {exc}") from None
     for key, value in data.items():
         if key not in TABLES:
             raise SymbpError(f"{where}unknown table [{key}]{closest(key, TABLES)}; tables: {', '.join(TABLES)}")
-        if not isinstance(value, dict):
+        if key == "layers":
+            if not isinstance(value, list):
+                raise SymbpError(f"{where}'layers' must be an array of tables [[layers]] (one per layer), "
+                                 f"got {'a table [layers]' if isinstance(value, dict) else repr(value)}")
+        elif not isinstance(value, dict):
             raise SymbpError(f"{where}'{key}' must be a table [{key}], got {type(value).__name__}")
     if "model" not in data:
-        raise SymbpError(f"{where}missing table [model] (with at least sizes = [...])")
-    model = _model_kwargs(data["model"])
+        raise SymbpError(f"{where}missing table [model] (with at least "
+                         + ("input = ... for the [[layers]])" if "layers" in data else "sizes = [...])"))
     steps = tuple(steps) + (("lambdify",) if "code" in data and "verify" in steps else ())
-    try:
-        cost.refuse_if_too_big(model["sizes"], batch=model.get("batch"), output=model.get("output", "softmax"),
-                               hidden=model.get("hidden", "relu"), steps=steps, batch_option="batch =")
-    except SymbpError as exc:
-        raise SymbpError(f"{where}{exc}") from None
-    net = MLP(model.pop("sizes"), **model)
+    if "layers" in data or "input" in data["model"]:
+        net = _layers_network(data["model"], data.get("layers"), steps, where)
+    else:
+        model = _model_kwargs(data["model"])
+        try:
+            cost.refuse_if_too_big(model["sizes"], batch=model.get("batch"), output=model.get("output", "softmax"),
+                                   hidden=model.get("hidden", "relu"), steps=steps, batch_option="batch =")
+        except SymbpError as exc:
+            raise SymbpError(f"{where}{exc}") from None
+        net = MLP(model.pop("sizes"), **model)
     claims = _claims(data.get("claims", {}), net)
     code = _code(data["code"]) if "code" in data else None
     limits = _limits(data.get("limits", {}))
@@ -166,13 +229,76 @@ def loads(text: str, *, path=None, steps=("build",)) -> Spec:
     _known_names(claimed, cells, "claimed_values", where)
     _known_names(data.get("example", {}), list(EXAMPLE_FIELDS), "example", where, kind="key")
     return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None,
-                dict(data.get("example", {})), limits)
+                dict(data.get("example", {})), limits, data.get("layers"))
 
 
 def model_from_table(table: dict) -> MLP:
     """An :class:`MLP` from a ``[model]`` table (a dict), fields checked."""
     model = _model_kwargs(table)
     return MLP(model.pop("sizes"), **model)
+
+
+def _layers_network(table, layers, steps, where="") -> Network:
+    """A :class:`~symbp.layers.Network` from a ``[model]`` table with ``input`` and the list of
+    ``[[layers]]`` tables (each checked by :func:`symbp.network`, which names a bad one by position)."""
+    if "sizes" in table and layers is not None:
+        raise SymbpError("model: sizes = [...] (an MLP) and [[layers]] tables (a network of layers) describe "
+                         "two networks; give one of them")
+    if "layers" in table:
+        raise SymbpError("model: unknown field 'layers': the layers are [[layers]] tables of their own, after "
+                         "[model] (one [[layers]] header per layer)")
+    if layers is None:
+        raise SymbpError("model: input = ... is the width of a network of layers, but the file has no [[layers]] "
+                         "tables (or give sizes = [...] for an MLP)")
+    for key in table:
+        if key not in LAYERS_MODEL_FIELDS:
+            hint = closest(key, LAYERS_MODEL_FIELDS)
+            if not hint and key in MODEL_FIELDS:
+                hint = " (a field of an MLP, sizes = [...]; with [[layers]] every activation is a layer)"
+            raise SymbpError(f"model: unknown field '{key}'{hint}; fields with [[layers]]: "
+                             f"{', '.join(LAYERS_MODEL_FIELDS)}")
+    if "input" not in table:
+        raise SymbpError("model: missing field 'input' (the features per example, e.g. input = 6)")
+    width = table["input"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise SymbpError(f"model.input: expected a positive whole number of features per example, got {width!r}")
+    batch = table.get("batch", 0)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise SymbpError(f"model.batch: expected a whole number of examples (0 for one example), got {batch!r}")
+    for key in ("loss", "reduction"):
+        if key in table and not isinstance(table[key], str):
+            raise SymbpError(f"model.{key}: expected a name" + (" or an expression in a and y" if key == "loss" else "")
+                             + f", got {table[key]!r}")
+    if table.get("reduction", "mean") not in ("mean", "sum"):
+        raise SymbpError(f"model.reduction: expected 'mean' or 'sum', got {table['reduction']!r}")
+    if not layers:
+        raise SymbpError("layers: a network needs at least one [[layers]] table")
+    _refuse_big_layers(width, batch, layers, steps, where)
+    return network(layers, input=width, batch=batch or None, loss=table.get("loss", "cross_entropy"),
+                   reduction=table.get("reduction", "mean"))
+
+
+def _refuse_big_layers(width, batch, layers, steps, where):
+    """The estimate of :mod:`symbp.cost` for the affine and attention layers, taken as the layers of an
+    MLP of those widths (their products are most of a network's entries): refused before the network is
+    built, as an MLP past the limits is. A width that is not a positive whole number is left to the
+    layer's own check."""
+    sizes = [width]
+    for spec in layers:
+        if not isinstance(spec, dict):
+            return
+        out = spec.get("out") if spec.get("op") == "affine" else spec.get("dk") if spec.get("op") == "attention" else None
+        if out is not None:
+            if isinstance(out, bool) or not isinstance(out, int) or out < 1:
+                return
+            sizes.append(out)
+    if len(sizes) < 2:
+        return
+    try:
+        cost.refuse_if_too_big(sizes, batch=batch or None, output="identity", hidden="identity", steps=steps,
+                               batch_option="batch =", what=f"network of {len(layers)} layers (widths {sizes})")
+    except SymbpError as exc:
+        raise SymbpError(f"{where}{exc}") from None
 
 
 def _model_kwargs(table):
@@ -232,7 +358,9 @@ def _limits(table):
     for key in table:
         if key not in LIMIT_FIELDS:
             raise SymbpError(f"limits: unknown field '{key}'{closest(key, LIMIT_FIELDS)}; fields: {', '.join(LIMIT_FIELDS)}")
-    return {"seconds": check_limit(table.get("seconds", SECONDS), "limits.seconds"),
+    seconds = table.get("seconds", SECONDS)
+    seconds = float(seconds) if isinstance(seconds, Written) else seconds
+    return {"seconds": check_limit(seconds, "limits.seconds"),
             "memory_mb": check_limit(table.get("memory_mb", MEMORY_MB), "limits.memory_mb", whole=True)}
 
 

@@ -282,7 +282,7 @@ def _norm_code(c: Context, axis: int):
 def _check_eps(cfg, n_in, batch):
     eps = cfg["eps"]
     if not isinstance(eps, Fraction) or eps <= 0:
-        return f"eps: expected a positive number, got {eps!r}"
+        return f"eps: expected a positive number, got {eps}"
     return None
 
 
@@ -367,8 +367,9 @@ def _batchnorm_torch(X, P, E, cfg, stage):
 
 def _check_batchnorm(cfg, n_in, batch):
     if not batch or batch < 2:
+        got = f"a batch of {batch}" if batch else "one example"
         return ("batchnorm needs a batch of at least 2 examples (training mode normalises each feature "
-                "over the batch); set batch")
+                f"over the batch), got {got}; set batch = 2 or more")
     return _check_eps(cfg, n_in, batch)
 
 
@@ -388,7 +389,7 @@ BATCHNORM = Op(
 def _check_dropout(cfg, n_in, batch):
     p = cfg["p"]
     if not isinstance(p, Fraction) or not 0 <= p < 1:
-        return f"p: expected a drop probability in [0, 1), got {p!r}"
+        return f"p: expected a drop probability in [0, 1), got {p}"
     return None
 
 
