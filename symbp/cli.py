@@ -239,8 +239,7 @@ def _run_derive(args):
         lines.append(f"  {name:<{width}}  {f'{r}x{c}':>7}  {grads.text(name)}")
     if not check["available"]:
         payload["checks"]["ok"] = None
-        lines += ["", "numeric check: not available for networks of layers yet (the NumPy reference engine "
-                  "reads MLPs only); the derivation is not checked numerically"]
+        lines += ["", f"numeric check: not available ({check['why']}); the derivation is not checked numerically"]
         decided = True
     else:
         fd = f", {fd_error:.1e} vs central differences" if fd_error is not None else \
@@ -269,29 +268,41 @@ def _not_for_networks(exc) -> bool:
 
 def _numeric_check(net, grads, args, progress, guess) -> dict:
     """The numeric check of ``derive``: the lambdified derivation at a random point against the NumPy
-    reference engine and, for small networks, central differences. For a network of layers it runs
-    when :mod:`symbp.numeric` reads networks (the same calls as for an MLP); until then the result
-    says it is not available (``available`` False) rather than failing."""
+    reference engine and, for small networks, central differences. A network of layers is checked
+    against torch autograd in float64 through each op's torch form (when torch is installed) and central
+    differences of the independent NumPy forward (:func:`symbp.numeric.check_network`)."""
     from . import numeric
     from .layers import Network
 
     out = {"available": True, "reference": None, "fd": None, "fd_excluded": 0,
            "engine": "numpy reference backprop", "engine_text": "NumPy reference backprop"}
-    try:
-        values = numeric.random_values(net, args.seed)
+    if isinstance(net, Network):
         with progress.step("lambdify", guess.get("lambdify")):
-            fn = numeric.lambdify(net, grads)
+            fn = numeric.lambdify(net, grads.with_layout("denominator"))
         with progress.step("the numeric check", guess.get("check")):
-            got = fn(**values)
-            if args.layout == "numerator":
-                got = {n: v.T for n, v in got.items()}
-            out["reference"] = numeric.max_abs_error(got, numeric.reference_gradients(net, values))
-            if net.n_params <= FD_LIMIT:
-                out["fd"], out["fd_excluded"] = numeric.finite_differences(net, values).max_abs_error(got)
-    except (AttributeError, TypeError, NotImplementedError, SymbpError) as exc:
-        if not isinstance(net, Network) or (isinstance(exc, SymbpError) and not _not_for_networks(exc)):
-            raise
-        out.update(available=False, engine=None, reference=None, fd=None, fd_excluded=0)
+            check = numeric.check_network(net, grads.with_layout("denominator"), args.seed, fn=fn,
+                                          finite_differences=net.n_params <= FD_LIMIT)
+        out["fd"], out["fd_excluded"] = check.finite_differences, check.kink_crossings
+        if check.torch is not None:
+            out.update(reference=check.torch, engine="torch autograd (float64)",
+                       engine_text="torch autograd (float64)")
+        elif check.finite_differences is not None:
+            out.update(reference=check.finite_differences, fd=None, engine="central differences",
+                       engine_text=f"central differences of the NumPy forward ({check.torch_skipped})")
+        else:
+            out.update(available=False, engine=None, why=f"{check.torch_skipped}, and central differences are "
+                                                         f"skipped above {FD_LIMIT} parameters")
+        return out
+    values = numeric.random_values(net, args.seed)
+    with progress.step("lambdify", guess.get("lambdify")):
+        fn = numeric.lambdify(net, grads)
+    with progress.step("the numeric check", guess.get("check")):
+        got = fn(**values)
+        if args.layout == "numerator":
+            got = {n: v.T for n, v in got.items()}
+        out["reference"] = numeric.max_abs_error(got, numeric.reference_gradients(net, values))
+        if net.n_params <= FD_LIMIT:
+            out["fd"], out["fd_excluded"] = numeric.finite_differences(net, values).max_abs_error(got)
     return out
 
 
