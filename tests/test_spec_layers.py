@@ -291,10 +291,10 @@ def test_derive_of_a_layers_spec(tmp_path, capsys):
     # the skip connection adds its term: sympy.diff of the forward
     assert payload["intermediates"]["h"]["entry"] == "dL/dh[1] = dr[1] + dt[1]*(1 - tanh(h[1])**2)"
     assert payload["output"] is None
-    if payload["checks"]["ok"] is None:  # the NumPy engine does not read networks yet
-        assert code == 0 and payload["checks"]["numeric_max_abs_error"] is None
-    else:
-        assert code == 0 and payload["checks"]["numeric_max_abs_error"] < 1e-10
+    assert code == 0 and payload["checks"]["ok"] is True
+    assert payload["checks"]["engine"] == "torch autograd (float64)"
+    assert payload["checks"]["numeric_max_abs_error"] < 1e-10
+    assert payload["checks"]["finite_difference_max_abs_error"] < 1e-7
 
 
 def test_derive_text_of_a_layers_spec(tmp_path, capsys):
