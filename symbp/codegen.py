@@ -30,7 +30,7 @@ import sympy as sp
 
 from . import functions as F
 from .errors import SymbpError, closest
-from .formula import parse
+from .formula import parse, sugar_operand
 from .network import MLP
 from .verify import verify
 
@@ -41,7 +41,8 @@ _BINARY = {"add": ("+", _ADD), "sub": ("-", _ADD), "mul": ("*", _MUL), "div": ("
 
 #: Element-wise functions of the formula language -> the name they are called by in generated code.
 _FUNCTION_CODE = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "relu": "relu", "step": "step",
-                  "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "softplus": "softplus"}
+                  "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "softplus": "softplus", "cosh": "np.cosh",
+                  "erf": "erf"}
 
 #: Helper functions the generated module defines when it uses them (stable forms, one each).
 _HELPERS = {
@@ -60,6 +61,10 @@ _HELPERS = {
     """The logistic function; exp only ever sees -|z|, so it cannot overflow."""
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+''',
+    "erf": '''def erf(z):
+    """The error function, entry-wise: math.erf vectorised (SciPy is not a dependency)."""
+    return np.vectorize(math.erf, otypes=[float])(z)
 ''',
     "softplus": '''def softplus(z):
     """log(1 + exp(z)), computed without overflow."""
@@ -200,7 +205,8 @@ def _generate(net: MLP, trees: Mapping, *, assumptions=()) -> str:
     backward = writer.backward(trees)
     forward = writer.forward()
     loss = writer.loss()
-    parts = [writer.header(trees, assumptions) + "\nimport numpy as np\n"]
+    imports = "import math\n\nimport numpy as np\n" if "erf" in writer.helpers else "import numpy as np\n"
+    parts = [writer.header(trees, assumptions) + "\n" + imports]
     parts += [_HELPERS[name] for name in _HELPERS if name in writer.helpers]
     parts += [code for _, code in writer.custom.values()]
     parts += [forward, loss, backward]
@@ -336,6 +342,7 @@ class _Writer:
                  '    """dL/dV for every claimed V (denominator layout: shaped like V)."""']
         if "N" in used or any(t.op == "ones" and "N" in t.value for tree in trees.values() for t in tree.walk()):
             lines.append("    N = x.shape[0]")
+        lines += [f"    {name} = {n}" for name, n in sorted(_sizes(trees).items())]
         if stages:
             lines.append(f"    v = forward({self.args})")
             lines.append(f"    {', '.join(stages)} = {', '.join(f'v[{n!r}]' for n in stages)}".replace("'", '"'))
@@ -345,6 +352,18 @@ class _Writer:
         lines += _wrap(" ".join(f'"{t}": d{t},' for t in trees), 92, indent=" " * 8)
         lines.append("    }")
         return "\n".join(lines) + "\n"
+
+
+def _sizes(trees) -> dict:
+    """The size names the trees use (``n2``, alone or in ``ones(n2, 1)``), with their values."""
+    found = {}
+    for tree in trees.values():
+        for t in tree.walk():
+            if t.op == "size":
+                found[t.value[0]] = t.value[1]
+            elif t.op == "ones":
+                found.update((d, n) for d, n in zip(t.value, t.shape) if isinstance(d, str) and d != "N")
+    return found
 
 
 class _Formula:
@@ -362,8 +381,14 @@ class _Formula:
 
     def visit(self, node):
         op = node.op
+        if node.sugar:
+            return self.sugar(node), _ATOM
         if op == "name":
             return ("x" if node.value == "a0" and not self.formula else node.value), _ATOM
+        if op == "size":
+            return node.value[0], _ATOM
+        if op == "const":
+            return ("pi" if self.formula else "np.pi"), _ATOM
         if op == "number":
             return _number(node.value)
         if op == "neg":
@@ -399,6 +424,17 @@ class _Formula:
         if op == "outer":
             return f"np.outer({inner[0]}, {inner[1]})", _ATOM
         raise SymbpError(f"compile: formula op {op!r} has no NumPy form")  # pragma: no cover
+
+    def sugar(self, node):
+        """``mean``, ``var``, ``sqrt`` as written (NumPy's mean and var count the rows they are given, so a
+        mean over the batch follows the batch size, as ``N`` does)."""
+        name, operand = node.sugar[0], self.code(sugar_operand(node))
+        if name == "sqrt":
+            return f"sqrt({operand})" if self.formula else f"np.sqrt({operand})"
+        axis = node.sugar[1]
+        if self.formula:
+            return f"{name}({operand}" + ("" if axis is None else f", axis={axis}") + ")"
+        return f"np.{name}({operand}, " + ("" if axis is None else f"axis={axis}, ") + "keepdims=True)"
 
     def formula_call(self, node, inner):
         """A function of the formula language, written as the claim would write it."""

@@ -9,14 +9,18 @@ spot, so ``W3.T @ dz3`` with shapes that do not align is refused with the column
 The language
     *Names*: the network's variables ``x, y, W1.., b1.., z1.., a1..`` (``a0`` is ``x``); ``dV`` for the
     true gradient ``dL/dV`` of any parameter or intermediate ``V`` (``dz3``, ``dW1``); ``N``, the batch
-    size (batched networks only). *Numbers* (exact: ``0.1`` is ``1/10``). *Operators*: ``+ - * /``
+    size (batched networks only). *Sizes*: the names of ``net.size_names()`` (for an MLP the widths
+    ``n0, n1, ..., nL``), ``1 x 1`` whole numbers usable wherever a number is, ``ones(n2, 1)`` included.
+    *Constants*: ``pi``. *Numbers* (exact: ``0.1`` is ``1/10``). *Operators*: ``+ - * /``
     element-wise with NumPy broadcasting of 2-D shapes (``(1, 1)`` broadcasts everywhere, ``(r, 1)``
     and ``(1, c)`` along their axis), ``**`` with a constant exponent (folded to a rational: ``-1/2``,
     ``2**-1``; at most 16 in absolute value), ``@`` (matrix product), ``.T``.
-    *Functions* (element-wise): ``relu, leaky_relu, step, sigmoid, tanh, softplus, exp, log``;
-    ``softmax(X)`` per example (each column for one example, each row in a batch); ``sum(X)`` (a
-    ``1 x 1`` scalar), ``sum(X, axis=0)`` (a ``1 x c`` row), ``sum(X, axis=1)`` (an ``r x 1``
-    column); ``ones(r, c)`` (``r``, ``c`` whole numbers or ``N``); ``diag(v)``; ``outer(u, v)``.
+    *Functions* (element-wise): ``relu, leaky_relu, step, sigmoid, tanh, softplus, exp, log, erf,
+    cosh, sqrt``; ``softmax(X)`` per example (each column for one example, each row in a batch);
+    ``sum(X)`` (a ``1 x 1`` scalar), ``sum(X, axis=0)`` (a ``1 x c`` row), ``sum(X, axis=1)`` (an
+    ``r x 1`` column); ``mean(X, axis=...)`` and ``var(X, axis=...)`` likewise (``var`` biased, divided
+    by the count as NumPy's default); ``ones(r, c)`` (``r``, ``c`` whole numbers, ``N`` or size names);
+    ``diag(v)``; ``outer(u, v)``.
     Everything is 2-D. The text is ASCII only (a lookalike such as ``ａ3`` is refused, named, not
     read as ``a3``), and number literals keep their decimal exponent within +-300 (see
     :mod:`symbp.expression` for the limits).
@@ -43,10 +47,19 @@ The tree (stable: the NumPy code generator walks it)
     ``func``        (X,)                  value in :data:`ELEMENTWISE`: element-wise function
     ``softmax``     (X,)                  value = axis normalised over: 0 (columns) or 1 (rows)
     ``sum``         (X,)                  value = None (all, 1 x 1), 0 or 1; keepdims=True
-    ``ones``        ()                    value = (r, c), each an int or ``"N"``
+    ``ones``        ()                    value = (r, c), each an int, ``"N"`` or a size name
     ``diag``        (v,)                  ``np.diag(v.ravel())``
     ``outer``       (u, v)                ``np.outer(u.ravel(), v.ravel())``
+    ``size``        ()                    value = (name, int): a size name (``("n2", 3)``), 1 x 1
+    ``const``       ()                    value in :data:`CONSTANTS` (``"pi"``), 1 x 1
     ==============  ====================  ===================================================
+
+    ``mean``, ``var`` and ``sqrt`` are not ops: they are written with the ops above, so every consumer
+    of the tree handles them already. ``mean(X, axis)`` is ``div(sum(X, axis), number(count))``,
+    ``var(X, axis)`` is ``mean((X - mean(X, axis)) ** 2, axis)`` and ``sqrt(X)`` is ``pow(X)`` with
+    value ``1/2``. Such a node keeps the user's ``text`` and records what was written in ``sugar``
+    (``("mean", axis)``, ``("var", axis)``, ``("sqrt",)``; ``()`` elsewhere): printing shows
+    ``mean(...)``, and a consumer may use it (the count of a ``mean`` is ``args[1]``).
 
 >>> import symbp
 >>> net = symbp.MLP([4, 5, 3, 3])
@@ -84,16 +97,26 @@ ELEMENTWISE = {
     "softplus": F.softplus,
     "exp": sp.exp,
     "log": sp.log,
+    "erf": sp.erf,
+    "cosh": sp.cosh,
 }
 
+#: Named constants of the language (op ``const``), with their SymPy values.
+CONSTANTS = {"pi": sp.pi}
+
+#: The functions written with other ops (``sugar`` of the node; see the module docstring).
+_SUGAR = ("mean", "var", "sqrt")
+_AXIS_FUNCTIONS = ("sum", "mean", "var")
+
 #: Every function name the language knows, with its number of positional arguments.
-FUNCTIONS = {**{name: 1 for name in ELEMENTWISE}, "softmax": 1, "sum": (1, 2), "ones": 2, "diag": 1,
-             "outer": 2}
+FUNCTIONS = {**{name: 1 for name in ELEMENTWISE}, "sqrt": 1, "softmax": 1, "sum": (1, 2), "mean": (1, 2),
+             "var": (1, 2), "ones": 2, "diag": 1, "outer": 2}
 
 _BINARY = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.MatMult: "matmul"}
 _SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 _MAX_LENGTH = 10_000
 _MAX_EXPONENT = MAX_POWER  # the exponent of ** is a constant within +-16 (a3**50 would stall SymPy)
+_MAX_NODES = 20_000  # var(X) holds X twice, so var(var(...)) doubles the tree each time: a cap on its unshared size
 
 
 class FormulaError(SymbpError):
@@ -122,6 +145,7 @@ class Node:
     value: object = None
     text: str = field(default="", compare=False)
     column: int = field(default=0, compare=False)
+    sugar: tuple = field(default=(), compare=False)
 
     def walk(self):
         """This node and every node below it, parents first."""
@@ -168,16 +192,40 @@ def parse(text: str, net, *, what: str = "formula") -> Node:
         raise FormulaError(f"{what}: longer than {_MAX_LENGTH} characters")
     source, tree = read_tree(text, what, lambda message, column, token: FormulaError(message, column=column,
                                                                                     token=token))
-    walker = _Walker(source, text, known_shapes(net), net.batch, what)
+    sizes = {name: n for name, n in net.size_names().items() if name != "N"} if hasattr(net, "size_names") else {}
+    walker = _Walker(source, text, known_shapes(net), net.batch, what, sizes)
     try:
-        return walker.visit(tree.body)
+        node = walker.visit(tree.body)
     except RecursionError:
         raise FormulaError(f"{what} {text!r}: nested too deeply") from None
+    if _unshared_size(node) > _MAX_NODES:
+        raise FormulaError(one_line(f"{what} {text!r}: more than {_MAX_NODES} nodes once written out (var(X) "
+                                    "holds X twice: nest fewer var)"))
+    return node
+
+
+def _unshared_size(node) -> int:
+    """The number of nodes of the tree written out (shared subtrees counted each time), in linear time."""
+    sizes = {}
+    stack = [node]
+    while stack:
+        n = stack[-1]
+        if id(n) in sizes:
+            stack.pop()
+            continue
+        missing = [a for a in n.args if id(a) not in sizes]
+        if missing:
+            stack.extend(missing)
+            continue
+        sizes[id(n)] = min(1 + sum(sizes[id(a)] for a in n.args), _MAX_NODES + 1)
+        stack.pop()
+    return sizes[id(node)]
 
 
 class _Walker:
-    def __init__(self, source, text, shapes, batch, what):
+    def __init__(self, source, text, shapes, batch, what, sizes):
         self.source, self.text, self.shapes, self.batch, self.what = source, text, shapes, batch, what
+        self.sizes = sizes
         self.starts = line_starts(source)
 
     def fail(self, node, message, token="", column=None, operands=None):
@@ -199,8 +247,8 @@ class _Walker:
         except Exception:  # pragma: no cover - defensive: odd positions in odd input
             return ""
 
-    def make(self, node, op, args=(), shape=(1, 1), value=None):
-        return Node(op, tuple(args), tuple(shape), value, self.segment(node), column_of(self.starts, node))
+    def make(self, node, op, args=(), shape=(1, 1), value=None, sugar=()):
+        return Node(op, tuple(args), tuple(shape), value, self.segment(node), column_of(self.starts, node), sugar)
 
     def visit(self, node):
         if isinstance(node, ast.Constant):
@@ -208,9 +256,15 @@ class _Walker:
         if isinstance(node, ast.Name):
             if node.id in self.shapes:
                 return self.make(node, "name", shape=self.shapes[node.id], value=node.id)
-            hint = closest(node.id, self.shapes)
+            if node.id in self.sizes:
+                return self.make(node, "size", value=(node.id, self.sizes[node.id]))
+            if node.id in CONSTANTS:
+                return self.make(node, "const", value=node.id)
+            hint = closest(node.id, {**self.shapes, **self.sizes, **CONSTANTS})
             if node.id == "N":
                 hint = " (N is the batch size: this network takes one example)"
+            elif not hint and self.sizes and node.id[:1] == "n" and node.id[1:].isdigit():
+                hint = f" (the sizes are {', '.join(self.sizes)})"
             self.fail(node, f"unknown name '{node.id}'{hint}", node.id)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
             base = self.visit(node.left)
@@ -321,7 +375,7 @@ class _Walker:
         for k in node.keywords:
             if k.arg is None:
                 self.fail(k, f"{name}(): '**' arguments are not allowed", "**")
-            if name != "sum" or k.arg != "axis":
+            if name not in _AXIS_FUNCTIONS or k.arg != "axis":
                 self.fail(node, f"{name}() takes no keyword argument '{k.arg}'", name)
         if len(keywords) < len(node.keywords):
             self.fail(node, f"{name}(): keyword argument 'axis' given twice", name)
@@ -333,27 +387,37 @@ class _Walker:
             self.fail(node, f"{name}() takes {expected} argument{'s' if allowed[1] > 1 else ''}, got {given}", name)
         if name == "ones":
             dims = tuple(self.dimension(arg) for arg in node.args)
-            shape = tuple(self.batch if d == "N" else d for d in dims)
+            shape = tuple(self.resolve(d) for d in dims)
             cap = 10 * max(r * c for r, c in self.shapes.values())  # 10 x the largest variable
             if shape[0] * shape[1] > cap:
                 self.fail(node, f"ones(): {shape[0]} x {shape[1]} = {shape[0] * shape[1]} entries, more than {cap} "
                           "(10 times the largest variable of the network)", name)
             return self.make(node, "ones", (), shape, dims)
-        if name == "sum":
+        if name in _AXIS_FUNCTIONS:
             if not node.args:
-                self.fail(node, "sum() needs the matrix to sum as its first argument, e.g. sum(dz1, axis=0)", name)
+                what = {"sum": "to sum", "mean": "to average", "var": "whose variance to take"}[name]
+                self.fail(node, f"{name}() needs the matrix {what} as its first argument, e.g. {name}(dz1, axis=0)", name)
             operand = self.visit(node.args[0])
             axis_node = node.args[1] if len(node.args) > 1 else keywords.get("axis")
             axis = None
             if axis_node is not None:
                 axis = self.constant(axis_node)
                 if axis not in (0, 1):
-                    self.fail(axis_node, "sum(): axis must be 0 (sum the rows) or 1 (sum the columns)")
+                    self.fail(axis_node, f"{name}(): axis must be 0 (over the rows) or 1 (over the columns)")
                 axis = int(axis)
             r, c = operand.shape
             shape = (1, 1) if axis is None else ((1, c) if axis == 0 else (r, 1))
-            return self.make(node, "sum", [operand], shape, axis)
+            if name == "sum":
+                return self.make(node, "sum", [operand], shape, axis)
+            mean = _mean(operand, axis, shape)
+            if name == "mean":
+                return self.make(node, "div", mean.args, shape, sugar=mean.sugar)
+            squares = Node("pow", (Node("sub", (operand, mean), operand.shape),), operand.shape, Fraction(2))
+            variance = _mean(squares, axis, shape)
+            return self.make(node, "div", variance.args, shape, sugar=("var", axis))
         args = [self.visit(arg) for arg in node.args]
+        if name == "sqrt":
+            return self.make(node, "pow", args, args[0].shape, Fraction(1, 2), sugar=("sqrt",))
         if name in ELEMENTWISE:
             return self.make(node, "func", args, args[0].shape, name)
         if name == "softmax":
@@ -372,14 +436,38 @@ class _Walker:
             if not self.batch:
                 self.fail(node, "N is the batch size: this network takes one example", "N")
             return "N"
+        if isinstance(node, ast.Name) and node.id in self.sizes:
+            return node.id
+        if isinstance(node, ast.Name):
+            if node.id not in self.shapes and node.id not in CONSTANTS:
+                self.visit(node)  # an unknown name: refused, named, with the closest known one
+            self.fail(node, f"ones(): dimensions must be whole numbers from 1, N or a size name, not '{node.id}'")
         value = self.constant(node)
         if value is None or value.denominator != 1 or not 1 <= value <= 100_000:
-            self.fail(node, "ones(): dimensions must be whole numbers from 1 (or N)")
+            self.fail(node, "ones(): dimensions must be whole numbers from 1 (or N, or a size name)")
         return int(value)
+
+    def resolve(self, dimension):
+        """A dimension of ``ones`` as a number: ``N`` the batch, a size name its value."""
+        return self.batch if dimension == "N" else self.sizes.get(dimension, dimension)
+
+
+def _mean(operand, axis, shape):
+    """``sum(operand, axis) / count``: the node ``mean(operand, axis=axis)`` stands for."""
+    r, c = operand.shape
+    count = r * c if axis is None else (r if axis == 0 else c)
+    total = Node("sum", (operand,), shape, axis)
+    return Node("div", (total, Node("number", value=Fraction(count))), shape, sugar=("mean", axis))
 
 
 def _unparse(node: Node) -> str:
+    if node.sugar:
+        return _unparse_sugar(node)
     if node.op == "name":
+        return node.value
+    if node.op == "size":
+        return node.value[0]
+    if node.op == "const":
         return node.value
     if node.op == "number":
         return _number_text(node.value)
@@ -399,6 +487,31 @@ def _unparse(node: Node) -> str:
     if node.op == "ones":
         return f"ones({node.value[0]}, {node.value[1]})"
     return f"{node.op}({', '.join(_unparse(a) for a in node.args)})"
+
+
+def sugar_operand(node: Node) -> Node:
+    """The argument ``X`` the user wrote in ``mean(X, ...)``, ``var(X, ...)`` or ``sqrt(X)`` (a node with
+    ``sugar``): ``sum(X) / n``, ``sum((X - mean(X)) ** 2) / n`` and ``X ** (1/2)`` hold it here.
+
+    >>> import symbp
+    >>> node = parse("var(z1, axis=0)", symbp.MLP([2, 3], batch=4))
+    >>> node.op, node.sugar, sugar_operand(node).value
+    ('div', ('var', 0), 'z1')
+    """
+    name = node.sugar[0]
+    if name == "sqrt":
+        return node.args[0]
+    operand = node.args[0].args[0]
+    return operand.args[0].args[0] if name == "var" else operand
+
+
+def _unparse_sugar(node: Node) -> str:
+    """``mean(X, axis=0)``, ``var(X)``, ``sqrt(X)`` for a node written with other ops."""
+    name, operand = node.sugar[0], _unparse(sugar_operand(node))
+    if name == "sqrt":
+        return f"sqrt({operand})"
+    axis = "" if node.sugar[1] is None else f", axis={node.sugar[1]}"
+    return f"{name}({operand}{axis})"
 
 
 def _number_text(value: Fraction) -> str:
@@ -425,11 +538,14 @@ class Semantics:
 
     Subclasses: SymPy expressions (this class), exact rationals with frozen transcendental values
     (:class:`symbp.verify.ExactField`). ``call(name, v)`` applies an :data:`ELEMENTWISE` function;
-    ``exp`` is also used by softmax.
+    ``exp`` is also used by softmax; ``named(name)`` is the value of a :data:`CONSTANTS` name.
     """
 
     def call(self, name, v):
         return ELEMENTWISE[name](v)
+
+    def named(self, name):
+        return CONSTANTS[name]
 
     def constant(self, fraction: Fraction):
         return sp.Rational(fraction.numerator, fraction.denominator)
@@ -487,6 +603,10 @@ def evaluate_array(node: Node, env: dict, semantics: Semantics) -> np.ndarray:
         return env[name]
     if op == "number":
         return _scalar(semantics.constant(node.value))
+    if op == "size":
+        return _scalar(semantics.constant(Fraction(node.value[1])))
+    if op == "const":
+        return _scalar(semantics.named(node.value))
     if op == "func" and node.value == "exp" and node.args[0].op == "mul" and node.args[0].args[0].op == "number" \
             and node.args[0].args[0].value.denominator == 1:  # exp(k X) = exp(X)**k, as SymPy writes it
         k = int(node.args[0].args[0].value)

@@ -214,6 +214,8 @@ FUNCTION_NAMES = {
     "step": r"\operatorname{step}",
     "exp": r"\exp",
     "log": r"\log",
+    "erf": r"\operatorname{erf}",
+    "cosh": r"\cosh",
 }
 
 # Binding strength of each op: a child binding weaker than its parent gets parentheses.
@@ -226,7 +228,8 @@ def formula_latex(node, *, printer: SymbpLatexPrinter | None = None) -> str:
 
     ``@`` is juxtaposition, element-wise ``*`` is ``\odot``, ``.T`` a superscript ``\top``, ``dz2`` is
     ``\delta^{(2)}`` and ``da1`` is ``\bar{a}^{(1)}``, ``sum(X, axis=0)`` is ``\mathbf{1}^\top X``.
-    Only the node's ``op``, ``args``, ``shape`` and ``value`` are read.
+    Only the node's ``op``, ``args``, ``shape`` and ``value`` are read (and ``sugar``, if it has one:
+    ``sqrt(X)`` is typeset as a root; ``mean`` and ``var`` as the sums they are).
 
     >>> from types import SimpleNamespace as N
     >>> dz, a = N(op="name", value="dz3", args=(), shape=(3, 1)), N(op="name", value="a2", args=(), shape=(3, 1))
@@ -256,12 +259,24 @@ def _name(value, printer, sup=""):
     return printer.base(value, sup)
 
 
+def _size(name: str) -> str:
+    r"""A size name: ``n2`` is ``n_{2}``, ``n_h1`` is ``n_{\mathrm{h1}}``."""
+    rest = name[1:].lstrip("_")
+    return f"n_{{{rest}}}" if rest.isdigit() else rf"n_{{\mathrm{{{rest}}}}}"
+
+
 def _formula(node, printer) -> str:
     op, args = node.op, node.args
     if op == "name":
         return _name(node.value, printer)
     if op == "number":
         return printer.doprint(sp.Rational(node.value.numerator, node.value.denominator))
+    if op == "size":
+        return _size(node.value[0])
+    if op == "const":
+        return r"\pi"
+    if getattr(node, "sugar", ()) == ("sqrt",):
+        return rf"\sqrt{{{_formula(args[0], printer)}}}"
     if op == "neg":
         return "-" + _wrap(args[0], "neg", printer)
     if op in ("add", "sub"):
@@ -296,7 +311,7 @@ def _formula(node, printer) -> str:
             return rf"{inner} \mathbf{{1}}_{{{cols}}}"
         return rf"\mathbf{{1}}_{{{rows}}}^{{\top}} {inner} \mathbf{{1}}_{{{cols}}}"
     if op == "ones":
-        r, c = node.value
+        r, c = (_size(d) if isinstance(d, str) and d != "N" else d for d in node.value)
         return rf"\mathbf{{1}}_{{{r} \times {c}}}"
     if op == "diag":
         return rf"\operatorname{{diag}}\left({_formula(args[0], printer)}\right)"

@@ -138,6 +138,18 @@ class MLP:
     def n_params(self) -> int:
         return sum(r * c for r, c in map(self.shape, self.params))
 
+
+    def size_names(self) -> dict[str, int]:
+        """The sizes as names of the formula language: ``n0, ..., nL`` (the widths) and, when batched,
+        ``N`` (the batch size). Claims may write them anywhere a number may (``(a2 - y) / n2``).
+
+        >>> MLP([4, 5, 3], batch=8).size_names()
+        {'n0': 4, 'n1': 5, 'n2': 3, 'N': 8}
+        """
+        names = {f"n{l}": n for l, n in enumerate(self.sizes)}
+        if self.batch:
+            names["N"] = self.batch
+        return names
     def activation(self, layer: int):
         """The registry row of hidden layer ``layer`` (1-based), or the output row for the last."""
         return self.output if layer == self.L else self.hidden[layer - 1]

@@ -28,10 +28,11 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     (object arrays), so [784, 128, 64, 10] is judged in seconds.
 ``numeric``
     An exact mismatch *refutes* the claim unless the claim itself applies a frozen function: an
-    ``exp, log, sigmoid, tanh, softplus, softmax``, a fractional power, or a kink whose argument is not
-    a multiple of one symbol (its sign could be a frozen value's). Why: without one, each entry of the
-    claim is a rational (piecewise, through exact ``relu``/``step``) function of the network's own
-    values (``x, y, W, b, z, a``, the true ``dU``), and so is the truth; the freezing keeps every
+    ``exp, log, sigmoid, tanh, softplus, erf, cosh, softmax``, a fractional power (``sqrt``), the
+    constant ``pi``, or a kink whose argument is not a multiple of one symbol (its sign could be a
+    frozen value's). Why: without one, each entry of the claim is a rational (piecewise, through exact
+    ``relu``/``step``) function of the network's own values (``x, y, W, b, z, a``, the true ``dU``; the
+    sizes ``n0, n1, ...``, ``mean`` and ``var`` are rational too), and so is the truth; the freezing keeps every
     algebraic relation among those values (``exp(-u) = 1/exp(u)``, ``sigmoid = e/(1+e)``, softmax
     rows summing to 1, each activation and its derivative through one ``exp`` of one argument), so a
     difference at the frozen point is a difference of the real functions; ``dz1 + 1e-10`` or
@@ -183,7 +184,10 @@ class ExactField(Semantics):
     ``exp(u)`` for ``u > 0`` is ``s / (1 - s)`` for a random ``s`` in (0, 1), drawn once per value of
     ``u``; ``exp(-u) = 1 / exp(u)``; ``sigmoid(v) = exp(v) / (1 + exp(v))`` (so ``sigmoid(u) = s``);
     ``tanh(v) = (exp(2v) - 1) / (exp(2v) + 1)``; ``softplus(v) = log(1 + exp(v))``; ``log(q)`` is a
-    random rational per value of ``q`` (``log(1) = 0``). ReLU, leaky ReLU and the step are exact.
+    random rational per value of ``q`` (``log(1) = 0``); ``cosh(v) = (exp(v) + exp(-v)) / 2``;
+    ``erf(v)`` is a random rational in (0, 1) per value of ``|v|``, odd as the real one (``erf(0) = 0``);
+    ``pi`` is one random rational in (3, 4), as ``sp.pi`` in the truth. ReLU, leaky ReLU and the step
+    are exact.
 
     >>> field = ExactField(random.Random(0))
     >>> v = Fraction(3, 7)
@@ -244,7 +248,20 @@ class ExactField(Semantics):
             return (e - 1) / (e + 1)
         if name == "softplus":
             return self.log(1 + self.exp(v))
+        if name == "cosh":
+            e = self.exp(v)
+            return (e + 1 / e) / 2
+        if name == "erf":
+            if v == 0:
+                return Fraction(0)
+            value = self._atom(("erf", abs(v)), self._unit)  # in (0, 1), as erf of a positive number
+            return value if v > 0 else -value
         raise SymbpError(f"no exact value for {name}")  # pragma: no cover
+
+    def named(self, name):
+        """``pi``: one random rational in (3, 4) per field (frozen, so a claim using it is judged by floats)."""
+        D = _DENOMINATOR
+        return self._atom(("const", name), lambda: Fraction(self.rng.randint(3 * D + 1, 4 * D - 1), D))
 
     def heaviside(self, v, at_zero):
         return Fraction(1) if v > 0 else (Fraction(0) if v < 0 else at_zero)
@@ -283,7 +300,14 @@ class FloatField(Semantics):
             return math.tanh(v)
         if name == "softplus":
             return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
+        if name == "erf":
+            return math.erf(v)
+        if name == "cosh":
+            return math.cosh(v)
         raise SymbpError(f"no float value for {name}")  # pragma: no cover
+
+    def named(self, name):
+        return {"pi": math.pi}[name]
 
     def heaviside(self, v, at_zero):
         return 1.0 if v > 0 else (0.0 if v < 0 else float(at_zero))
@@ -338,7 +362,14 @@ class MpField(Semantics):
             return mp.tanh(v)
         if name == "softplus":
             return mp.log(1 + mp.exp(v))
+        if name == "erf":
+            return mp.erf(v)
+        if name == "cosh":
+            return mp.cosh(v)
         raise SymbpError(f"no float value for {name}")  # pragma: no cover
+
+    def named(self, name):
+        return {"pi": +self.mp.pi}[name]  # unary + evaluates the constant at this context's precision
 
     def heaviside(self, v, at_zero):
         return self.mp.one if v > 0 else (self.mp.zero if v < 0 else at_zero)
@@ -357,13 +388,15 @@ class MpField(Semantics):
 
 
 _FUNCTION_NAMES = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
-                   sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
+                   sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", sp.cosh: "cosh"}
 
 
 def _value(expr, env, field):
     """The value of a SymPy expression in the network's symbols under ``field`` (no simplification)."""
     if expr.is_Symbol:
         return env[expr]
+    if expr is sp.pi:  # the same value as the claim's pi (frozen in the exact field)
+        return field.named("pi")
     if expr.is_Number:
         if expr.is_Rational:
             return field.constant(Fraction(int(expr.p), int(expr.q)))
@@ -450,7 +483,7 @@ def numeric_digits(node) -> int:
     return NUMERIC_DIGITS + min(digits * power, _MAX_DIGITS)
 
 
-_FROZEN_FUNCTIONS = ("exp", "log", "sigmoid", "tanh", "softplus")
+_FROZEN_FUNCTIONS = ("exp", "log", "sigmoid", "tanh", "softplus", "erf", "cosh")
 _KINKED = ("relu", "leaky_relu", "step")
 
 
@@ -650,12 +683,13 @@ class _Judge:
 
     def frozen_part(self, node):
         """The first part of the claim whose exact value is frozen (an ``exp``, ``log``, ``sigmoid``,
-        ``tanh``, ``softplus``, ``softmax``, a fractional power, or a kink whose argument is not a
-        multiple of one symbol, whose sign a frozen value could flip), as text; None if there is none.
+        ``tanh``, ``softplus``, ``erf``, ``cosh``, ``softmax``, ``pi``, a fractional power (``sqrt``), or
+        a kink whose argument is not a multiple of one symbol, whose sign a frozen value could flip),
+        as text; None if there is none.
         Without one, the claim's exact values are rational in the network's own values, and an
         exact mismatch is a refutation (see the module docstring)."""
         for n in node.walk():
-            if n.op == "softmax" or (n.op == "func" and n.value in _FROZEN_FUNCTIONS) or \
+            if n.op in ("softmax", "const") or (n.op == "func" and n.value in _FROZEN_FUNCTIONS) or \
                     (n.op == "pow" and n.value.denominator != 1):
                 return f"'{n}'"
             if n.op == "func" and n.value in _KINKED and not self._simple_kink(n):
@@ -983,7 +1017,7 @@ class _Judge:
         subtrees = list(_subtrees(node))
         for path, sub in subtrees:
             for layer, (mask, text) in self.masks.items():
-                if mask.shape == sub.shape and sub.op not in ("number", "ones"):
+                if mask.shape == sub.shape and sub.op not in ("number", "size", "const", "ones"):
                     fixed = Node("mul", (sub, mask), sub.shape)
                     yield name, _replace(node, path, fixed), f"multiplied by {text} (f'(z{layer})) at " \
                         f"'{sub}' it holds", None
@@ -992,7 +1026,7 @@ class _Judge:
             template, text = output
             L = self.net.L
             for path, sub in subtrees:
-                if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "ones"):
+                if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "size", "const", "ones"):
                     fixed = _substitute(template, f"d{PLACEHOLDER}", sub)
                     yield name, _replace(node, path, fixed), f"with the output's f'(z{L}) applied at '{sub}' " \
                         f"({self.net.output.name}: {text.replace(PLACEHOLDER, _operand(sub))}) it holds", None
@@ -1122,7 +1156,8 @@ PLACEHOLDER = "X"
 def _operand(node):
     """The text of ``node``, parenthesized unless it is a name, a number or a call."""
     text = str(node)
-    return text if node.op in ("name", "number", "func", "softmax", "sum", "ones", "diag", "outer") else f"({text})"
+    calls = ("name", "number", "size", "const", "func", "softmax", "sum", "ones", "diag", "outer")
+    return text if node.op in calls or node.sugar else f"({text})"  # mean(X), var(X), sqrt(X) are calls too
 
 
 def _substitute(node, name, sub):

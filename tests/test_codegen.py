@@ -351,3 +351,36 @@ def test_flat_vectors_are_taken_as_columns():
     got, expected = fast(**flat), fast(**values)
     for name in ("z1", "W1", "b1"):
         assert got[name].shape == net.shape(name) and np.array_equal(got[name], expected[name])
+
+
+def test_normalisation_functions_compile_to_numpy_and_follow_the_batch_size():
+    net = symbp.MLP([3, 4, 3], hidden="tanh", output="identity", loss="mse", batch=4)
+    claims = {"z2": "2 * (a2 - y) / (n2 * N) + mean(a2 - a2, axis=0) + 0 * var(a2, axis=1) * erf(a2) * pi",
+              "W2": "dz2.T @ a1", "b2": "(N * mean(dz2, axis=0)).T",
+              "z1": "(dz2 @ W2) / cosh(z1)**2 * sqrt(ones(N, n1))", "W1": "dz1.T @ x", "b1": "sum(dz1, axis=0).T"}
+    fast = symbp.compile(net, claims)
+    backward = fast.source.split("def backward")[1]
+    assert "    n1 = 4\n    n2 = 3\n" in backward
+    assert "db2 = (N * np.mean(dz2, axis=0, keepdims=True)).T" in backward  # NumPy's count: any number of rows
+    assert "np.var(a2, axis=1, keepdims=True)" in backward and "np.pi" in backward and "np.cosh(z1)" in backward
+    assert "np.sqrt(np.ones((N, n1)))" in backward and "erf(a2)" in backward
+    assert "import math\n\nimport numpy as np\n" in fast.source  # erf is math.erf vectorised (no SciPy)
+    assert "    db2 = (N * mean(dz2, axis=0)).T" in fast.source  # the docstring shows the claims as written
+    textbook = symbp.compile(net, symbp.textbook(net))
+    rng = np.random.default_rng(3)
+    for rows in (4, 7):  # 7 rows: the means count the rows they are given
+        values = {"x": rng.normal(size=(rows, 3)), "y": rng.normal(size=(rows, 3))}
+        values.update({n: rng.normal(size=net.shape(n)) for n in net.params})
+        got, expected = fast(**values), textbook(**values)
+        for name in claims:
+            np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-15)
+
+
+def test_compiled_erf_is_the_error_function():
+    import math
+
+    net = symbp.MLP([2, 2], output="identity", loss="mse")
+    fast = symbp.compile(net, {"z1": "(a1 - y) * (1 + erf(z1) - erf(z1))"})
+    erf = fast._namespace["erf"]
+    z = np.array([[-1.5, 0.0], [0.25, 3.0]])
+    np.testing.assert_array_equal(erf(z), [[math.erf(-1.5), 0.0], [math.erf(0.25), math.erf(3.0)]])

@@ -403,3 +403,15 @@ def test_pdf_failure_reports_the_first_latex_error_and_leaves_nothing(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("symbp derive: error: LaTeX error: Undefined control sequence.") and err.count("\n") == 1
     assert list(out.iterdir()) == []
+
+
+def test_formula_latex_prints_sizes_constants_and_the_new_functions():
+    from symbp.formula import parse
+
+    net = symbp.MLP([3, 4, 3], output="identity", loss="mse", batch=5)
+    tex = lambda text: L.formula_latex(parse(text, net))
+    assert tex("erf(z1) / pi") == r"\frac{\operatorname{erf}\left(z^{(1)}\right)}{\pi}"
+    assert tex("cosh(z1) * n1") == r"\cosh\left(z^{(1)}\right) \odot n_{1}"
+    assert tex("sqrt(z1 + 1)") == r"\sqrt{z^{(1)} + 1}"
+    assert tex("ones(N, n2)") == r"\mathbf{1}_{N \times n_{2}}"
+    assert tex("mean(z1, axis=0)") == r"\frac{\mathbf{1}_{5}^{\top} z^{(1)}}{5}"

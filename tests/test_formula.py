@@ -336,3 +336,151 @@ def test_arbitrary_text_parses_or_raises_formula_error(text):
         parse(text, BATCH)
     except FormulaError:
         pass
+
+
+# --------------------------------------------------------------------------- normalisation and GELU's language
+
+NORM = symbp.MLP([3, 4, 3], output="identity", loss="mse", batch=5)
+
+
+@pytest.mark.parametrize("text, shape, op, sugar", [
+    ("mean(z1)", (1, 1), "div", ("mean", None)),
+    ("mean(z1, axis=0)", (1, 4), "div", ("mean", 0)),
+    ("mean(z1, axis=1)", (5, 1), "div", ("mean", 1)),
+    ("mean(z1, 1)", (5, 1), "div", ("mean", 1)),
+    ("var(z1)", (1, 1), "div", ("var", None)),
+    ("var(z1, axis=0)", (1, 4), "div", ("var", 0)),
+    ("var(z1, axis=1)", (5, 1), "div", ("var", 1)),
+    ("sqrt(z1)", (5, 4), "pow", ("sqrt",)),
+    ("(z1 - mean(z1, axis=1)) / sqrt(var(z1, axis=1) + 1e-5)", (5, 4), "div", ()),
+    ("erf(z1)", (5, 4), "func", ()),
+    ("cosh(z1)", (5, 4), "func", ()),
+    ("pi", (1, 1), "const", ()),
+    ("n2", (1, 1), "size", ()),
+    ("ones(n2, 1)", (3, 1), "ones", ()),
+    ("ones(N, n1)", (5, 4), "ones", ()),
+    ("2 * (a2 - y) / (n2 * N)", (5, 3), "div", ()),
+])
+def test_shapes_of_the_normalisation_constructs(text, shape, op, sugar):
+    node = parse(text, NORM)
+    assert (node.shape, node.op, node.sugar) == (shape, op, sugar)
+    assert str(node) == text
+
+
+def test_mean_var_and_sqrt_are_written_with_existing_ops():
+    mean = parse("mean(z1, axis=0)", NORM)
+    assert [n.op for n in mean.walk()] == ["div", "sum", "name", "number"]
+    assert mean.args[0].value == 0 and mean.args[1].value == 5  # sum over the 5 rows, divided by 5
+    var = parse("var(z1)", NORM)
+    assert [n.op for n in var.walk()] == ["div", "sum", "pow", "sub", "name", "div", "sum", "name", "number", "number"]
+    assert var.args[1].value == 20 and var.args[0].args[0].value == 2  # (X - mean(X))**2 summed / 20 entries
+    assert parse("sqrt(z1)", NORM).value == Fraction(1, 2)
+    assert parse("n2", NORM).value == ("n2", 3) and parse("ones(n2, N)", NORM).value == ("n2", "N")
+    assert parse("pi", NORM).value == "pi"
+
+
+def test_size_names_come_from_the_network():
+    assert NORM.size_names() == {"n0": 3, "n1": 4, "n2": 3, "N": 5}
+    assert symbp.MLP([2, 7]).size_names() == {"n0": 2, "n1": 7}
+    assert parse("n1", symbp.MLP([2, 7])).value == ("n1", 7)
+
+
+@pytest.mark.parametrize("text, column, token, message", [
+    ("a2 / n9", 6, "n9", "unknown name 'n9' (the sizes are n0, n1, n2)"),
+    ("ones(n9, 1)", 6, "n9", "unknown name 'n9' (the sizes are n0, n1, n2)"),
+    ("ones(z1, 1)", 6, "z1", "ones(): dimensions must be whole numbers from 1, N or a size name, not 'z1'"),
+    ("pii * a2", 1, "pii", "unknown name 'pii' (did you mean 'pi'?)"),
+    ("mean(z1, axis=2)", 15, "2", "mean(): axis must be 0 (over the rows) or 1 (over the columns)"),
+    ("var(z1, keepdims=1)", 1, "var", "var() takes no keyword argument 'keepdims'"),
+    ("mean()", 1, "mean", "mean() takes 1 or 2 arguments, got 0"),
+    ("var(axis=0)", 1, "var", "var() needs the matrix whose variance to take as its first argument"),
+    ("sqrt(z1, 2)", 1, "sqrt", "sqrt() takes 1 argument, got 2"),
+    ("erf(z1) @ z1", 9, "@", "shapes (5, 4) and (5, 4) do not align"),
+    ("z1 ** n2", 7, "n2", "the exponent of ** must be a number"),
+])
+def test_errors_of_the_normalisation_constructs_name_the_culprit(text, column, token, message):
+    with pytest.raises(FormulaError) as info:
+        parse(text, NORM)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert (info.value.column, info.value.token) == (column, token)
+
+
+def test_unknown_size_name_is_one_line_bad_input_on_the_cli(tmp_path, capsys):
+    from symbp.cli import main
+
+    spec = tmp_path / "net.toml"
+    spec.write_text('[model]\nsizes = [3, 4, 2]\noutput = "identity"\nloss = "mse"\n\n[claims]\nz2 = "(a2 - y) / n9"\n')
+    assert main(["verify", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown name 'n9'" in err and "Traceback" not in err
+
+
+def test_nested_var_is_capped_before_it_doubles_out_of_reach():
+    text = "z1"
+    for _ in range(16):
+        text = f"var({text}, axis=0)"
+    with pytest.raises(FormulaError, match="nodes once written out"):
+        parse(text, NORM)
+    assert parse("var(var(var(z1, axis=0)))", NORM).shape == (1, 1)
+
+
+class Floats(Semantics):
+    """Python floats with NumPy's functions: the language's meaning checked against NumPy itself."""
+
+    def constant(self, fraction):
+        return float(fraction)
+
+    def call(self, name, v):
+        import math
+        return {"erf": math.erf, "cosh": math.cosh}[name](v)
+
+    def named(self, name):
+        return {"pi": np.pi}[name]
+
+
+X = np.random.default_rng(0).normal(size=(5, 4))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mean(z1)", X.mean(keepdims=True)),
+    ("mean(z1, axis=0)", X.mean(axis=0, keepdims=True)),
+    ("mean(z1, axis=1)", X.mean(axis=1, keepdims=True)),
+    ("var(z1)", X.var(keepdims=True)),
+    ("var(z1, axis=0)", X.var(axis=0, keepdims=True)),
+    ("var(z1, axis=1)", X.var(axis=1, keepdims=True)),
+    ("sqrt(z1 * z1 + 1)", np.sqrt(X * X + 1)),
+    ("(z1 - mean(z1, axis=1)) / sqrt(var(z1, axis=1) + 1e-5)",
+     (X - X.mean(axis=1, keepdims=True)) / np.sqrt(X.var(axis=1, keepdims=True) + 1e-5)),
+    ("cosh(z1) / pi", np.cosh(X) / np.pi),
+    ("erf(z1)", np.array([[0.0] * 4] * 5) + np.vectorize(__import__("math").erf)(X)),
+    ("z1 / n1 + ones(N, n1) * n2", X / 4 + 3),
+])
+def test_evaluation_equals_numpy(text, expected):
+    got = evaluate_array(parse(text, NORM), {"z1": X.astype(object)}, Floats()).astype(float)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-15)
+
+
+def test_evaluate_gives_sympy_erf_cosh_sqrt_pi_and_exact_means():
+    net = symbp.MLP([2, 3], output="identity", loss="mse")
+    z = net.symbols("z1")
+    got = evaluate(parse("erf(z1) + cosh(z1) + sqrt(z1) * pi + var(z1) - mean(z1 * z1) + mean(z1) ** 2", net),
+                   {"z1": z})
+    expected = z.applyfunc(lambda v: sp.erf(v) + sp.cosh(v) + sp.sqrt(v) * sp.pi)  # var = mean(z^2) - mean(z)^2
+    assert (got - expected).applyfunc(sp.expand) == sp.zeros(3, 1)
+    assert evaluate(parse("mean(z1) * n1", net), {"z1": z})[0] == z[0] + z[1] + z[2]
+
+
+@pytest.mark.parametrize("text", [
+    "mean(z1)", "mean(z1, axis=0)", "var(z1, axis=1)", "sqrt(var(z1, axis=0) + 1e-5)", "erf(z1) * cosh(z1) / pi",
+    "(z1 - mean(z1, axis=1)) / sqrt(var(z1, axis=1) + 0.5)", "ones(n2, 1).T * n1", "ones(N, n2) / N",
+])
+def test_text_of_a_normalisation_tree_without_source_parses_back(text):
+    node = parse(text, NORM)
+    again = parse(str(bare_sugar(node)), NORM)
+    assert again == node
+
+
+def bare_sugar(node):
+    """The tree without its source text, keeping ``sugar`` (what was written), as the printer sees it."""
+    return Node(node.op, tuple(bare_sugar(a) for a in node.args), node.shape, node.value, sugar=node.sugar)

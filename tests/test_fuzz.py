@@ -90,8 +90,8 @@ def token_soup(tokens):
     return st.lists(st.sampled_from(tokens), max_size=20).map("".join)
 
 
-CLAIM_NAMES = sorted(known_shapes(BATCH)) + ["q", "W9", "dz9", "stp", "os"]
-CLAIM_FUNCTIONS = list(FUNCTIONS) + ["stp", "max", "__import__", "print", "sqrt"]
+CLAIM_NAMES = sorted(known_shapes(BATCH)) + sorted(BATCH.size_names()) + ["pi", "q", "W9", "dz9", "n9", "stp", "os"]
+CLAIM_FUNCTIONS = list(FUNCTIONS) + ["stp", "max", "__import__", "print", "std"]
 SCALAR_NAMES = ["a", "b", "c", "x", "z1", "os"]
 SCALAR_FUNCTIONS_ = list(SCALAR_FUNCTIONS) + ["step", "__import__", "print", "softmax", "sum"]
 CLAIM_TOKENS = CLAIM_NAMES + CLAIM_FUNCTIONS + NUMBERS + OPERATORS + UNARY + KEYWORDS + SOUP
@@ -122,6 +122,7 @@ def test_claims_parse_or_raise_one_formula_error(net, text):
     assert isinstance(node, Node)
     assert len(node.shape) == 2 and min(node.shape) >= 1
     assert node.names() <= set(known_shapes(net))
+    assert {n.value[0] for n in node.walk() if n.op == "size"} <= set(net.size_names())
 
 
 @FUZZ

@@ -630,3 +630,91 @@ def test_powers_of_true_gradients_are_judged_at_exact_points_not_stuck_in_cancel
     result = verify(symbp.MLP([4, 5, 3, 3]), {target: claim}).results[0]
     assert (result.verdict, result.method) == (verdict, method)
     assert time.monotonic() - start < 30  # a guard against minutes, not a speed goal
+
+
+# --------------------------------------------------------------------------- sizes, mean/var, erf, cosh, pi
+
+
+def _verdict(net, target, claim):
+    result = verify(net, {target: claim}).results[0]
+    return result.verdict, result.method, result.diagnosis, result.factor
+
+
+def test_a_size_name_stands_for_its_width():
+    net = symbp.MLP([3, 4, 2], output="identity", loss="mse")  # mse averages over n2 = 2 units
+    assert _verdict(net, "z2", "2 * (a2 - y) / n2")[0] == "holds"
+    assert _verdict(net, "z2", "2 * (a2 - y) / 2")[0] == "holds"
+    three = symbp.MLP([3, 4, 3], output="identity", loss="mse")
+    assert _verdict(three, "z2", "2 * (a2 - y) / n2")[0] == "holds"
+    verdict, _, diagnosis, factor = _verdict(three, "z2", "(a2 - y)")
+    assert (verdict, diagnosis, factor) == ("fails", "scaled", 2 / 3)
+    assert _verdict(three, "z2", "2 * (a2 - y) * ones(n2, 1) / n2")[0] == "holds"
+
+
+def test_mean_and_var_claims_are_judged_exactly():
+    net = symbp.MLP([3, 4, 3], output="identity", loss="mse", batch=5)
+    assert _verdict(net, "b2", "N * mean(dz2, axis=0).T")[:2] == ("holds", "symbolic")
+    verdict, _, diagnosis, factor = _verdict(net, "b2", "mean(dz2, axis=0).T")
+    assert (verdict, diagnosis, factor) == ("fails", "scaled", 5.0)  # the 1/N applied twice
+    true = "2 * (a2 - y) / (n2 * N) + var(a2, axis=1) - mean(a2 ** 2, axis=1) + mean(a2, axis=1) ** 2"
+    assert _verdict(net, "z2", true)[0] == "holds"  # var is biased: mean(X^2) - mean(X)^2
+    wrong = "2 * (a2 - y) / (n2 * N) + var(a2, axis=1) - mean(a2 ** 2, axis=1)"
+    assert _verdict(net, "z2", wrong)[:2] == ("fails", "exact-random")  # rational: refuted exactly
+    ones = "2 * (a2 - y) / (n2 * N) * sqrt(var(a2) + 1) / sqrt(var(a2) + 1) + var(ones(N, n2), axis=0)"
+    assert _verdict(net, "z2", ones)[0] == "holds"
+
+
+TANH = symbp.MLP([3, 4, 2], hidden="tanh", output="identity", loss="mse")
+
+
+@pytest.mark.parametrize("claim, verdict, method", [
+    ("(W2.T @ dz2) / cosh(z1)**2", "holds", "numeric"),  # 1 - tanh^2 = 1/cosh^2: an identity the freezing misses
+    ("(W2.T @ dz2) / cosh(z1)**2 + 1e-6 * cosh(z1)", "fails", "exact-random"),
+    ("(W2.T @ dz2) * (1 - a1**2) * (1 + erf(z1) + erf(-z1))", "holds", "symbolic"),  # erf is odd
+    ("(W2.T @ dz2) * (1 - a1**2) * (1 + 1e-9 * erf(z1))", "fails", "exact-random"),
+    ("(W2.T @ dz2) * (1 - a1**2) * sqrt(4 * pi) / (2 * sqrt(pi))", "holds", "symbolic"),
+    ("(W2.T @ dz2) * (1 - a1**2) * 3.14159 / pi", "fails", "exact-random"),
+    ("(W2.T @ dz2) * (1 - a1**2) * (1 + pi - 355 / 113)", "fails", "exact-random"),  # pi is not 355/113
+])
+def test_erf_cosh_and_pi_claims(claim, verdict, method):
+    assert _verdict(TANH, "z1", claim)[:2] == (verdict, method)
+
+
+def test_claims_with_erf_cosh_pi_or_sqrt_are_not_refuted_by_their_frozen_values():
+    from symbp.verify import _Judge
+
+    judge = _Judge(TANH, symbp.derive(TANH), 0)
+    for claim, part in [("dz2 * pi", "'pi'"), ("erf(z2)", "'erf(z2)'"), ("cosh(z2)", "'cosh(z2)'"),
+                        ("sqrt(a2 * a2)", "'sqrt(a2 * a2)'")]:
+        assert judge.frozen_part(parse(claim, TANH)) == part
+    for claim in ["dz2 / n2", "mean(dz2) + var(dz2)", "ones(n2, 1) * n1"]:
+        assert judge.frozen_part(parse(claim, TANH)) is None
+
+
+def test_exact_field_freezes_erf_cosh_and_pi_with_their_identities_and_signs():
+    from symbp.verify import _value
+
+    field = ExactField(random.Random(5))
+    v = Fraction(2, 7)
+    e = field.call("exp", v)
+    assert field.call("cosh", v) == (e + 1 / e) / 2 == field.call("cosh", -v) and field.call("cosh", 0 * v) == 1
+    assert field.call("erf", -v) == -field.call("erf", v) and 0 < field.call("erf", v) < 1
+    assert field.call("erf", Fraction(0)) == 0
+    pi = field.named("pi")
+    assert 3 < pi < 4 and field.named("pi") == pi
+    x = sp.Symbol("x", real=True)
+    assert _value(sp.pi * sp.erf(x) + sp.cosh(x), {x: v}, field) == pi * field.call("erf", v) + field.call("cosh", v)
+
+
+def test_float_fields_use_the_real_erf_cosh_and_pi():
+    import math
+
+    from symbp.verify import FloatField, MpField
+
+    floats, mp = FloatField(), MpField(50)
+    assert floats.call("erf", 0.5) == math.erf(0.5) and floats.call("cosh", 0.5) == math.cosh(0.5)
+    assert floats.named("pi") == math.pi
+    assert abs(mp.call("erf", mp.constant(Fraction(1, 2))) - mp.mp.mpf("0.52049987781304653768274665389196452873645157575")) \
+        < mp.mp.mpf(10) ** -45
+    assert abs(mp.named("pi") - mp.mp.mpf("3.1415926535897932384626433832795028841971693993751")) < mp.mp.mpf(10) ** -48
+    assert abs(mp.call("cosh", mp.constant(Fraction(1))) - (mp.mp.e + 1 / mp.mp.e) / 2) < mp.mp.mpf(10) ** -48
