@@ -86,3 +86,6 @@ class Op:
     kinks: tuple = ()
     note: str = ""  # the convention it follows, for documents
     activation: object = None  # the registry row of an entry-wise op
+    # The document partial templates/ops/<partial>.tex.j2; "" is "activation" for an entry-wise op
+    # (one partial for them all), else the op's name.
+    partial: str = ""
