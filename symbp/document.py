@@ -50,30 +50,59 @@ MATRIX_WIDTH = 50
 # --------------------------------------------------------------------------- public API
 
 
-def render(net: MLP, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None,
-           template: str = "derivation.tex.j2", template_dir=None) -> str:
-    """The LaTeX source of the derivation document of ``net``.
+def render(net, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None,
+           template: str | None = None, template_dir=None, report=None, numeric_error=None) -> str:
+    """The LaTeX source of the derivation document of ``net`` (a :class:`symbp.MLP` or a
+    :class:`symbp.layers.Network`).
 
     ``grads``: ``symbp.derive(net)`` if already at hand (the chain method; its layout is stated).
     ``title``: plain text, escaped (default :func:`default_title`). ``example``: include the worked
-    numeric example (default: when every width is at most ``EXAMPLE_MAX_WIDTH``). ``template_dir``: a
-    folder of templates looked up before the packaged ones.
+    numeric example (MLPs; default: when every width is at most ``EXAMPLE_MAX_WIDTH``). ``template_dir``:
+    a folder of templates looked up before the packaged ones. For a network, ``report`` (a
+    :class:`symbp.verify.Report` of its textbook claims) and ``numeric_error`` (see
+    :func:`network_checks`) are used when given, else computed.
 
     >>> import symbp
     >>> source = render(symbp.MLP([2, 2], output="softmax", loss="cross_entropy"), title="A & B")
     >>> source.startswith("\\\\documentclass"), "A \\\\& B" in source
     (True, True)
     """
+    if _is_network(net):
+        if example:
+            raise SymbpError("document: the worked example is written for MLPs only; leave out example")
+        check_partials(net, template_dir)
+        ctx = network_context(net, grads=grads, title=title, report=report, numeric_error=numeric_error)
+        return tex.render(template or "network.tex.j2", user_dir=template_dir, **ctx)
     ctx = context(net, grads=grads, title=title, example=example)
-    return tex.render(template, user_dir=template_dir, **ctx)
+    return tex.render(template or "derivation.tex.j2", user_dir=template_dir, **ctx)
 
 
-def write(net: MLP, path, *, pdf: bool = False, grads: Gradients | None = None, title: str | None = None,
-          example: bool | None = None, template_dir=None) -> dict:
-    """Write the document of ``net`` to ``path`` (a ``.tex`` file), and ``path`` with ``.pdf`` when
-    ``pdf``. Nothing is written when rendering or compiling fails. Returns ``{"tex": Path, "pdf": Path|None}``."""
+def check_partials(net, template_dir=None) -> None:
+    """Every op of ``net`` has its document partial ``ops/<partial>.tex.j2``, else a
+    :class:`SymbpError` naming the op (and the layer) before any rendering."""
+    import jinja2
+
+    env = tex.environment(template_dir)
+    for layer in net.layers:
+        name = f"ops/{partial_of(layer.op)}.tex.j2"
+        try:
+            env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise SymbpError(f"document: op '{layer.op.name}' ({layer.label}) has no document partial {name!r} "
+                             f"in {', '.join(map(str, tex.template_dirs(template_dir)))}") from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise SymbpError(f"document: the partial of op '{layer.op.name}', template {exc.filename or exc.name}, "
+                             f"line {exc.lineno}: {exc.message}") from None
+
+
+def write(net, path, *, pdf: bool = False, grads: Gradients | None = None, title: str | None = None,
+          example: bool | None = None, template_dir=None, report=None, numeric_error=None) -> dict:
+    """Write the document of ``net`` (an MLP or a network) to ``path`` (a ``.tex`` file), and ``path``
+    with ``.pdf`` when ``pdf``. Nothing is written when rendering or compiling fails. Returns
+    ``{"tex": Path, "pdf": Path|None}``."""
     tex.check_output(path, also=(".pdf",) if pdf else ())  # before the (slow) rendering
-    source = render(net, grads=grads, title=title, example=example, template_dir=template_dir)
+    source = render(net, grads=grads, title=title, example=example, template_dir=template_dir, report=report,
+                    numeric_error=numeric_error)
     return tex.write_document(source, path, pdf=pdf)
 
 
@@ -82,16 +111,21 @@ class GalleryEntry:
     """One curated document of ``derivations/``."""
 
     name: str  # file name without extension
-    config: dict  # keyword arguments of MLP, with "sizes"
+    config: dict  # keyword arguments of MLP, with "sizes"; or of symbp.layers.network, with "layers"
     title: str | None = None
 
-    def network(self) -> MLP:
+    def network(self):
         config = dict(self.config)
+        if "layers" in config:
+            from .layers import network
+
+            return network(config.pop("layers"), **config)
         return MLP(config.pop("sizes"), **config)
 
 
 #: The gallery: the seeds' 3-layer ReLU/softmax net (as ``symbp derive 4,5,3,3`` writes it), its batch
-#: version, sigmoid + binary cross-entropy, a deep tanh net, and a residual net.
+#: version, sigmoid + binary cross-entropy, a deep tanh net, a residual net; and networks of layers: a
+#: layer norm, a batch norm and a self-attention block.
 GALLERY = (
     GalleryEntry("mlp-4-5-3-3", dict(sizes=[4, 5, 3, 3])),
     GalleryEntry("mlp-4-5-3-3-batch", dict(sizes=[4, 5, 3, 3], batch=3),
@@ -103,6 +137,16 @@ GALLERY = (
                  "A deep tanh network: four hidden layers"),
     GalleryEntry("residual", dict(sizes=[3, 3, 3, 2], hidden="relu", residual=True),
                  "A residual network: the identity path"),
+    GalleryEntry("layernorm", dict(layers=[{"op": "affine", "out": 4}, {"op": "layernorm"}, {"op": "relu"},
+                                           {"op": "affine", "out": 3}, {"op": "softmax"}],
+                                   input=3, batch=2, loss="cross_entropy"),
+                 "Layer normalisation: an affine layer, LayerNorm, ReLU, softmax"),
+    GalleryEntry("batchnorm", dict(layers=[{"op": "affine", "out": 3}, {"op": "batchnorm"}, {"op": "relu"},
+                                           {"op": "affine", "out": 2}], input=2, batch=3, loss="mse"),
+                 "Batch normalisation over a batch of 3"),
+    GalleryEntry("attention", dict(layers=[{"op": "attention", "dk": 2}, {"op": "affine", "out": 2}],
+                                   input=3, batch=3, loss="mse"),
+                 "One head of self-attention over 3 tokens"),
 )
 
 
@@ -621,4 +665,311 @@ def _flow(net: MLP, worked) -> dict:
         "residual": list(net.residual_layers),
         "norms": worked["norms"] if worked else None,
         "ratio": worked["ratio"] if worked else None,
+    }
+
+
+# --------------------------------------------------------------------------- networks of layers
+#
+# A symbp.layers.Network gets its own document (templates/network.tex.j2): the same parts as an MLP's
+# (conventions, notation, forward, loss, backward from the output, checks), with each layer's op
+# explained by its partial templates/ops/<partial>.tex.j2 (macros ``forward(l, net)`` and
+# ``backward(l, net)``), chosen through the op's row (see :func:`partial_of`), never by matching names.
+
+#: How an op's internal stages print, by the stage's key (any other key: :func:`symbp.latex.stem_latex`).
+STAGE_SYMBOLS = {"mean": r"\mu", "var": "v"}
+
+
+def partial_of(row) -> str:
+    """The document partial of an op row: its ``partial`` column, else ``"activation"`` for an
+    entry-wise activation (one partial serves them all), else the op's name.
+
+    >>> from symbp.ops import op
+    >>> partial_of(op("layernorm")), partial_of(op("relu"))
+    ('layernorm', 'activation')
+    """
+    if row.partial:
+        return row.partial
+    return "activation" if row.activation is not None else row.name
+
+
+def network_names(net) -> dict:
+    """``{name: (body, superscript)}`` for the printer: a stage prints as its key's symbol with its
+    layer's superscript (``ln2mean`` as ``\\mu^{(2)}``, ``att1Q`` as ``Q^{(1)}``). Names that would
+    print alike (a parameter called ``mu2`` beside ``ln2mean``) print upright as written instead."""
+    plain = tex.SymbpLatexPrinter()
+    names = {}
+    for layer in net.layers:
+        body, sup = plain.parts(layer.name)
+        for key, stage in layer.stages.items():
+            names[stage] = (STAGE_SYMBOLS.get(key) or tex.stem_latex(key), sup or f"({body})")
+    printer = tex.SymbpLatexPrinter(names=names)
+    seen = {}
+    for name in net.names:
+        seen.setdefault(printer.parts(name), []).append(name)
+    for clash in (group for group in seen.values() if len(group) > 1):
+        for name in clash:
+            names[name] = (rf"\mathrm{{{name}}}", "")
+    return names
+
+
+def _is_network(net) -> bool:
+    from .layers import Network
+
+    return isinstance(net, Network)
+
+
+def _number(value, printer) -> str:
+    """A layer's setting in LaTeX: exact numbers as fractions, flags as words."""
+    from fractions import Fraction
+
+    if isinstance(value, bool):
+        return r"\text{true}" if value else r"\text{false}"
+    if isinstance(value, (int, Fraction)):
+        value = Fraction(value)
+        return printer.doprint(sp.Rational(value.numerator, value.denominator))
+    return printer.base(str(value))  # a name (dropout's mask, add's from)
+
+
+def _layer_view(net, layer, printer) -> dict:
+    """One layer as its partial sees it: names in LaTeX, settings, shapes, symbp's first entries."""
+    row = layer.op
+    names = {"inp": layer.inp, "out": layer.name}
+    view = {
+        "position": layer.position, "label": layer.label, "name": layer.name, "op": row.name,
+        "op_tex": row.latex, "partial": partial_of(row), "note": row.note, "n_in": layer.n_in,
+        "n_out": layer.n_out, "kinks": bool(row.kinks),
+        "shape": _shape(net.shape(layer.name)), "in_shape": _shape(net.shape(layer.inp)),
+        "cfg": {key: _number(value, printer) for key, value in layer.cfg.items()},
+        "on": {key: value for key, value in layer.cfg.items() if isinstance(value, bool)},  # the flags
+        "params": {role: printer.base(n) for role, n in layer.params.items()},
+        "params_T": {role: printer.base(n, r"\top") for role, n in layer.params.items()},
+        "params_grad": {role: printer.grad_base(n) for role, n in layer.params.items()},
+        "extra": {key: printer.base(n) for key, n in layer.extra.items()},
+        "extra_grad": {key: printer.grad_base(n) for key, n in layer.extra.items()},
+        "stages": {key: printer.base(n) for key, n in layer.stages.items()},
+        "stages_T": {key: printer.base(n, r"\top") for key, n in layer.stages.items()},
+        "stages_grad": {key: printer.grad_base(n) for key, n in layer.stages.items()},
+        "activation": None,
+    }
+    for key, name in names.items():
+        view[key] = printer.base(name)
+        view[key + "_T"] = printer.base(name, r"\top")
+        view[key + "_grad"] = printer.grad_base(name)
+        view[key + "_grad_T"] = printer.grad_base(name, r"\top")
+    if row.activation is not None:
+        view["activation"] = {"tex": row.activation.latex, "expression": row.activation.expression or None,
+                              "note": row.activation.note}
+    entries = []
+    for name in [*layer.stages.values(), layer.name]:
+        local, symbols = net.local(name), net.symbols(name)
+        entries.append(_entry(net, local, symbols, printer))
+    view["entries"] = entries
+    return view
+
+
+def _consumers(net) -> dict:
+    """``{variable: [stages whose local expressions read it]}``, in the order of the forward pass."""
+    from .names import parse as parse_name
+
+    found = {}
+    for stage in net.stages:
+        read = set()
+        for expr in stage.local:
+            read |= {parsed[1] for parsed in map(parse_name, expr.free_symbols) if parsed and not parsed[0]}
+        for name in sorted(read):
+            found.setdefault(name, []).append(stage.name)
+    return found
+
+
+def _network_target(net, grads, name, printer, checks, consumers) -> dict:
+    M = grads[name]
+    rows = tex.elided(M, printer=printer, width=MATRIX_WIDTH)
+    fits = tex.matrix_width(rows) <= MATRIX_WIDTH
+    layer = net.layer_of(name)
+    kind = ("param" if name in net.params else "output" if name in net.outputs else "stage")
+    return {
+        "name": name,
+        "kind": kind,
+        "layer": layer.label if layer else None,
+        "tex": printer.base(name),
+        "grad": printer.grad_base(name),
+        "column": name in net.columns,
+        "shape": _shape(net.shape(name)),
+        "consumers": [printer.base(u) for u in consumers.get(name, []) if u in grads],  # on a path to L
+        "loss": name == net.loss_stage or (name == net.output_name and not net.fused),
+        "entries": [_entry(net, M, net.symbols(name), printer, i, j) for i, j in _samples(M.shape)],
+        "matrix": rows if fits else None,
+        "elided": M.rows > len(rows) or M.cols > len(rows[0]),
+        "closed": checks["closed"].get(name),
+        "mark": checks["marks"].get(name),
+    }
+
+
+def _backward_targets(net, layer, grads) -> list[str]:
+    """What the backward section of ``layer`` derives: its stages (last first), its parameters, and
+    its input when it is the input's first reader (an output read twice, by the next layer and by a
+    later ``add``, is derived where every path to it is known)."""
+    names = [*reversed(tuple(layer.stages.values())), *layer.params.values()]
+    readers = [l.position for l in net.layers if l.inp == layer.inp or layer.inp in l.extra.values()]
+    if layer.inp in grads.keys() and min(readers) == layer.position:
+        names.append(layer.inp)
+    for other in layer.extra.values():  # an add's "from", when no earlier layer reads it
+        others = [l.position for l in net.layers if l.inp == other or other in l.extra.values()]
+        if other in grads.keys() and min(others) == layer.position:
+            names.append(other)
+    return [n for n in names if n in grads.keys()]
+
+
+def _op_claims(net) -> dict:
+    """The op table's backward columns, one claim per target (contributions of several layers summed):
+    the closed forms a document shows when :func:`symbp.textbook` cannot give them."""
+    parts = {}
+    for layer in net.layers:
+        for target, claim in layer.op.backward(layer.context(net)).items():
+            parts.setdefault(target, []).append(claim)
+    return {t: c[0] if len(c) == 1 else " + ".join(f"({x})" for x in c) for t, c in parts.items()}
+
+
+def network_checks(net, grads, printer, *, report=None, numeric_error=None) -> dict:
+    """How each gradient of a network was established (the network counterpart of :func:`verification`).
+
+    ``report``: a :class:`symbp.verify.Report` of the textbook claims, if at hand; else
+    ``symbp.verify(net, symbp.textbook(net))`` is run, and when it cannot judge this network the
+    document shows the op table's backward columns as the closed forms, marked as not verified, with the
+    reason. ``numeric_error``: the max abs error of the lambdified gradients against an independent
+    engine, one number or ``{name: number}``; else the numeric check of :mod:`symbp.numeric` is run
+    when it takes this network, and the document says so when it does not.
+    """
+    from .formula import parse
+
+    verify_reason = None
+    if report is None:
+        try:
+            from .verify import textbook, verify
+
+            report = verify(net, textbook(net), grads=grads)
+        except SymbpError as exc:
+            verify_reason = str(exc)
+    if report is not None:
+        claims = {r.target: r.claim for r in report.results if isinstance(r.claim, str)}
+    else:
+        claims = _op_claims(net)
+    errors, numeric_reason = _numeric_errors(net, grads, numeric_error)
+    closed, marks = {}, {}
+    for target, claim in claims.items():
+        try:
+            node = parse(claim, net)
+        except SymbpError:
+            continue  # a claim the document cannot typeset (its verdict still shows)
+        main, where = tex.abbreviated(node, printer=printer)
+        closed[target] = {"claim": claim, "tex": main, "where": where, "products": tex.products(node),
+                          "shape": tuple(node.shape)}
+    results = {r.target: r for r in report.results} if report is not None else {}
+    for name in net.params + net.intermediates:
+        result = results.get(name)
+        error = errors.get(name) if errors is not None else None
+        bound = error_exponent(error) if error is not None else None
+        marks[name] = {
+            "verdict": result.verdict if result else None,
+            "method": result.method if result else None,
+            "diagnosis": result.diagnosis if result else None,
+            "detail": (result.detail if result.method != "numeric" else "") if result else "",
+            "numeric": None if error is None else ("undecidable" if bound is None else
+                                                    "ok" if bound <= -8 else "differs"),
+            "bound": bound,
+        }
+    worst = None
+    if errors:
+        values = list(errors.values())
+        worst = math.nan if any(math.isnan(e) for e in values) else max(values)
+    summary = {
+        "verified": report is not None,
+        "verify_reason": verify_reason,
+        "ok": report.ok if report is not None else None,
+        "assumptions": list(report.assumptions) if report is not None else [],
+        "methods": sorted({r.method for r in report.results if r.method}) if report is not None else [],
+        "numeric_reason": numeric_reason,
+        "numeric_bound": error_exponent(worst) if worst is not None else None,
+        "numeric_ok": worst is not None and worst < 1e-8,
+        "numeric_done": worst is not None,
+    }
+    return {"closed": closed, "marks": marks, "summary": summary}
+
+
+def _numeric_errors(net, grads, given):
+    """``({name: max abs error}, None)``, or ``(None, reason)`` when there is no numeric check."""
+    names = net.params + net.intermediates
+    if given is not None:
+        if isinstance(given, (int, float)):
+            return {name: float(given) for name in names}, None
+        return {name: float(e) for name, e in dict(given).items()}, None
+    from . import numeric
+
+    check = numeric.check_network(net, grads.with_layout("denominator"), 0,
+                                  finite_differences=net.n_params <= 2000)
+    if check.finite_differences is None and check.torch is None:
+        return None, f"no reference engine ran ({check.torch_skipped}; central differences are skipped above 2000 parameters)"
+    return {name: check.worst for name in names}, None  # the worst error over every gradient, for each
+
+
+def default_network_title(net) -> str:
+    """``Backpropagation through affine, layernorm, relu, affine, softmax``."""
+    return "Backpropagation through " + ", ".join(layer.op.name for layer in net.layers)
+
+
+def network_context(net, *, grads: Gradients | None = None, title: str | None = None, report=None,
+                    numeric_error=None) -> dict:
+    """Everything the network template shows, as plain data (LaTeX strings from the printer)."""
+    if grads is not None:
+        if not isinstance(grads, Gradients) or grads.net is not net:
+            raise SymbpError("document: grads must be symbp.derive(net) of this network, or left out")
+        if grads.layout != "denominator":
+            raise SymbpError("document: written in denominator layout only (dL/dV has the shape of V); "
+                             "leave out the numerator layout for a document")
+        grads = grads if grads.method == "chain" else None
+    if grads is None:
+        grads = derive(net)
+    printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS, names=network_names(net))
+    checks = network_checks(net, grads, printer, report=report, numeric_error=numeric_error)
+    layers = [_layer_view(net, layer, printer) for layer in net.layers]
+    consumers = _consumers(net)
+    target = lambda name: _network_target(net, grads, name, printer, checks, consumers)
+    backward = []
+    for layer, view in zip(reversed(net.layers), reversed(layers)):
+        backward.append({"layer": view, "targets": [target(n) for n in _backward_targets(net, layer, grads)]})
+    symbols = [{"tex": "x", "shape": _shape(net.shape("x")), "kind": "input", "layer": None},
+               {"tex": "y", "shape": _shape(net.shape("y")), "kind": "target", "layer": None}]
+    symbols += [{"tex": printer.base(m), "shape": _shape(net.shape(m)), "kind": "mask",
+                 "layer": net.layer_of(next(l.name for l in net.layers if m in l.extra.values())).label}
+                for m in net.masks]
+    for layer in net.layers:
+        for role, name in layer.params.items():
+            symbols.append({"tex": printer.base(name), "shape": _shape(net.shape(name)), "kind": "param",
+                            "role": role, "layer": layer.label})
+        for key, name in layer.stages.items():
+            symbols.append({"tex": printer.base(name), "shape": _shape(net.shape(name)), "kind": "stage",
+                            "role": key, "layer": layer.label})
+        symbols.append({"tex": printer.base(layer.name), "shape": _shape(net.shape(layer.name)),
+                        "kind": "output", "layer": layer.label})
+    loss = net.loss_row
+    custom = getattr(loss, "expression", None)
+    output = net.output_name
+    return {
+        "title": title if title is not None else default_network_title(net),
+        "author": f"symbp {__version__}",
+        "versions": {"symbp": __version__, "sympy": sp.__version__},
+        "net": {
+            "input": net.input_width, "batch": net.batch, "reduction": net.reduction,
+            "layers": layers, "kinks": any(l.op.kinks for l in net.layers),
+            "loss": {"name": loss.name, "tex": loss.latex,
+                     "expression": tex.latex(custom) if custom is not None else None},
+            "fused": None if not net.fused else {"tex": net.fused.latex, "side_condition": net.fused.side_condition},
+            "output": printer.base(output), "output_grad": printer.grad_base(output),
+            "n_out": net.layers[-1].n_out,
+            "loss_stage": printer.base(net.loss_stage),
+        },
+        "symbols": symbols,
+        "output": target(output) if output in grads.keys() else None,
+        "backward": backward,
+        "checks": checks["summary"],
     }

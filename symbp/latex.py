@@ -25,7 +25,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -51,10 +51,12 @@ class SymbpLatexPrinter(LatexPrinter):
     '\\\\operatorname{step}\\\\left(z^{(2)}_{1}\\\\right)'
     """
 
-    def __init__(self, columns=(), settings=None, *, max_terms=None):
+    def __init__(self, columns=(), settings=None, *, max_terms=None, names=None):
         super().__init__(settings or {})
         self.columns = set(columns)
         self.max_terms = max_terms  # longer sums print as t1 + t2 + ... + tn
+        # var -> (body, superscript): how a network's own names print (see symbp.document.network_names)
+        self.names = dict(names or {})
 
     def _print_Mul(self, expr):
         # Gradients first, as the textbooks write them: delta_i a_j, delta_k W_kj, abar_j step(z_j).
@@ -116,22 +118,37 @@ class SymbpLatexPrinter(LatexPrinter):
             out[-1] = f"{out[-1]} {piece}".strip()
         return out
 
+    def parts(self, var: str) -> tuple[str, str]:
+        """``(body, superscript)`` of a variable's name: ``W1`` -> ``("W", "(1)")``, ``gamma2`` ->
+        ``(r"\\gamma", "(2)")``, ``Wq1`` -> ``("{W_{q}}", "(1)")``, ``x`` -> ``("x", "")``; names given to
+        the printer (``names``) first, any other name upright (``\\mathrm{h1a}``)."""
+        if var in self.names:
+            return self.names[var]
+        if var == "a0":
+            return "x", ""
+        match = re.match(r"^([A-Za-z]+)(\d*)$", var)
+        if not match:
+            return rf"\mathrm{{{var}}}", ""
+        letters, layer = match.groups()
+        return stem_latex(letters), f"({layer})" if layer else ""
+
     def base(self, var: str, sup: str = "") -> str:
         """``W1`` -> ``W^{(1)}``; ``x`` -> ``x``; ``sup`` joins the superscript (``W^{(1)\\top}``)."""
-        match = re.match(r"^([A-Za-z]+)(\d+)$", var)
-        if not match:
-            return f"{var}^{{{sup}}}" if sup else var
-        letter, layer = match.groups()
-        if letter == "a" and layer == "0":
-            return f"x^{{{sup}}}" if sup else "x"
-        return f"{letter}^{{({layer}){sup}}}"
+        body, layer = self.parts(var)
+        return f"{body}^{{{layer}{sup}}}" if layer or sup else body
 
     def grad_base(self, var: str, sup: str = "") -> str:
-        """The name of dL/dV as a whole: ``z2`` -> ``\\delta^{(2)}``, ``a1`` -> ``\\bar{a}^{(1)}``."""
-        letter, layer = re.match(r"^([A-Za-z]+)(\d*)$", var).groups()
-        letter = r"\delta" if letter == "z" else rf"\bar{{{letter}}}"
+        """The name of dL/dV as a whole: ``z2`` -> ``\\delta^{(2)}``, ``a1`` -> ``\\bar{a}^{(1)}``,
+        ``ln2`` -> ``\\overline{\\mathrm{ln}}^{(2)}``."""
+        body, layer = self.parts(var)
+        if body == "z" and var not in self.names:
+            letter = r"\delta"
+        elif len(body) == 1 or re.fullmatch(r"\\[A-Za-z]+", body):  # one letter, Greek too
+            letter = rf"\bar{{{body}}}"
+        else:
+            letter = rf"\overline{{{body}}}"
         if layer or sup:
-            return f"{letter}^{{{f'({layer})' if layer else ''}{sup}}}"
+            return f"{letter}^{{{layer}{sup}}}"
         return letter
 
     def entry(self, var: str, i: int, j: int) -> str:
@@ -172,6 +189,31 @@ class SymbpLatexPrinter(LatexPrinter):
         return self._function(FUNCTION_NAMES["step"], expr, exp)
 
 
+#: Greek letters a name may spell (``gamma2`` prints as ``\gamma^{(2)}``); ``delta`` cannot begin a
+#: network name (``d`` is a gradient) and ``pi`` is a constant, so neither is here.
+GREEK = {name: "\\" + name for name in (
+    "alpha", "beta", "gamma", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi",
+    "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "Gamma", "Theta", "Lambda", "Xi", "Sigma", "Upsilon", "Phi", "Psi", "Omega")}
+
+
+def stem_latex(letters: str) -> str:
+    """The LaTeX of a name's letters: one letter as it is, a Greek letter's name as the letter, a
+    capital with one small letter as a subscripted capital (``Wq`` -> ``{W_{q}}``, braced so that the
+    entry's own indices can follow), anything else upright (``ln`` -> ``\\mathrm{ln}``).
+
+    >>> [stem_latex(s) for s in ("W", "gamma", "Wq", "ln")]
+    ['W', '\\\\gamma', '{W_{q}}', '\\\\mathrm{ln}']
+    """
+    if len(letters) == 1:
+        return letters
+    if letters in GREEK:
+        return GREEK[letters]
+    if len(letters) == 2 and letters[0].isupper() and letters[1].islower():
+        return f"{{{letters[0]}_{{{letters[1]}}}}}"
+    return rf"\mathrm{{{letters}}}"
+
+
 #: Names SymPy's printer splits as the writer meant (``x``, ``w0``, ``x_1``, ``alpha_2``): ASCII
 #: letters and digits, single underscores between non-empty parts. Others print as written.
 _SYMPY_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)*$")
@@ -185,8 +227,8 @@ def _natural_key(term):
         if parsed is None:
             return None
         grad, var, i, j = parsed
-        letter, layer = re.match(r"^([A-Za-z]+)(\d*)$", var).groups()
-        found.append((letter, int(layer or 0), i, j, grad))
+        letter, layer, rest = re.match(r"^([A-Za-z]+)(\d*)(.*)$", var).groups()
+        found.append((letter, int(layer or 0), rest, i, j, grad))
     return tuple(sorted(found)) or None
 
 
@@ -271,6 +313,8 @@ def _formula(node, printer) -> str:
         return _name(node.value, printer)
     if op == "number":
         return printer.doprint(sp.Rational(node.value.numerator, node.value.denominator))
+    if op == "abbrev":  # a name given by abbreviated()
+        return rf"u_{{{node.value}}}"
     if op == "size":
         return _size(node.value[0])
     if op == "const":
@@ -320,6 +364,105 @@ def _formula(node, printer) -> str:
         right = _name(v.value, printer, r"\top") if v.op == "name" else rf"\left({_formula(v, printer)}\right)^{{\top}}"
         return _wrap(u, "outer", printer) + " " + right
     raise SymbpError(f"formula_latex: unknown op {op!r}")  # pragma: no cover
+
+
+def _size_of(node) -> int:
+    return sum(1 for _ in _walk(node))
+
+
+def _walk(node):
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(n.args))
+
+
+def _rebuild(node, fn):
+    """``node`` with every subtree ``t`` replaced by ``fn(t)`` when that is not None (outermost first)."""
+    new = fn(node)
+    if new is not None:
+        return new
+    if not node.args:
+        return node
+    return replace(node, args=tuple(_rebuild(a, fn) for a in node.args))
+
+
+#: Repeated subformulas of at least this many nodes get a name of their own (:func:`abbreviated`).
+ABBREVIATE_SIZE = 4
+
+
+def abbreviated(node, *, printer: SymbpLatexPrinter | None = None) -> tuple[str, list[tuple[str, str]]]:
+    r"""A parsed claim in LaTeX with its repeated subformulas named ``u_{1}, u_{2}, ...``: the main
+    formula and the list of ``(name, definition)``. Layer norm's backward repeats the normalised input
+    and the standard deviation three times; so named, it reads as the textbook writes it.
+
+    How it works: count every subtree (names and numbers aside) over the main formula and the
+    definitions so far; the largest one seen twice (of at least :data:`ABBREVIATE_SIZE` nodes; the
+    first in reading order on a tie) becomes a name everywhere, and its definition joins the formulas
+    counted; repeat until nothing repeats. Names are numbered in reading order.
+
+    >>> import symbp
+    >>> from symbp.formula import parse
+    >>> net = symbp.MLP([2, 2], output="identity", loss="mse")
+    >>> abbreviated(parse("(dz1 @ x.T) * (dz1 @ x.T)", net))
+    ('u_{1} \\odot u_{1}', [('u_{1}', '\\delta^{(1)} x^{\\top}')])
+    """
+    printer = printer or SymbpLatexPrinter()
+    main, definitions = node, []
+    while True:
+        counts, first = {}, {}
+        for tree in [main] + [d for _, d in definitions]:
+            for k, n in enumerate(_walk(tree)):
+                if n.op in ("name", "number", "size", "const", "abbrev"):
+                    continue
+                counts[n] = counts.get(n, 0) + 1
+                first.setdefault(n, len(first))
+        repeated = [n for n, c in counts.items() if c >= 2 and _size_of(n) >= ABBREVIATE_SIZE]
+        if not repeated:
+            break
+        best = max(repeated, key=lambda n: (_size_of(n), -first[n]))
+        name = replace(best, op="abbrev", args=(), value=len(definitions))
+        swap = lambda t: name if t == best else None
+        main = _rebuild(main, swap)
+        definitions = [(p, replace(d, args=tuple(_rebuild(a, swap) for a in d.args))) for p, d in definitions]
+        definitions.append((name, best))
+    # Number the names in reading order: the main formula first, each definition where it is first used.
+    order, by_value = [], {p.value: d for p, d in definitions}
+
+    def visit(tree):
+        for n in _walk(tree):
+            if n.op == "abbrev" and n.value not in order:
+                order.append(n.value)
+                visit(by_value[n.value])
+
+    visit(main)
+    number = {value: k + 1 for k, value in enumerate(order)}
+    named = lambda t: replace(t, value=number[t.value]) if t.op == "abbrev" else None
+    out = [(rf"u_{{{number[p.value]}}}", _formula(_rebuild(d, lambda t: None if t is d else named(t)), printer))
+           for p, d in definitions]
+    out.sort(key=lambda pair: int(pair[0][3:-1]))
+    return _formula(_rebuild(main, named), printer), out
+
+
+def formula_lines(node, *, printer: SymbpLatexPrinter, width: int) -> list[str]:
+    """:func:`formula_latex` of ``node`` split between the terms of its outermost sum into lines of
+    about ``width`` characters (see :func:`visible_width`); one line when it fits or is not a sum."""
+    tex = _formula(node, printer)
+    if node.op not in ("add", "sub") or visible_width(tex) <= width:
+        return [tex]
+    pieces, rest = [], node
+    while rest.op in ("add", "sub"):  # a - b + c parses as ((a - b) + c): peel from the right
+        sign = "+ " if rest.op == "add" else "- "
+        pieces.append(sign + _wrap(rest.args[1], rest.op, printer, right=True))
+        rest = rest.args[0]
+    pieces.append(_wrap(rest, "add", printer))
+    lines = [""]
+    for piece in reversed(pieces):
+        if lines[-1] and visible_width(lines[-1] + piece) > width:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {piece}".strip()
+    return lines
 
 
 def products(node) -> list[tuple]:

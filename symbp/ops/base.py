@@ -90,3 +90,6 @@ class Op:
     #: one assignment per internal stage (in the order of ``stages``) and last the output, in the
     #: network's own orientation (as ``backward``); ``show`` prints a SymPy expression as NumPy code.
     code: Callable | None = None
+    # The document partial templates/ops/<partial>.tex.j2; "" is "activation" for an entry-wise op
+    # (one partial for them all), else the op's name.
+    partial: str = ""
