@@ -91,6 +91,8 @@ DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "e
 
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
+#: The resolved symbolic stage is skipped when an entry of the difference has more operations.
+RESOLVED_ENTRY_LIMIT = 400
 EXACT_POINTS = 3
 EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
 NUMERIC_DIGITS = 30  # the float tier's working precision (decimal digits) before the claim's own numbers
@@ -901,8 +903,9 @@ class _Judge:
                 if _powers_a_gradient(node, self.grads):  # cancel() of a power of a resolved gradient runs for minutes
                     return False, None
                 diffs = [d.xreplace(self.grads.resolved()) for d in diffs]
-                if sum(sp.count_ops(d) for d in diffs) > 4000:
-                    return False, None
+                sizes = [sp.count_ops(d) for d in diffs]
+                if sum(sizes) > 4000 or max(sizes) > RESOLVED_ENTRY_LIMIT:  # cancel() grows fast with the
+                    return False, None  # atoms: 650 operations with attention's exps took 25 s an entry
             ds = [d.xreplace(forward) for d in diffs]
             if all(frozen_zero(d) for d in ds):
                 return True, None
