@@ -38,7 +38,14 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     difference at the frozen point is a difference of the real functions; ``dz1 + 1e-10`` or
     ``dz3 @ a2.T * 1.0000000001`` fails, with the element. (The premise holds for every registry row; a
     custom activation written with ``exp`` of two unrelated multiples of ``x``, such as ``exp(x/2)``,
-    is the exception.) Only a claim with a frozen function of its own, whose mismatch may come from an
+    is the exception.) A fractional power is frozen consistently: ``v ** (p/q)`` is ``r ** p`` for one random
+    ``r`` per ``(v, q)``, so a norm's ``sqrt(var + eps)`` in a claim and SymPy's ``(var + eps) ** (-3/2)``
+    in the truth agree exactly; what is lost is ``r ** q = v``. A network whose forward pass takes one
+    (layer norm, RMSNorm, batch norm, attention's ``sqrt(dk)`` for a ``dk`` that is not a square, GELU's
+    ``sqrt(2)``) has that relation among its own values, which a claim could use without a frozen function
+    of its own (``xhat / (var + eps)`` for ``xhat / std ** 2``): there an exact mismatch refutes nothing,
+    and the float tier decides (an exact *agreement* is still a proof). Attention's ``exp`` of its scores
+    is frozen like softmax's, with the rows of its weights summing to 1 exactly. Only a claim with a frozen function of its own, whose mismatch may come from an
     identity the freezing does not see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of
     softmax), goes to the float tier: both sides in multi-precision floats (:class:`MpField`) at
     random points away from kinks, with ``NUMERIC_DIGITS`` (30) digits plus the digits of the claim's
@@ -46,6 +53,12 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     visible. Agreement to within ``10 ** -(digits - 10)``, relative to the truth's largest entry, is
     ``holds`` with method ``numeric`` and a detail saying it is a float judgement, with its tolerance;
     anything else fails.
+
+Networks of layers (:mod:`symbp.layers`) are judged the same way, reading the op table only: the kinks
+are those of each layer's op (``op.kinks``) at its input, dropout masks are drawn 0/1 (exact and float),
+targets are drawn by the loss (in (0, 1) for a loss that takes logs), the outputs of layers without
+parameters or stages are replaced by their definitions in the symbolic tier, and code claims get the
+masks among their values.
 
 A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
 ``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
@@ -58,6 +71,10 @@ expressions there. A corrected claim that holds only under the side condition li
 result's ``assumptions``. A claim whose operands' shapes do not fit (``W2 @ dz2``; the parser's
 :class:`~symbp.formula.FormulaError` with ``kind == "shape"``) fails too, with ``transposed`` and the
 fix (``write W2.T @ dz2``) when transposing operands, or the whole, makes it hold, else ``shape``.
+In a network of layers a failing claim that equals (at the same tiers) one of the wrong claims of its
+layer's row (``op.mistakes``, assembled as :func:`textbook` assembles, so a residual without its skip
+term is the sum of the other contributions) is named after that mistake first, with ``factor`` kept when
+it is a scaling (``attention-without-the-scale``: 1/sqrt(dk), from the float points when frozen).
 """
 
 from __future__ import annotations
@@ -88,6 +105,8 @@ VERDICTS = ("holds", "fails", "error")
 METHODS = ("symbolic", "exact-random", "numeric")
 DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "extra-activation-derivative", "shape",
              "other")
+#: A network of layers also names a failing claim after its row's mistake (``op.mistakes``), e.g.
+#: ``layernorm-statistics-as-constants``: the names come from the op table, not from this list.
 
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
@@ -1408,7 +1427,7 @@ def activation_derivative(net, layer: int) -> str | None:
     return activation_derivative_text(net.hidden[layer - 1], f"z{layer}", f"a{layer}" if plain else None)
 
 
-def textbook(net: MLP) -> dict:
+def textbook(net: MLP | Network) -> dict:
     """The standard backprop equations of ``net`` as claims ``{target: formula}`` (denominator layout).
 
     Single example: ``dW_l = dz_l @ a_{l-1}.T``, ``db_l = dz_l``, ``da_{l-1} = W_l.T @ dz_l``;
@@ -1416,6 +1435,8 @@ def textbook(net: MLP) -> dict:
     ``dz_l = da_l * f'(z_l)``; a skip connection adds ``da_l`` to ``da_{l-1}``. The output layer uses
     the fused simplification when there is one (``a3 - y`` for softmax + cross-entropy, under its side
     condition; ``/ N`` for the mean over a batch), else ``dL/da_L`` and the output's Jacobian.
+    A network of layers (:class:`symbp.layers.Network`) reads each layer's row of the op table
+    (:func:`_network_textbook`).
 
     >>> import symbp
     >>> claims = textbook(symbp.MLP([4, 5, 3, 3]))
@@ -1758,7 +1779,7 @@ def _backprop_without(net, values, skip):
 # --------------------------------------------------------------------------- public
 
 
-def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
+def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
            atol: float | None = None) -> Report:
     """Judge each claim ``{target: formula}`` (or a ``backward(values) -> {name: array}`` callable)
     against the derived gradients of ``net``.
