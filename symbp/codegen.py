@@ -31,6 +31,7 @@ import sympy as sp
 from . import functions as F
 from .errors import SymbpError, closest
 from .formula import parse, sugar_operand
+from .layers import Network
 from .network import MLP
 from .verify import verify
 
@@ -128,8 +129,8 @@ def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # 
         dz1 = 2 * (a1 - y) / (2 * N)
         dW1 = dz1.T @ x
     """
-    if not isinstance(net, MLP):
-        raise SymbpError(f"compile: expected a symbp.MLP, got {type(net).__name__}")
+    if not isinstance(net, (MLP, Network)):
+        raise SymbpError(f"compile: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     if not isinstance(claims, Mapping) or not claims:
         raise SymbpError("compile: claims must be a non-empty mapping of target -> formula, "
                          "e.g. symbp.textbook(net)")
@@ -179,7 +180,11 @@ def _order(net, trees):
                                      f"but no claim defines it; add a claim for {name[1:]}")
                 upstream.add(name[1:])
         needs[target] = upstream
-    natural = [n for l in range(net.L, 0, -1) for n in (f"a{l}", f"z{l}", f"W{l}", f"b{l}") if n in trees]
+    if isinstance(net, Network):  # each layer from the last: its output, its stages backwards, its parameters
+        natural = [n for layer in reversed(net.layers)
+                   for n in (layer.name, *reversed(layer.stages.values()), *layer.params.values()) if n in trees]
+    else:
+        natural = [n for l in range(net.L, 0, -1) for n in (f"a{l}", f"z{l}", f"W{l}", f"b{l}") if n in trees]
     order, done = [], set()
     while len(order) < len(natural):
         ready = [t for t in natural if t not in done and needs[t] <= done]
@@ -201,7 +206,7 @@ def _generate(net: MLP, trees: Mapping, *, assumptions=()) -> str:
 
     This writes code only; :func:`compile` is the entry point, which verifies the claims first.
     """
-    writer = _Writer(net)
+    writer = _NetworkWriter(net) if isinstance(net, Network) else _Writer(net)
     backward = writer.backward(trees)
     forward = writer.forward()
     loss = writer.loss()
@@ -338,7 +343,7 @@ class _Writer:
         bodies = {target: formula.code(tree) for target, tree in trees.items()}
         used = set().union(*(tree.names() for tree in trees.values()))
         stages = [n for n in net.intermediates if n in used]
-        lines = [f"def backward(x, y, {', '.join(net.params)}):",
+        lines = [f"def backward({', '.join(net.inputs + net.params)}):",
                  '    """dL/dV for every claimed V (denominator layout: shaped like V)."""']
         if "N" in used or any(t.op == "ones" and "N" in t.value for tree in trees.values() for t in tree.walk()):
             lines.append("    N = x.shape[0]")
@@ -352,6 +357,74 @@ class _Writer:
         lines += _wrap(" ".join(f'"{t}": d{t},' for t in trees), 92, indent=" " * 8)
         lines.append("    }")
         return "\n".join(lines) + "\n"
+
+
+class _NetworkWriter(_Writer):
+    """The module's functions for a network of layers, read from the op table: each layer's ``code``
+    column writes its stages and output (:mod:`symbp.ops`), the loss row its per-unit loss."""
+
+    @property
+    def args(self):
+        return ", ".join(("x", *self.net.masks, *self.net.params))
+
+    def show(self, expr) -> str:
+        """A SymPy expression (an entry-wise activation applied to a name) as NumPy code."""
+        return _ExpressionPrinter(self).doprint(expr)
+
+    def note(self, line):
+        """Record the helper functions a line of code calls."""
+        for name in _HELPERS:
+            if re.search(rf"(?<![\w.]){name}\(", line):
+                self.helpers.add(name)
+
+    def header(self, trees, notes):
+        text = super().header(trees, notes)
+        inputs = ", ".join(self.net.inputs)
+        return text.replace("backward(x, y, W1, b1, ...) returns {name: dL/dname}; forward(x, W1, b1, ...) the\n"
+                            "intermediates; loss(x, y, W1, b1, ...) the loss.",
+                            f"backward({inputs}, params...) returns {{name: dL/dname}}; forward(x, masks..., "
+                            f"params...)\nevery stage; loss({inputs}, params...) the loss.")
+
+    def forward(self):
+        net = self.net
+        lines = [f"def forward({self.args}):",
+                 '    """Every stage of every layer (' + ("rows are examples" if net.batch else "column vectors")
+                 + ')."""']
+        for layer in net.layers:
+            if layer.op.code is None:
+                raise SymbpError(f"compile: {layer.label}: the op has no NumPy code (its row has no code column)")
+            lines.append(f"    # {layer.label}")
+            for line in layer.op.code(layer.context(net), self.show):
+                self.note(line)
+                lines.append("    " + line)
+        lines.append("    return {")
+        lines += _wrap(" ".join(f'"{n}": {n},' for n in net.intermediates), 92, indent=" " * 8)
+        lines.append("    }")
+        return "\n".join(lines) + "\n"
+
+    def loss(self):
+        """The loss from the loss row: its per-unit term printed in the output, summed (or averaged, as
+        the row does) over the units of each example, then reduced over the examples."""
+        net, out = self.net, self.net.output_name
+        a, y = sp.Symbol(out, real=True), sp.Symbol("y", real=True)
+        a2, y2 = sp.symbols("_a1 _y1", real=True)
+        term = net.loss_row.sympy([a], [y])
+        pair = net.loss_row.sympy([a, a2], [y, y2])
+        second = term.xreplace({a: a2, y: y2})
+        if sp.simplify(pair - (term + second)) == 0:
+            over = "np.sum"
+        elif sp.simplify(pair - (term + second) / 2) == 0:
+            over = "np.mean"
+        else:
+            raise SymbpError(f"compile: loss {net.loss_row.name!r} is not a sum over the output units")
+        axis = 1 if net.batch else 0
+        reduce = "np.mean" if net.batch and net.reduction == "mean" else "np.sum"
+        return "\n".join([
+            f"def loss({', '.join(net.inputs + net.params)}):",
+            f'    """The scalar loss: {_comment_safe(net.loss_row.name)} of {out}'
+            + (f', {net.reduction} over the rows."""' if net.batch else '."""'),
+            f"    {out} = forward({self.args})[{out!r}]".replace("'", '"'),
+            f"    return float({reduce}({over}({self.show(term)}, axis={axis})))"]) + "\n"
 
 
 def _sizes(trees) -> dict:
@@ -464,7 +537,8 @@ class _ExpressionPrinter:
     """Prints a scalar SymPy expression (a custom activation) as NumPy code, element-wise."""
 
     _CALLS = {sp.exp: "np.exp", sp.log: "np.log", sp.tanh: "np.tanh", sp.sqrt: "np.sqrt", sp.Abs: "np.abs",
-              F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus"}
+              F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
+              sp.erf: "erf"}
 
     def __init__(self, writer):
         self.writer = writer
@@ -518,7 +592,7 @@ def _wrap(text, width, indent=""):
 def _load(source, net):
     """Execute the generated module's source in a fresh namespace (registered for tracebacks)."""
     digest = hashlib.sha1(source.encode()).hexdigest()[:12]
-    filename = f"<symbp.compile {list(net.sizes)} {digest}>"
+    filename = f"<symbp.compile {list(net.sizes) if isinstance(net, MLP) else 'network'} {digest}>"
     code = builtins.compile(source, filename, "exec")
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"__name__": "symbp.compiled"}

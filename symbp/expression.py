@@ -180,7 +180,7 @@ def parse_scalar(text: str, names: Mapping[str, sp.Expr], *, what: str = "expres
     >>> parse_scalar("__import__('os')", {"x": x})
     Traceback (most recent call last):
     ...
-    symbp.errors.SymbpError: expression "__import__('os')", column 1: unknown function '__import__' (known: Abs, Max, Min, abs, cos, exp, log, max, min, relu, sigmoid, sin, softplus, sqrt, tanh)
+    symbp.errors.SymbpError: expression "__import__('os')", column 1: unknown function '__import__' (known: Abs, Max, Min, abs, cos, cosh, elu, erf, exp, gelu, log, max, min, relu, sigmoid, silu, sin, softplus, sqrt, tanh)
     """
     if not isinstance(text, str) or not text.strip(ASCII_BLANKS):
         raise SymbpError(f"{what}: expected a non-empty string, got {text!r}")

@@ -142,7 +142,8 @@ def residual_block(*, n: int = 2, hidden: str = "tanh") -> BlockJacobians:
     back = dict(zip(pre, z))  # name each pre-activation z_i again, for reading
 
     def jacobian(V):
-        return sp.Matrix(n, n, lambda i, j: sp.diff(V[i, 0], x[j, 0])).xreplace(back)
+        # subs, not xreplace: z_i must be found inside a larger sum too (ELU's exp(W x + b - relu(z)))
+        return sp.Matrix(n, n, lambda i, j: sp.diff(V[i, 0], x[j, 0]).xreplace(back).subs(back))
 
     dF, dH = jacobian(F_written), jacobian(H_written)
     fprime = registry.derivative(row)

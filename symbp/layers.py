@@ -16,13 +16,14 @@ the examples. For attention the rows are the tokens of one sequence.
 >>> net = network([{"op": "affine", "out": 3}, {"op": "layernorm"}, {"op": "relu"},
 ...                {"op": "affine", "out": 2}, {"op": "softmax"}], input=4, batch=2)
 >>> net.intermediates
-('z1', 'ln2mean', 'ln2var', 'ln2', 'a3', 'z2', 'a5')
+('z1', 'ln2mean', 'ln2var', 'ln2', 'a1', 'z2', 'a2')
 >>> net.params, net.shape("gamma2"), net.shape("ln2mean")
 (('W1', 'b1', 'gamma2', 'beta2', 'W2', 'b2'), (3, 1), (2, 1))
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cached_property
@@ -175,7 +176,9 @@ class Network:
             name_of_op = spec.get("op")
             if name_of_op is None:
                 raise SymbpError(f"layer {position}: missing field 'op'")
-            if name_of_op == "activation":
+            if isinstance(name_of_op, Op):  # a row given directly (symbp.MLP's builder; tests of rows)
+                row_op, allowed = name_of_op, set()
+            elif name_of_op == "activation":
                 if "expr" not in spec:
                     raise SymbpError(f"layer {position} (activation): missing field 'expr' (an expression in x)")
                 try:
@@ -241,8 +244,9 @@ class Network:
     def _check_name(self, name, label, used):
         if not isinstance(name, str) or not name.isascii() or not name.isidentifier() or "_" in name:
             raise SymbpError(f"{label}: name {name!r} must be a letter followed by letters and digits")
-        if name in RESERVED or name in _FUNCTION_NAMES:
-            raise SymbpError(f"{label}: name {name!r} is reserved (x, y, N, pi and the function names)")
+        if name in RESERVED or name in _FUNCTION_NAMES or re.fullmatch(r"n\d+", name):
+            raise SymbpError(f"{label}: name {name!r} is reserved (x, y, N, pi, the sizes n0, n1, ... and the "
+                             "function names)")
         if name in used:
             raise SymbpError(f"{label}: name {name!r} is already used by {used[name]}")
         if name.startswith("d"):

@@ -173,35 +173,40 @@ class MLP:
             return sp.Matrix(rows)
         return sp.Matrix(shape[0], 1, rows[0])
 
-    def _build_stages(self):
-        stages = []
-        prev = self.symbols("x")
+    def _layers(self):
+        """This MLP as layers of the op table: ``affine`` (z_l, W_l, b_l), then its activation (a_l);
+        a residual hidden layer's activation adds its input in the same stage."""
+        from .ops import OPS, activation_op
+        from .ops.table import skip_activation_op
+
+        layers = []
         for l in range(1, self.L + 1):
-            W = self.symbols(f"W{l}")
-            b = self.symbols(f"b{l}") if self.bias else None
-            shape = self.shape(f"z{l}")
-
-            def entry(n, i, prev=prev, W=W, b=b):
-                terms = [times(W[i, j], prev[n, j] if self.batch else prev[j, 0]) for j in range(W.cols)]
-                return sp.Add(*terms, *([b[i, 0]] if b is not None else []))
-
-            if self.batch:
-                z_local = sp.Matrix(shape[0], shape[1], lambda n, i: entry(n, i))
-            else:
-                z_local = sp.Matrix(shape[0], 1, lambda i, _: entry(0, i))
-            z = self.symbols(f"z{l}")
-            stages.append(Stage(f"z{l}", l, z, z_local))
+            affine = {"op": "affine", "out": self.sizes[l], "bias": self.bias, "name": f"z{l}", "W": f"W{l}"}
+            if self.bias:
+                affine["b"] = f"b{l}"
+            layers.append(affine)
             if l < self.L:
-                f = self.hidden[l - 1].sympy
-                a_local = z.applyfunc(f)
+                row = self.hidden[l - 1]
                 if l in self.residual_layers:
-                    a_local = a_local + prev
+                    layers.append({"op": skip_activation_op(row), "name": f"a{l}",
+                                   "from": f"a{l - 1}" if l > 1 else "x"})
+                else:
+                    layers.append({"op": activation_op(row), "name": f"a{l}"})
             else:
-                a_local = self._from_examples([self.output.sympy(ex) for ex in self._examples(z)], shape)
-            a = self.symbols(f"a{l}")
-            stages.append(Stage(f"a{l}", l, a, a_local))
-            prev = a
-        return stages
+                layers.append({"op": OPS[self.output.name], "name": f"a{l}"})
+        return layers
+
+    @cached_property
+    def network(self):
+        """The same network as a :class:`symbp.layers.Network` (its stages are this MLP's)."""
+        from .layers import Network
+
+        return Network(self._layers(), input=self.sizes[0], batch=self.batch, loss=self.loss_row,
+                       reduction=self.reduction)
+
+    def _build_stages(self):
+        """The stages of :attr:`network`, each labelled with its MLP layer (``z2`` and ``a2``: 2)."""
+        return [Stage(s.name, int(s.name[1:]), s.symbols, s.local) for s in self.network.stages]
 
     def _reduce(self, per_example):
         total = sp.Add(*per_example)

@@ -26,6 +26,7 @@ import sympy as sp
 
 from .derive import Gradients, paused_gc
 from .errors import SymbpError
+from .layers import Network
 from .network import MLP
 from .registry import NUMPY_FUNCTIONS
 
@@ -79,6 +80,8 @@ def random_values(net: MLP, seed=0, *, margin: float = 0.05) -> RandomPoint:
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SymbpError(f"seed: expected a whole number >= 0, got {seed!r}")
+    if isinstance(net, Network):
+        return _random_network_values(net, seed, margin)
     rng = np.random.default_rng(seed)
     values = {name: rng.normal(size=net.shape(name)) for name in ("x",) + net.params}
     for l in range(1, net.L + 1):
@@ -159,6 +162,8 @@ def _random_target(net, rng):
 
 def min_kink_distance(net: MLP, values: dict) -> float:
     """The smallest distance of a pre-activation to a kink of its activation (inf if none)."""
+    if isinstance(net, Network):
+        return _network_min_kink_distance(net, values)
     forward = forward_pass(net, values)
     best = np.inf
     for l in range(1, net.L):
@@ -200,12 +205,13 @@ class GradientFunction:
         return f"GradientFunction({self.net!r}, names={self.names})"
 
 
-def _program(net: MLP, grads: Gradients, shift: bool):
-    """The assignments of the generated function: forward stages, the logit shift, the error terms."""
+def _program(net: MLP, grads: Gradients, shift: str | None):
+    """The assignments of the generated function: forward stages, the shift of the logits stage
+    ``shift`` (if any), the error terms."""
     program = []
     for stage in net.stages:
         program.extend(zip(stage.symbols, stage.local))
-        if stage.name == f"z{net.L}" and shift:
+        if stage.name == shift:
             for n, row in enumerate(net._examples(stage.symbols)):
                 top = sp.Symbol(f"_zmax_{n}")
                 program.append((top, sp.Max(*row)))
@@ -223,11 +229,44 @@ def _restage(net: MLP, matrices):
     return [M.xreplace(written) for M in matrices]
 
 
-def _all_logits_staged(net, outputs):
-    """Whether no ``exp`` of a written-out last-layer logit is left (``expand`` results are restaged
-    only as far as their forms match); the logit shift is safe only then."""
-    last = {s for name in (f"W{net.L}", f"b{net.L}") if name in net.params for s in net.symbols(name)}
+def _all_logits_staged(net, outputs, logits):
+    """Whether no ``exp`` of a written-out logit is left (``expand`` results are restaged only as far
+    as their forms match); the logit shift is safe only then."""
+    if isinstance(net, Network):
+        owner = net.layer_of(logits)
+        names = tuple(owner.params.values()) if owner is not None else ()
+        if not names:
+            return False
+    else:
+        names = tuple(name for name in (f"W{net.L}", f"b{net.L}") if name in net.params)
+    last = {s for name in names for s in net.symbols(name)}
     return not any(e.args[0].free_symbols & last for M in outputs for entry in M for e in entry.atoms(sp.exp))
+
+
+def _logits(net) -> str | None:
+    """The stage whose rows may be shifted by their maximum in the generated code: the input of a
+    last layer whose output (and the loss written in it) does not change under that shift.
+
+    For an MLP, ``z_L`` under softmax. For a network, read from the table, never from a name: the last
+    op's ``numpy`` column (and the fused loss's) give the same numbers for rows shifted by a constant,
+    its input is computed by a layer with parameters and read by nothing else."""
+    if not isinstance(net, Network):
+        return f"z{net.L}" if net.output.name == "softmax" else None
+    last = net.layers[-1]
+    owner = net.layer_of(last.inp)
+    if owner is None or not owner.params or last.params or last.extra or last.stages:
+        return None
+    if any(last.inp in layer.extra.values() for layer in net.layers):
+        return None
+    probe = np.random.default_rng(0).normal(size=(2, last.n_in)) * 3
+    shifted = probe - probe.max(axis=1, keepdims=True)
+    with np.errstate(all="ignore"):
+        same = np.allclose(last.op.numpy(probe, {}, {}, last.cfg, lambda k, v: v),
+                           last.op.numpy(shifted, {}, {}, last.cfg, lambda k, v: v), rtol=1e-12, atol=1e-14)
+        if same and net.fused:
+            y = np.full((2, last.n_out), 1.0 / last.n_out)
+            same = np.allclose(net.fused.numpy(probe, y), net.fused.numpy(shifted, y), rtol=1e-12, atol=1e-14)
+    return last.inp if same else None
 
 
 def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
@@ -253,8 +292,9 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
         outputs = _restage(net, outputs)
     # chain results are written in the stage symbols (exp(z3_0_0), never exp(W3_0_0*a2_0_0 + ...)), so
     # the shift is always safe for them; only expand results need the (costly at scale) look.
-    staged = grads.method == "chain" or _all_logits_staged(net, outputs)
-    program = _program(net, grads, net.output.name == "softmax" and staged)
+    logits = _logits(net)
+    staged = logits is not None and (grads.method == "chain" or _all_logits_staged(net, outputs, logits))
+    program = _program(net, grads, logits if staged else None)
     targets = set(net.symbols("y"))
     flat_outputs = [[guard_target_ratios(e, targets) for e in M] for M in outputs]
     program = [(s, guard_target_ratios(e, targets)) for s, e in program]
@@ -422,8 +462,11 @@ def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
 
     The step is ``h = 1e-3 * max(0.01, |v|)`` (relative to the entry), refined once by Richardson extrapolation
     (``(4 D(h/2) - D(h)) / 3``, error O(h^4)). An entry whose perturbation moves a pre-activation across
-    a kink is listed in ``kink_crossings`` (its number is then not a derivative).
+    a kink is listed in ``kink_crossings`` (its number is then not a derivative). For a network of
+    layers, the forward is :func:`network_forward` and the kinks are those of each op's input.
     """
+    if isinstance(net, Network):
+        return _network_finite_differences(net, values, names)
     values = check_values(net, values)
     names = list(names or net.params + net.intermediates)
     base = forward_pass(net, values)
@@ -522,3 +565,288 @@ def error_exponent(error: float) -> int | None:
     if error <= 0:
         return ERROR_FLOOR
     return max(ERROR_FLOOR, math.floor(math.log10(error)) + 1)
+
+
+# --------------------------------------------------------------------------- networks of layers
+#
+# The engines for a :class:`symbp.layers.Network` read the op table only: each layer's ``numpy``
+# column (rows orientation, see :mod:`symbp.ops`) is the forward that finite differences perturb, its
+# ``torch`` column the forward that autograd differentiates, its ``kinks`` where a difference quotient
+# is not a derivative. Nothing here knows an op by its name.
+
+
+def _noop_stage(key, value):
+    return value
+
+
+def _layer_values(net, layer, rows, values):
+    """The arrays a layer's ``numpy`` column takes: its input (rows), parameters, extra inputs (rows)."""
+    P = {role: np.asarray(values[name], dtype=float) for role, name in layer.params.items()}
+    E = {key: rows[name] for key, name in layer.extra.items()}
+    return rows[layer.inp], P, E
+
+
+def network_forward(net: Network, values: dict, perturb: dict | None = None) -> dict:
+    """The NumPy forward pass of a network from each row's ``numpy`` column: every stage (in the
+    network's own orientation) and ``"L"``, the loss. ``perturb`` adds to stages as they are computed
+    (internal stages through the ``stage`` callback, so that what follows sees the moved value)."""
+    perturb = perturb or {}
+    rows = {name: _rows(net, np.asarray(values[name], dtype=float)) for name in ("x", "y", *net.masks)}
+
+    def moved(name, value):
+        value = np.asarray(value, dtype=float)
+        return value + _rows(net, np.asarray(perturb[name])) if name in perturb else value
+
+    with np.errstate(all="ignore"):
+        for layer in net.layers:
+            def stage(key, value, layer=layer):
+                name = layer.stages[key]
+                rows[name] = moved(name, value)
+                return rows[name]
+
+            X, P, E = _layer_values(net, layer, rows, values)
+            rows[layer.name] = moved(layer.name, layer.op.numpy(X, P, E, layer.cfg, stage))
+        y = rows["y"]
+        if net.fused and net.output_name not in perturb:
+            per_example = net.fused.numpy(rows[net.loss_stage], y)
+        else:
+            per_example = net.loss_row.numpy(rows[net.output_name], y)
+    total = per_example.sum()
+    out = {name: _rows(net, rows[name]) for name in net.intermediates}
+    out["L"] = total / per_example.size if net.batch and net.reduction == "mean" else total
+    return out
+
+
+def _network_kink_pattern(net, values, fwd):
+    """Which side of each kink every input of a kinked op is on (a list of boolean arrays)."""
+    pattern = []
+    for layer in net.layers:
+        for kink in layer.op.kinks:
+            inp = values["x"] if layer.inp == "x" else fwd[layer.inp]
+            pattern.append(np.asarray(inp) > kink)
+    return pattern
+
+
+def _network_min_kink_distance(net, values):
+    fwd = network_forward(net, values)
+    best = np.inf
+    for layer in net.layers:
+        for kink in layer.op.kinks:
+            inp = values["x"] if layer.inp == "x" else fwd[layer.inp]
+            best = min(best, float(np.min(np.abs(np.asarray(inp) - kink))))
+    return best
+
+
+def _random_network_values(net: Network, seed, margin) -> RandomPoint:
+    """:func:`random_values` for a network: ``x ~ N(0, 1)``; a parameter of shape ``(r, c)`` is
+    ``N(0, 1/c)`` (``N(0, 1)`` for a column such as a bias or gamma); each dropout mask 0/1 with about
+    a third dropped (at least one entry kept and, if it has two, one dropped); targets as for an MLP.
+    Then the inputs of every kinked op are moved ``margin`` off its kinks where the layer before has a
+    bias-like parameter: one whose entry ``i`` moves output feature ``i`` by exactly its own change,
+    found by trying it on the layer's ``numpy`` column (affine's ``b``, a norm's ``beta``); the input
+    ``x`` itself is moved entry by entry. What cannot be moved is listed in ``near_kinks``."""
+    rng = np.random.default_rng(seed)
+    values = {"x": rng.normal(size=net.shape("x"))}
+    for name in net.params:
+        rows, cols = net.shape(name)
+        values[name] = rng.normal(size=(rows, cols)) / (np.sqrt(cols) if cols > 1 else 1.0)
+    for name in net.masks:
+        mask = (rng.random(size=net.shape(name)) > 1 / 3).astype(float)
+        flat = mask.reshape(-1)
+        flat[0] = 1.0
+        if flat.size > 1:
+            flat[-1] = 0.0
+        values[name] = mask
+    values["y"] = _random_target(net, rng)
+    near = []
+    for layer in net.layers:
+        kinks = np.asarray(layer.op.kinks, dtype=float)
+        if kinks.size:
+            near += _clear_network_input(net, values, layer, kinks, margin)
+    return RandomPoint(values, near)
+
+
+def _bias_like(net, producer, values, rows):
+    """The parameter of layer ``producer`` that adds its entry ``i`` to output feature ``i`` (or None)."""
+    X, P, E = _layer_values(net, producer, rows, values)
+    with np.errstate(all="ignore"):
+        base = producer.op.numpy(X, P, E, producer.cfg, _noop_stage)
+        for role, name in producer.params.items():
+            if P[role].shape != (producer.n_out, 1):
+                continue
+            step = np.linspace(0.5, 1.5, producer.n_out).reshape(-1, 1)
+            moved = producer.op.numpy(X, dict(P, **{role: P[role] + step}), E, producer.cfg, _noop_stage)
+            if np.allclose(moved - base, np.broadcast_to(step.T, base.shape), rtol=1e-9, atol=1e-9):
+                return name
+    return None
+
+
+def _clear_network_input(net, values, layer, kinks, margin):
+    fwd = network_forward(net, values)
+    if layer.inp == "x":  # an input: move the entries themselves
+        x = values["x"]
+        for index in zip(*np.nonzero(_near(x, kinks, margin))):
+            column = x[index].reshape(1)
+            shift = _clearing_shift(column, kinks, margin)
+            x[index] += shift if shift is not None else 4 * margin
+        return [("x", tuple(int(i) for i in index)) for index in zip(*np.nonzero(_near(x, kinks, margin)))]
+    producer = net.layer_of(layer.inp)
+    rows = {name: _rows(net, np.asarray(v)) for name, v in fwd.items() if name != "L"}
+    rows.update({name: _rows(net, np.asarray(values[name])) for name in ("x", *net.masks)})
+    z = rows[layer.inp]
+    bias = _bias_like(net, producer, values, rows)
+    if bias is not None:
+        for i in np.nonzero(_near(z, kinks, margin).any(axis=0))[0]:
+            shift = _clearing_shift(z[:, i], kinks, margin)
+            if shift is not None:
+                values[bias][i, 0] += shift
+        z = _rows(net, network_forward(net, values)[layer.inp])
+    return [(layer.inp, (int(n), int(i)) if net.batch else (int(i), 0))
+            for n, i in zip(*np.nonzero(_near(z, kinks, margin)))]
+
+
+def _network_finite_differences(net: Network, values: dict, names=None) -> FiniteDifferences:
+    values = check_values(net, values)
+    names = list(names or net.params + net.intermediates)
+    base = network_forward(net, values)
+    pattern = _network_kink_pattern(net, values, base)
+    result = FiniteDifferences({})
+    for name in names:
+        is_param = name in net.params
+        point = values[name] if is_param else base[name]
+        grad = np.zeros(net.shape(name))
+        for index in np.ndindex(*grad.shape):
+            h = 1e-3 * max(1e-2, abs(point[index]))
+
+            def loss_at(step):
+                delta = np.zeros(grad.shape)
+                delta[index] = step
+                if is_param:
+                    moved = dict(values, **{name: values[name] + delta})
+                    fwd = network_forward(net, moved)
+                else:
+                    moved, fwd = values, network_forward(net, values, perturb={name: delta})
+                after = _network_kink_pattern(net, moved, fwd)
+                return fwd["L"], any(np.any(p != q) for p, q in zip(pattern, after))
+
+            samples = {s: loss_at(s) for s in (h, -h, h / 2, -h / 2)}
+            if any(crossed for _, crossed in samples.values()):
+                result.kink_crossings.append((name, index))
+            d1 = (samples[h][0] - samples[-h][0]) / (2 * h)
+            d2 = (samples[h / 2][0] - samples[-h / 2][0]) / h
+            grad[index] = (4 * d2 - d1) / 3
+        result.gradients[name] = grad
+    return result
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_gradients(net: Network, values: dict) -> dict:
+    """dL/dV for every parameter and stage by torch autograd (float64) through each row's ``torch``
+    column; internal stages and outputs keep their gradients (``retain_grad``); an internal stage the
+    torch form does not compute through ``stage`` (a fused ``layer_norm``) has none here. The loss's derivative
+    d(loss)/d(output) is the loss row's own NumPy form (``numpy_grad``), fed to ``backward``: the engine
+    checks the ops. A :class:`SymbpError` when torch is missing or an op has no torch form (a custom
+    activation)."""
+    try:
+        import torch
+    except ImportError:
+        raise SymbpError("torch is not installed: pip install 'symbp[torch]'") from None
+    values = check_values(net, values)
+
+    def tensor(array):
+        return torch.tensor(np.ascontiguousarray(array), dtype=torch.float64)
+
+    leaves = {name: tensor(values[name]).requires_grad_() for name in net.params}
+    rows = {"x": tensor(_rows(net, values["x"])).requires_grad_()}
+    rows.update({name: tensor(_rows(net, values[name])) for name in net.masks})
+    for layer in net.layers:
+        if layer.op.torch is None:
+            raise SymbpError(f"{layer.label}: the op has no torch form")
+
+        def stage(key, t, layer=layer):
+            if t.requires_grad:
+                t.retain_grad()
+            rows[layer.stages[key]] = t
+            return t
+
+        P = {role: leaves[name] for role, name in layer.params.items()}
+        E = {key: rows[name] for key, name in layer.extra.items()}
+        out = layer.op.torch(rows[layer.inp], P, E, layer.cfg, stage)
+        if out is None:
+            raise SymbpError(f"{layer.label}: the op has no independent torch form")
+        out.retain_grad()
+        rows[layer.name] = out
+    a = rows[net.output_name]
+    y = _rows(net, values["y"])
+    scale = 1.0 / y.shape[0] if net.batch and net.reduction == "mean" else 1.0
+    with np.errstate(all="ignore"):
+        upstream = scale * net.loss_row.numpy_grad(a.detach().numpy(), y)
+    a.backward(gradient=tensor(upstream))
+    grads = {name: leaves[name].grad.numpy().copy() for name in net.params}
+    for name in net.intermediates:
+        if name not in rows:
+            continue  # an internal stage the torch form does not compute (F.layer_norm's mean)
+        g = rows[name].grad
+        g = np.zeros(rows[name].shape) if g is None else g.numpy().copy()
+        grads[name] = _rows(net, g)
+    return grads
+
+
+@dataclass
+class NetworkCheck:
+    """The lambdified gradients of a network at a random point against the reference engines.
+
+    ``finite_differences`` is the max abs error against central differences of the NumPy forward
+    (entries whose perturbation crosses a kink left out: ``kink_crossings`` of them); ``torch`` against
+    torch autograd, or None with ``torch_skipped`` saying why (torch missing, an op without a torch
+    form)."""
+
+    values: dict
+    got: dict
+    finite_differences: float | None
+    kink_crossings: int
+    torch: float | None
+    torch_skipped: str = ""
+
+    @property
+    def worst(self) -> float:
+        errors = [e for e in (self.finite_differences, self.torch) if e is not None]
+        return math.nan if any(not math.isfinite(e) for e in errors) else max(errors)
+
+
+def check_network(net: Network, grads: Gradients, seed=0, *, values=None, fn=None,
+                  finite_differences: bool = True) -> NetworkCheck:
+    """``lambdify(net, grads)`` at ``random_values(net, seed)`` (or ``values``) against both reference
+    engines: finite differences of :func:`network_forward` and :func:`torch_gradients`.
+    ``finite_differences=False`` leaves the first out (``None``): four forward passes per
+    entry are minutes for tens of thousands of parameters.
+
+    >>> import symbp
+    >>> net = symbp.layers.network([{"op": "affine", "out": 3}, {"op": "layernorm"}, {"op": "relu"},
+    ...                             {"op": "affine", "out": 2}], input=2, batch=2, loss="mse")
+    >>> check = check_network(net, symbp.derive(net), 0)
+    >>> check.finite_differences < 1e-7, check.kink_crossings
+    (True, 0)
+    """
+    if not isinstance(net, Network):
+        raise SymbpError(f"check_network: expected a network of layers, got {type(net).__name__}")
+    values = values if values is not None else random_values(net, seed)
+    fn = fn or lambdify(net, grads)
+    got = fn(**values)
+    if grads.layout == "numerator":
+        got = {n: v.T for n, v in got.items()}
+    fd_error, crossings = (_network_finite_differences(net, values).max_abs_error(got) if finite_differences
+                           else (None, 0))
+    torch_error, skipped = None, ""
+    try:
+        torch_error = max_abs_error(got, torch_gradients(net, values))
+    except SymbpError as error:
+        skipped = str(error)
+    return NetworkCheck(values, got, fd_error, crossings, torch_error, skipped)

@@ -180,7 +180,8 @@ ACTIVATIONS: Mapping[str, Activation] = {
                     lambda z: np.ones_like(z), textbook="1"),
         _activation("gelu", r"\operatorname{GELU}", F.gelu, np_gelu, np_gelu_derivative,
                     note=r"\operatorname{GELU}(z) = \tfrac{z}{2} \bigl(1 + \operatorname{erf}(z / \sqrt{2})\bigr) "
-                         r"(the exact form, as PyTorch's default)"),
+                         r"(the exact form, as PyTorch's default)",
+                    textbook="((1 + erf(z / sqrt(2))) / 2 + z * exp(-(z ** 2) / 2) / sqrt(2 * pi))"),
         _activation("silu", r"\operatorname{SiLU}", F.silu, lambda z: z * np_sigmoid(z),
                     lambda z: np_sigmoid(z) * (1 + z * (1 - np_sigmoid(z))),
                     note=r"\operatorname{SiLU}(z) = z \, \sigma(z)",

@@ -32,5 +32,5 @@ def test_wrong_types_are_symbp_errors(net):
         net.shape(5)
     with pytest.raises(SymbpError, match="unknown variable 'W9'; this network has x, y, W1"):
         net.shape("W9")
-    with pytest.raises(SymbpError, match="derive: expected a symbp.MLP, got str"):
+    with pytest.raises(SymbpError, match="derive: expected a symbp.MLP or symbp.network, got str"):
         symbp.derive("x")

@@ -303,7 +303,7 @@ def test_derive_document_errors_are_one_line_and_write_nothing(tmp_path, capsys,
 # --------------------------------------------------------------------------- compiled with pdflatex
 
 
-def random_configs(count=6, seed=4):
+def random_configs(count=8, seed=4):
     """Random networks, 1 to 4 layers, every activation, single and batch (deterministic)."""
     rng = random.Random(seed)
     pairs = [("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "mse"),

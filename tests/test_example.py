@@ -111,7 +111,7 @@ def test_every_cell_matches_numpy_backprop(config):
         assert np.allclose(got, reference[name], rtol=1e-8, atol=1e-11), name
     # the 40-digit shadow is the exact value, evaluated (checked where the exact forms are small)
     small = [c for c in ex.cells if sp.count_ops(c.value) <= 60]
-    assert len(small) >= min(10, len(ex.cells))
+    assert {c.label for c in small} >= {c.label for c in ex.cells if c.name == "z1"}  # rational: always small
     for c in small:
         assert abs(sp.N(c.value - c.approx, 40)) < sp.Float("1e-30"), c.label
 

@@ -86,3 +86,7 @@ class Op:
     kinks: tuple = ()
     note: str = ""  # the convention it follows, for documents
     activation: object = None  # the registry row of an entry-wise op
+    #: The forward as NumPy source, for ``symbp.compile``: ``(Context, show) -> ["name = expression", ...]``,
+    #: one assignment per internal stage (in the order of ``stages``) and last the output, in the
+    #: network's own orientation (as ``backward``); ``show`` prints a SymPy expression as NumPy code.
+    code: Callable | None = None

@@ -9,6 +9,7 @@ attention giving the entries above the diagonal weight 0.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -58,6 +59,18 @@ def _affine_shape(role, cfg, n_in):
     return (cfg["out"], n_in) if role == "W" else (cfg["out"], 1)
 
 
+def _affine_code(c: Context):
+    W, b = c.params["W"], c.params.get("b")
+    if c.batch:
+        return [f"{c.out} = {c.inp} @ {W}.T" + (f" + {b}.T" if b else "")]
+    return [f"{c.out} = {W} @ {c.inp}" + (f" + {b}" if b else "")]
+
+
+def _float(value) -> str:
+    """An exact number as a float literal of generated code: ``1/100000`` as ``1e-05``."""
+    return repr(float(value))
+
+
 def _positive_width(cfg, n_in, batch):
     out = cfg["out"]
     if isinstance(out, bool) or not isinstance(out, int) or out < 1:
@@ -70,6 +83,7 @@ AFFINE = Op(
     _affine_backward, r"\operatorname{affine}", params=("W", "b"), fields={"out": REQUIRED, "bias": True},
     prefix="z", width=lambda cfg, n_in: cfg["out"], param_shape=_affine_shape, check=_positive_width,
     torch=lambda X, P, E, cfg, stage: X @ P["W"].T + (P["b"].T if "b" in P else 0.0),
+    code=lambda c, show: _affine_code(c),
 )
 
 
@@ -94,9 +108,31 @@ def activation_op(row) -> Op:
             return {}
         return {c.inp: f"d{c.out}" if derivative == "1" else f"d{c.out} * {derivative}"}
 
+    def code(c: Context, show):
+        return [f"{c.out} = {show(row.sympy(sp.Symbol(c.inp, real=True)))}"]
+
     return Op(row.name, f"{row.name} entry by entry", forward, numpy, backward, row.latex, prefix="a",
               kinks=tuple(row.kinks), note=row.note, activation=row,
-              torch=_torch_activation(row))
+              torch=_torch_activation(row), code=code)
+
+
+def skip_activation_op(row) -> Op:
+    """An entry-wise activation with a skip connection added in the same stage, ``a = f(z) + from``:
+    the residual hidden layer of :class:`symbp.MLP` (``residual=True``), whose names keep ``a_l`` for the
+    sum. A network of layers writes the same with an ``add`` layer."""
+    plain = activation_op(row)
+
+    def backward(c: Context):
+        derivative = activation_derivative_text(row, c.inp, None)
+        claims = {c.extra["from"]: f"d{c.out}"}
+        if derivative is not None:
+            claims[c.inp] = f"d{c.out}" if derivative == "1" else f"d{c.out} * {derivative}"
+        return claims
+
+    return replace(plain, summary=f"{row.name} entry by entry, plus a skip connection",
+                   forward=lambda X, P, E, cfg, stage: X.applyfunc(row.sympy) + E["from"],
+                   numpy=lambda X, P, E, cfg, stage: row.numpy(X) + E["from"], backward=backward,
+                   fields={"from": REQUIRED}, extra=("from",), torch=None)
 
 
 def activation_derivative_text(row, z: str, a: str | None) -> str | None:
@@ -156,6 +192,7 @@ SOFTMAX = Op(
     prefix="a", torch=lambda X, P, E, cfg, stage: __import__("torch").softmax(X, dim=1),
     mistakes=lambda c: (("softmax-as-entry-wise", {c.inp: f"d{c.out} * {c.out} * (1 - {c.out})"}),),
     note=r"its Jacobian is \operatorname{diag}(a) - a a^{T}, per example",
+    code=lambda c, show: [f"{c.out} = softmax({c.inp}, axis={c.features})"],
 )
 
 
@@ -228,6 +265,20 @@ def _norm_mistakes(c: Context, axis: int, what: str):
             (f"{what}-without-the-variance-term", {c.inp: f"({g} - mean({g}, axis={axis})) / {std}"}))
 
 
+def _norm_code(c: Context, axis: int):
+    """A normalisation over ``axis`` as code: its mean, its biased variance, the output."""
+    mean, var = c.stages["mean"], c.stages["var"]
+    gamma, beta = c.params.get("gamma"), c.params.get("beta")
+    out = f"({c.inp} - {mean}) / np.sqrt({var} + {_float(c.cfg['eps'])})"
+    if gamma:
+        out += f" * {c.as_feature(gamma)}"
+    if beta:
+        out += f" + {c.as_feature(beta)}"
+    return [f"{mean} = np.mean({c.inp}, axis={axis}, keepdims=True)",
+            f"{var} = np.mean(({c.inp} - {mean}) ** 2, axis={axis}, keepdims=True)",
+            f"{c.out} = {out}"]
+
+
 def _check_eps(cfg, n_in, batch):
     eps = cfg["eps"]
     if not isinstance(eps, Fraction) or eps <= 0:
@@ -243,6 +294,7 @@ LAYERNORM = Op(
     param_shape=_gamma_beta_shape, check=_check_eps, torch=_layernorm_torch,
     mistakes=lambda c: _norm_mistakes(c, c.features, "layernorm"),
     note=r"over the features of each example, with the biased variance (as PyTorch)",
+    code=lambda c, show: _norm_code(c, c.features),
 )
 
 
@@ -279,6 +331,9 @@ RMSNORM = Op(
                          {c.inp: f"(d{c.out} * {c.as_feature(c.params['gamma'])}) / sqrt({c.stages['ms']} + "
                                  f"{c.num(c.cfg['eps'])})"}),),
     note=r"over the features of each example",
+    code=lambda c, show: [
+        f"{c.stages['ms']} = np.mean({c.inp} ** 2, axis={c.features}, keepdims=True)",
+        f"{c.out} = {c.inp} / np.sqrt({c.stages['ms']} + {_float(c.cfg['eps'])}) * {c.as_feature(c.params['gamma'])}"],
 )
 
 
@@ -324,6 +379,7 @@ BATCHNORM = Op(
     param_shape=_gamma_beta_shape, check=_check_batchnorm, torch=_batchnorm_torch,
     mistakes=lambda c: _norm_mistakes(c, 0, "batchnorm"),
     note=r"training mode: the mean and biased variance of each feature over the batch (as PyTorch)",
+    code=lambda c, show: _norm_code(c, 0),
 )
 
 
@@ -346,6 +402,7 @@ DROPOUT = Op(
     check=_check_dropout, torch=lambda X, P, E, cfg, stage: X * E["mask"] / (1.0 - float(cfg["p"])),
     mistakes=lambda c: (("dropout-without-the-scale", {c.inp: f"d{c.out} * {c.extra['mask']}"}),),
     note=r"the mask is an input, as x: kept entries are scaled by 1/(1 - p) (as PyTorch in training mode)",
+    code=lambda c, show: [f"{c.out} = {c.inp} * {c.extra['mask']} / {_float(1 - c.cfg['p'])}"],
 )
 
 ADD = Op(
@@ -356,6 +413,7 @@ ADD = Op(
     torch=lambda X, P, E, cfg, stage: X + E["from"],
     mistakes=lambda c: (("residual-without-the-skip-term", {c.extra["from"]: "0 * " + f"d{c.out}"}),),
     note=r"the skip connection passes the upstream gradient on unchanged: the +1 of ResNet",
+    code=lambda c, show: [f"{c.out} = {c.inp} + {c.extra['from']}"],
 )
 
 
@@ -430,6 +488,19 @@ def _attention_torch(X, P, E, cfg, stage):
     return A @ V
 
 
+def _attention_code(c: Context):
+    s, p = c.stages, c.params
+    lines = [f"{s[key]} = {c.inp} @ {p[w]}.T" for key, w in (("Q", "Wq"), ("K", "Wk"), ("V", "Wv"))]
+    scores = f"{s['Q']} @ {s['K']}.T / np.sqrt({c.cfg['dk']})"
+    if c.cfg["causal"]:
+        keep = f"np.tri({c.inp}.shape[0], dtype=bool)"
+        lines += [f"{s['S']} = np.where({keep}, {scores}, 0.0)",
+                  f"{s['P']} = softmax(np.where({keep}, {s['S']}, -np.inf), axis=1)"]
+    else:
+        lines += [f"{s['S']} = {scores}", f"{s['P']} = softmax({s['S']}, axis=1)"]
+    return lines + [f"{c.out} = {s['P']} @ {s['V']}"]
+
+
 def _attention_backward(c: Context):
     s = c.stages
     root = f"sqrt({c.cfg['dk']})"
@@ -460,6 +531,7 @@ ATTENTION = Op(
     prefix="att", width=lambda cfg, n_in: cfg["dk"], param_shape=_attention_shape, check=_check_attention,
     torch=_attention_torch, mistakes=_attention_mistakes,
     note=r"one head; rows are tokens; causal attention gives the entries above the diagonal weight 0",
+    code=lambda c, show: _attention_code(c),
 )
 
 
