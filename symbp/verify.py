@@ -635,33 +635,8 @@ def _exact_base(net, rng, *, unit_rows: bool):
     return base
 
 
-def _network_values(net, seed) -> dict:
-    """Random float64 inputs, parameters, targets and 0/1 masks for a network of layers (the numeric
-    tier and code claims): ``x ~ N(0, 1)``, a weight of ``in`` columns ``~ N(0, 1 / in)``, other
-    parameters ``~ N(0, 1)``; targets by the loss (rows summing to 1 under a fused pair's side
-    condition, entries in (0, 1) for a loss that takes logs, normal numbers otherwise)."""
-    rng = np.random.default_rng(seed)
-    values = {"x": rng.normal(size=net.shape("x"))}
-    for name in net.params:
-        r, c = net.shape(name)
-        values[name] = rng.normal(size=(r, c)) / (np.sqrt(c) if c > 1 else 1.0)
-    rows = net.shape("y") if net.batch else net.shape("y")[::-1]
-    if net.fused and net.fused.side_condition:
-        y = rng.dirichlet(np.ones(rows[1]), size=rows[0])
-    elif net.loss_row.needs_unit_interval:
-        y = rng.uniform(0.05, 0.95, size=rows)
-    else:
-        y = rng.normal(size=rows)
-    values["y"] = y if net.batch else y.T
-    for name in net.masks:
-        values[name] = rng.integers(0, 2, size=net.shape(name)).astype(float)
-    return values
-
-
 def _random_values(net, seed):
-    if isinstance(net, Network):
-        return _network_values(net, seed)
-    from .numeric import random_values
+    from .numeric import random_values  # an MLP or a network of layers; masks 0/1, kinks moved off
 
     return random_values(net, seed)
 
