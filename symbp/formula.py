@@ -738,8 +738,10 @@ def formula_text(expr, z) -> str | None:
             return None
         inner = formula_text(expr.args[0], z)
         return None if inner is None else f"step({inner})"
+    if expr is sp.pi:
+        return "pi"
     names = {F.relu: "relu", F.leaky_relu: "leaky_relu", F.sigmoid: "sigmoid", F.softplus: "softplus",
-             sp.exp: "exp", sp.log: "log", sp.tanh: "tanh"}
+             sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", sp.cosh: "cosh"}
     if expr.func in names:
         inner = formula_text(expr.args[0], z)
         return None if inner is None else f"{names[expr.func]}({inner})"

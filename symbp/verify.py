@@ -38,7 +38,14 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     difference at the frozen point is a difference of the real functions; ``dz1 + 1e-10`` or
     ``dz3 @ a2.T * 1.0000000001`` fails, with the element. (The premise holds for every registry row; a
     custom activation written with ``exp`` of two unrelated multiples of ``x``, such as ``exp(x/2)``,
-    is the exception.) Only a claim with a frozen function of its own, whose mismatch may come from an
+    is the exception.) A fractional power is frozen consistently: ``v ** (p/q)`` is ``r ** p`` for one random
+    ``r`` per ``(v, q)``, so a norm's ``sqrt(var + eps)`` in a claim and SymPy's ``(var + eps) ** (-3/2)``
+    in the truth agree exactly; what is lost is ``r ** q = v``. A network whose forward pass takes one
+    (layer norm, RMSNorm, batch norm, attention's ``sqrt(dk)`` for a ``dk`` that is not a square, GELU's
+    ``sqrt(2)``) has that relation among its own values, which a claim could use without a frozen function
+    of its own (``xhat / (var + eps)`` for ``xhat / std ** 2``): there an exact mismatch refutes nothing,
+    and the float tier decides (an exact *agreement* is still a proof). Attention's ``exp`` of its scores
+    is frozen like softmax's, with the rows of its weights summing to 1 exactly. Only a claim with a frozen function of its own, whose mismatch may come from an
     identity the freezing does not see (``exp(a + b) = exp(a) exp(b)``, the shift invariance of
     softmax), goes to the float tier: both sides in multi-precision floats (:class:`MpField`) at
     random points away from kinks, with ``NUMERIC_DIGITS`` (30) digits plus the digits of the claim's
@@ -46,6 +53,12 @@ gradient ``dL/dU``, taken from :func:`symbp.derive`, the ground truth):
     visible. Agreement to within ``10 ** -(digits - 10)``, relative to the truth's largest entry, is
     ``holds`` with method ``numeric`` and a detail saying it is a float judgement, with its tolerance;
     anything else fails.
+
+Networks of layers (:mod:`symbp.layers`) are judged the same way, reading the op table only: the kinks
+are those of each layer's op (``op.kinks``) at its input, dropout masks are drawn 0/1 (exact and float),
+targets are drawn by the loss (in (0, 1) for a loss that takes logs), the outputs of layers without
+parameters or stages are replaced by their definitions in the symbolic tier, and code claims get the
+masks among their values.
 
 A failing claim gets a diagnosis, each one *verified* (the corrected claim must hold, exactly):
 ``transposed`` (``C.T`` holds), ``sign`` (``-C`` holds), ``scaled`` (``factor * C`` holds; ``factor`` =
@@ -58,12 +71,17 @@ expressions there. A corrected claim that holds only under the side condition li
 result's ``assumptions``. A claim whose operands' shapes do not fit (``W2 @ dz2``; the parser's
 :class:`~symbp.formula.FormulaError` with ``kind == "shape"``) fails too, with ``transposed`` and the
 fix (``write W2.T @ dz2``) when transposing operands, or the whole, makes it hold, else ``shape``.
+In a network of layers a failing claim that equals (at the same tiers) one of the wrong claims of its
+layer's row (``op.mistakes``, assembled as :func:`textbook` assembles, so a residual without its skip
+term is the sum of the other contributions) is named after that mistake first, with ``factor`` kept when
+it is a scaling (``attention-without-the-scale``: 1/sqrt(dk), from the float points when frozen).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from dataclasses import field as _field
@@ -79,6 +97,7 @@ from .exact import frozen_zero
 from .expression import MAX_DECIMAL_EXPONENT, MAX_POWER
 from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
+from .layers import Network
 from .network import MLP
 from .registry import real_zeros
 
@@ -86,9 +105,13 @@ VERDICTS = ("holds", "fails", "error")
 METHODS = ("symbolic", "exact-random", "numeric")
 DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "extra-activation-derivative", "shape",
              "other")
+#: A network of layers also names a failing claim after its row's mistake (``op.mistakes``), e.g.
+#: ``layernorm-statistics-as-constants``: the names come from the op table, not from this list.
 
 #: Targets with at most this many entries are tried symbolically first.
 SYMBOLIC_LIMIT = 64
+#: The resolved symbolic stage is skipped when an entry of the difference has more operations.
+RESOLVED_ENTRY_LIMIT = 400
 EXACT_POINTS = 3
 EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
 NUMERIC_DIGITS = 30  # the float tier's working precision (decimal digits) before the claim's own numbers
@@ -267,10 +290,16 @@ class ExactField(Semantics):
         return Fraction(1) if v > 0 else (Fraction(0) if v < 0 else at_zero)
 
     def power(self, v, exponent):
+        """``v ** (p/q)`` as ``r ** p`` with ``r`` one random positive rational per ``(v, q)`` standing for
+        ``v ** (1/q)``: ``sqrt(u) ** -3`` and ``u ** (-3/2)`` (SymPy's derivative of a norm) agree, as the
+        real ones do (only ``r ** q = v`` is lost: see the module docstring)."""
         exponent = Fraction(exponent)
         if exponent.denominator == 1:
             return v ** int(exponent)
-        return self._atom(("pow", v, exponent), self._unit)
+        if v == 0 and exponent > 0:
+            return Fraction(0)
+        root = self._atom(("root", v, exponent.denominator), self._unit)
+        return root ** exponent.numerator
 
     def other(self, name, args):
         """Any other function application: a random rational per (name, arguments)."""
@@ -505,11 +534,12 @@ class _Point:
             for stage in net.stages:
                 for s, e in zip(stage.symbols, stage.local):
                     env[s] = _value(e, env, field)
-                layer = stage.layer
-                if stage.name[0] == "z" and layer < net.L and net.hidden[layer - 1].kinks:
-                    for s in stage.symbols:
-                        if any(env[s] == k for k in net.hidden[layer - 1].kinks):
-                            raise _Redraw
+            for name, kinks in _kinked(net).items():
+                for s in net.symbols(name):
+                    if any(env[s] == k for k in kinks):
+                        raise _Redraw
+            # the forward froze a fractional power (a norm's sqrt(var + eps)): r ** q = v is lost for it
+            self.roots = any(key[0] == "root" for key in getattr(field, "atoms", ()))
             for s, e in grads.definitions:
                 env[s] = _value(e, env, field)
         except (ZeroDivisionError, OverflowError, ValueError):
@@ -548,6 +578,28 @@ class _Point:
         return self["d" + target]
 
 
+def _kinked(net) -> dict:
+    """The variables whose entries sit at a kink of the op that reads them: ``{name: kinks}`` (an MLP's
+    hidden ``z_l``; in a network of layers, the input of every layer whose op has kinks)."""
+    if isinstance(net, Network):
+        out = {}
+        for layer in net.layers:
+            if layer.op.kinks:
+                out[layer.inp] = tuple(out.get(layer.inp, ())) + tuple(layer.op.kinks)
+        return out
+    return {f"z{l}": net.hidden[l - 1].kinks for l in range(1, net.L) if net.hidden[l - 1].kinks}
+
+
+def _substituted(net) -> set:
+    """The stages whose symbols the symbolic tier and the kink check replace by their definitions: an
+    MLP's ``a_l``; in a network of layers, the outputs of the layers whose op has no parameters and no
+    internal stages (an activation, softmax, dropout, add), whose claims use them (``a1 * (1 - a1)``)
+    where the derivation has ``sigmoid(z1)``."""
+    if isinstance(net, Network):
+        return {layer.name for layer in net.layers if not layer.params and not layer.stages}
+    return {stage.name for stage in net.stages if stage.name[0] == "a"}
+
+
 def _scalar_array(value):
     out = np.empty((1, 1), dtype=object)
     out[0, 0] = value
@@ -568,21 +620,29 @@ def _exact_base(net, rng, *, unit_rows: bool):
         base[name] = np.array([[rational() for _ in range(c)] for _ in range(r)], dtype=object)
     r, c = net.shape("y")
     y = np.empty((r, c), dtype=object)
+    unit = net.loss_row.needs_unit_interval  # targets in (0, 1) for a loss that takes logs
     for i in range(r):
         for j in range(c):
-            y[i, j] = Fraction(rng.randint(1, D - 1), D) if net.loss_row.name != "mse" else rational()
+            y[i, j] = Fraction(rng.randint(1, D - 1), D) if unit else rational()
     if unit_rows:
         rows = y if net.batch else y.T
         for row in rows:
             row[-1] = 1 - sum(row[:-1])
     base["y"] = y
+    for name in getattr(net, "masks", ()):  # dropout masks: 0/1, as the real ones
+        r, c = net.shape(name)
+        base[name] = np.array([[Fraction(rng.randint(0, 1)) for _ in range(c)] for _ in range(r)], dtype=object)
     return base
 
 
-def _float_base(net, seed):
-    from .numeric import random_values
+def _random_values(net, seed):
+    from .numeric import random_values  # an MLP or a network of layers; masks 0/1, kinks moved off
 
-    values = random_values(net, seed)
+    return random_values(net, seed)
+
+
+def _float_base(net, seed):
+    values = _random_values(net, seed)
     out = {}
     for name, array in values.items():
         obj = np.empty(array.shape, dtype=object)
@@ -672,11 +732,13 @@ class _Judge:
         return None
 
     def _forward(self):
-        """Each ``a_l`` symbol -> its definition in the ``z`` symbols (``relu(z1_0_0)``...)."""
+        """Each ``a_l`` symbol -> its definition in the ``z`` symbols (``relu(z1_0_0)``...); in a network
+        of layers, the output of every layer without parameters or stages of its own (activations,
+        softmax, dropout, add: :func:`_substituted`)."""
         if self._forward_cache is None:
-            forward = {}
+            forward, names = {}, _substituted(self.net)
             for stage in self.net.stages:
-                if stage.name[0] == "a":
+                if stage.name in names:
                     forward.update(zip(stage.symbols, stage.local.xreplace(forward)))
             self._forward_cache = forward
         return self._forward_cache
@@ -816,10 +878,7 @@ class _Judge:
         """(proved, assumption) by the frozen-function test; ``proved`` False means undecided."""
         net = self.net
         if self._symbolic_cache is None:
-            forward = {}
-            for stage in net.stages:
-                if stage.name[0] == "a":
-                    forward.update(zip(stage.symbols, stage.local.xreplace(forward)))
+            forward = self._forward()
             y_sub = {}
             if self.side:
                 y = net.symbols("y")
@@ -838,8 +897,9 @@ class _Judge:
                 if _powers_a_gradient(node, self.grads):  # cancel() of a power of a resolved gradient runs for minutes
                     return False, None
                 diffs = [d.xreplace(self.grads.resolved()) for d in diffs]
-                if sum(sp.count_ops(d) for d in diffs) > 4000:
-                    return False, None
+                sizes = [sp.count_ops(d) for d in diffs]
+                if sum(sizes) > 4000 or max(sizes) > RESOLVED_ENTRY_LIMIT:  # cancel() grows fast with the
+                    return False, None  # atoms: 650 operations with attention's exps took 25 s an entry
             ds = [d.xreplace(forward) for d in diffs]
             if all(frozen_zero(d) for d in ds):
                 return True, None
@@ -880,7 +940,8 @@ class _Judge:
                 assumption = self.side
             return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
                           detail=f"assuming {assumption}" if assumption else "")
-        if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None:
+        if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None \
+                and not mismatch[0].roots:
             return self.diagnose(target, claim_text, node, mismatch)  # refuted: no float judgement overrules it
         float_kind = "float" if self.side else "float-general"  # targets summing to 1 only under the side condition
         if self.numeric_close(node, target, float_kind):
@@ -890,6 +951,9 @@ class _Judge:
                 why = f"dL/d{target} is zero at most exact random points"
             elif mismatch[1] is None:
                 why = "the claim is undefined at an exact random point"
+            elif self.frozen_part(node) is None:
+                why = "the forward pass takes a fractional power (a norm's sqrt), whose frozen value r cannot " \
+                      "see r ** 2 = v"
             else:
                 why = f"the exact tier differs only through {self.frozen_part(node)}, whose frozen values cannot " \
                       "see identities such as exp(a + b) = exp(a) exp(b)"
@@ -953,16 +1017,93 @@ class _Judge:
                 result.diagnosis = "shape"
                 result.detail = f"claim has shape {node.shape}, dL/d{target} has shape {shape}"
             return result
-        for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
-            if self.holds_exactly(variant, target):
-                result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
-                self.condition(result, variant, target)
+        for name, text, wrong in self.mistakes(target):
+            if self.agrees(node, wrong, target):
+                factor = self.ratio(node, target)
+                factor = self.float_ratio(node, target) if factor is None else float(factor)
+                result.diagnosis, result.factor = name, (factor if factor not in (None, 0, 1, -1) else None)
+                result.detail = f"it equals the backward of the row's mistake {name}: {text}"
+                if result.factor is not None:
+                    result.detail += f" (the truth is {result.factor:.12g} times it)"
                 break
         else:
-            result.detail = "no usual mistake explains it"
+            for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
+                if self.holds_exactly(variant, target):
+                    result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+                    self.condition(result, variant, target)
+                    break
+            else:
+                result.detail = "no usual mistake explains it"
         if mismatch is not None and mismatch[1] is not None:
             self.locate(result, node, target, mismatch)
         return result
+
+    def mistakes(self, target):
+        """``[(name, text, node)]``: the wrong claims for ``target`` that the rows' ``mistakes`` give,
+        each assembled as the textbook is with that layer's contributions replaced by the mistake's
+        (a residual without its skip term is the sum of the other contributions)."""
+        net = self.net
+        if not isinstance(net, Network):
+            return []
+        out = []
+        for layer in net.layers:
+            for name, claims in layer.op.mistakes(layer.context(net)):
+                if target not in claims:
+                    continue
+                text = _network_textbook(net, replace=(layer.position, claims)).get(target)
+                try:
+                    out.append((name, text, parse(text, net)))
+                except FormulaError:  # pragma: no cover - a row's mistake the language cannot read
+                    continue
+        return out
+
+    def agrees(self, node, other, target):
+        """Whether claims ``node`` and ``other`` are equal, judged as a claim is against the truth: equal
+        at every exact point is equal; an exact difference refutes unless a frozen value is involved (a
+        frozen function of either, a fractional power of the forward), then the float points decide."""
+        if node.shape != other.shape:
+            return False
+        points = self.exact_points(target, self.exact_kinds()[0])
+        if not points:
+            return False
+        for point in points:
+            a, b = self.values(node, point), self.values(other, point)
+            if a is None or b is None or bool(np.any(a != b)):
+                break
+        else:
+            return True
+        if a is not None and b is not None and not point.roots and \
+                self.frozen_part(node) is None and self.frozen_part(other) is None:
+            return False
+        dps = max(numeric_digits(node), numeric_digits(other))
+        points = self.float_points(target, "float" if self.side else "float-general", dps)
+        for point in points:
+            a, b = self.values(node, point), self.values(other, point)
+            mp = point.field.mp
+            if a is None or b is None or not all(mp.isfinite(v) for v in [*a.reshape(-1), *b.reshape(-1)]):
+                return False
+            scale = max(abs(v) for v in b.reshape(-1))
+            if max(abs(u - v) for u, v in zip(a.reshape(-1), b.reshape(-1))) > mp.mpf(10) ** -(dps - NUMERIC_SLACK) * scale:
+                return False
+        return bool(points)
+
+    def float_ratio(self, node, target):
+        """truth / claim as a float when it is one number (to 1e-20) at every nonzero entry of the
+        float points (a factor such as 1/sqrt(dk), frozen in the exact field), else None."""
+        ratios = []
+        for point in self.float_points(target, "float" if self.side else "float-general"):
+            got, truth = self.values(node, point), point.truth(target)
+            if got is None:
+                return None
+            for g, t in zip(got.reshape(-1), truth.reshape(-1)):
+                if g == 0:
+                    if t != 0:
+                        return None
+                    continue
+                ratios.append(t / g)
+        if not ratios or any(abs(r - ratios[0]) > 1e-20 * abs(ratios[0]) for r in ratios):
+            return None
+        return float(ratios[0])
 
     def condition(self, result, fixed, target):
         """If the corrected claim ``fixed`` holds only under the side condition (the exact points
@@ -1016,27 +1157,26 @@ class _Judge:
         name = "missing-activation-derivative"
         subtrees = list(_subtrees(node))
         for path, sub in subtrees:
-            for layer, (mask, text) in self.masks.items():
+            for where, (mask, text) in self.masks.items():
                 if mask.shape == sub.shape and sub.op not in ("number", "size", "const", "ones"):
                     fixed = Node("mul", (sub, mask), sub.shape)
-                    yield name, _replace(node, path, fixed), f"multiplied by {text} (f'(z{layer})) at " \
+                    yield name, _replace(node, path, fixed), f"multiplied by {text} (f'({where})) at " \
                         f"'{sub}' it holds", None
         output = self.output_derivative()
         if output is not None:
-            template, text = output
-            L = self.net.L
+            template, text, out, where, op_name = output
             for path, sub in subtrees:
-                if sub.shape == self.net.shape(f"a{L}") and sub.op not in ("number", "size", "const", "ones"):
+                if sub.shape == self.net.shape(out) and sub.op not in ("number", "size", "const", "ones"):
                     fixed = _substitute(template, f"d{PLACEHOLDER}", sub)
-                    yield name, _replace(node, path, fixed), f"with the output's f'(z{L}) applied at '{sub}' " \
-                        f"({self.net.output.name}: {text.replace(PLACEHOLDER, _operand(sub))}) it holds", None
+                    yield name, _replace(node, path, fixed), f"with the output's f'({where}) applied at '{sub}' " \
+                        f"({op_name}: {text.replace(PLACEHOLDER, _operand(sub))}) it holds", None
         for path, sub in subtrees:
             if sub.op == "mul":
                 for k in (0, 1):
                     part, other = sub.args[k], sub.args[1 - k]
                     if not _looks_like_mask(part):
                         continue
-                    for layer, (mask, text) in self.masks.items():
+                    for mask, text in self.masks.values():
                         if mask.shape == part.shape and mask != part:
                             fixed = Node("mul", (other, mask) if k else (mask, other), sub.shape)
                             yield name, _replace(node, path, fixed), f"with {text} in place of '{part}' it holds", None
@@ -1051,9 +1191,21 @@ class _Judge:
                 yield kind, fixed, f"with {new} in place of {old} it holds", None
 
     def output_derivative(self):
-        """The output layer's ``f'`` as ``(template, text)``: the template a claim node in which
-        ``d<PLACEHOLDER>`` stands for the upstream (``a3 * (1 - a3) * X`` for sigmoid, the softmax
-        Jacobian ``a3 * (X - sum(a3 * X, axis))``), or None (identity output)."""
+        """The output layer's ``f'`` as ``(template, text, output, input, op name)``: the template a claim
+        node in which ``d<PLACEHOLDER>`` stands for the upstream (``a3 * (1 - a3) * X`` for sigmoid, the
+        softmax Jacobian ``a3 * (X - sum(a3 * X, axis))``), or None (identity output). In a network of
+        layers: the last layer's own backward for its input, read from its row, when that layer has no
+        parameters and is not entry-wise (entry-wise ones are among the masks)."""
+        if isinstance(self.net, Network):
+            last = self.net.layers[-1]
+            if last.op.activation is not None or last.params or last.stages:
+                return None
+            claim = last.op.backward(last.context(self.net)).get(last.inp)
+            if claim is None or f"d{last.name}" not in parse(claim, self.net).names():
+                return None
+            text = re.sub(rf"\bd{last.name}\b", PLACEHOLDER, claim)
+            node = parse(claim, self.net)
+            return _rename(node, f"d{last.name}", f"d{PLACEHOLDER}"), text, last.name, last.inp, last.op.name
         L, out = self.net.L, self.net.output.name
         a = f"a{L}"
         if out == "sigmoid":
@@ -1063,7 +1215,7 @@ class _Judge:
         else:
             return None
         node = parse(text.replace(PLACEHOLDER, f"d{a}"), self.net)
-        return _rename(node, f"d{a}", f"d{PLACEHOLDER}"), text
+        return _rename(node, f"d{a}", f"d{PLACEHOLDER}"), text, a, f"z{L}", out
 
     def locate(self, result, node, target, mismatch):
         point, (i, j) = mismatch
@@ -1184,8 +1336,16 @@ def _looks_like_mask(node):
 
 def _neighbours(name, net):
     """Names a slip of the pen could have put in place of ``name`` (same shape): z<->a of one layer,
-    the same kind one layer up or down."""
+    the same kind one layer up or down; in a network of layers, the input and the output of one
+    entry-wise layer."""
     out = []
+    if isinstance(net, Network):
+        for layer in net.layers:
+            if layer.op.activation is not None:
+                for old, new in ((layer.inp, layer.name), (layer.name, layer.inp)):
+                    if old == name and new not in out and net.shape(new) == net.shape(name):
+                        out.append(new)
+        return out
     kind = name[:1]  # z12 is kind z, layer 12
     if name in net.intermediates and kind in ("z", "a"):
         l = int(name[1:])
@@ -1203,12 +1363,22 @@ def _neighbours(name, net):
 
 
 def _masks(net) -> dict:
-    """Layer -> (Node of f'(z_l) as a claim, its text) for every layer whose derivative is expressible."""
+    """Where f' is taken (``z1``) -> (Node of f'(z_l) as a claim, its text) for every hidden layer whose
+    derivative is expressible; in a network of layers, for every entry-wise layer (its input)."""
     out = {}
+    if isinstance(net, Network):
+        from .ops.table import activation_derivative_text
+
+        for layer in net.layers:
+            if layer.op.activation is not None:
+                text = activation_derivative_text(layer.op.activation, layer.inp, layer.name)
+                if text is not None and text != "1":
+                    out[layer.inp] = (parse(text, net), text)
+        return out
     for l in range(1, net.L):
         text = activation_derivative(net, l)
         if text is not None:
-            out[l] = (parse(text, net), text)
+            out[f"z{l}"] = (parse(text, net), text)
     return out
 
 
@@ -1232,7 +1402,7 @@ def activation_derivative(net, layer: int) -> str | None:
     return activation_derivative_text(net.hidden[layer - 1], f"z{layer}", f"a{layer}" if plain else None)
 
 
-def textbook(net: MLP) -> dict:
+def textbook(net: MLP | Network) -> dict:
     """The standard backprop equations of ``net`` as claims ``{target: formula}`` (denominator layout).
 
     Single example: ``dW_l = dz_l @ a_{l-1}.T``, ``db_l = dz_l``, ``da_{l-1} = W_l.T @ dz_l``;
@@ -1240,14 +1410,18 @@ def textbook(net: MLP) -> dict:
     ``dz_l = da_l * f'(z_l)``; a skip connection adds ``da_l`` to ``da_{l-1}``. The output layer uses
     the fused simplification when there is one (``a3 - y`` for softmax + cross-entropy, under its side
     condition; ``/ N`` for the mean over a batch), else ``dL/da_L`` and the output's Jacobian.
+    A network of layers (:class:`symbp.layers.Network`) reads each layer's row of the op table
+    (:func:`_network_textbook`).
 
     >>> import symbp
     >>> claims = textbook(symbp.MLP([4, 5, 3, 3]))
     >>> claims["z3"], claims["W3"], claims["z2"]
     ('a3 - y', 'dz3 @ a2.T', 'da2 * step(z2)')
     """
+    if isinstance(net, Network):
+        return _network_textbook(net)
     if not isinstance(net, MLP):
-        raise SymbpError(f"textbook: expected a symbp.MLP, got {type(net).__name__}")
+        raise SymbpError(f"textbook: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     L, batch = net.L, net.batch
     mean = " / N" if batch and net.reduction == "mean" else ""
     aL, n = f"a{L}", net.sizes[-1]
@@ -1289,6 +1463,56 @@ def textbook(net: MLP) -> dict:
     return {name: claims[name] for name in order}
 
 
+def _network_textbook(net, replace=None) -> dict:
+    """The textbook backward of a network of layers, read from the op table (see :func:`textbook`).
+
+    How it works: each layer's row gives, through ``backward(layer.context(net))``, its contribution to
+    the gradient of its input, of its parameters, of its extra inputs (``add``'s ``from``) and of its
+    internal stages; a variable read by several layers (an output read by the next layer and by an
+    ``add``) gets the sum of their contributions. The last output gets the loss row's ``backward``
+    (``a`` the output, ``n`` its width by name, times ``/ N`` for a mean over a batch); when the last op
+    and the loss are a fused pair with a simplification (softmax + cross-entropy: ``a - y``), the last
+    layer's input gets that form instead of its own backward, under the pair's side condition.
+    ``replace``: ``(position, {target: claim})`` puts those claims in place of that layer's own (how a
+    row's ``mistakes`` become whole claims, e.g. a residual without its skip term).
+    """
+    import re
+
+    contributions = {}
+    last = net.layers[-1]
+    for layer in net.layers:
+        claims = dict(layer.op.backward(layer.context(net)))
+        if replace is not None and replace[0] == layer.position:
+            claims.update(replace[1])
+        if layer is last and net.fused and net.fused.simplified and \
+                not (replace is not None and replace[0] == layer.position and layer.inp in replace[1]):
+            claims.pop(layer.inp, None)
+        for target, claim in claims.items():
+            contributions.setdefault(target, []).append(claim)
+    mean = last.context(net).mean_over_batch
+
+    def per_example(template):
+        text = re.sub(r"\bn\b", f"n_{last.name}", re.sub(r"\ba\b", last.name, template))
+        if mean and parse(text, net).op in ("add", "sub"):
+            text = f"({text})"
+        return text + mean
+
+    template = net.loss_row.backward
+    if not template and getattr(net.loss_row, "expression", None) is not None:  # sinh/cosh: write it as tanh
+        from .formula import formula_text
+
+        row = net.loss_row
+        template = formula_text(sp.simplify(sp.diff(row.expression, row.a)), {"a": "a", "y": "y"})
+    if template:
+        contributions.setdefault(last.name, []).insert(0, per_example(template))
+    if net.fused and net.fused.simplified and not (replace is not None and replace[0] == last.position
+                                                   and last.inp in replace[1]):
+        contributions.setdefault(last.inp, []).insert(0, per_example(net.fused.simplified))
+    targets = set(net.params) | set(net.intermediates)
+    order = [n for n in net.params + net.intermediates if n in contributions and n in targets]
+    return {name: " + ".join(contributions[name]) for name in order}
+
+
 # --------------------------------------------------------------------------- code claims
 
 
@@ -1317,8 +1541,12 @@ class _Tolerance:
         if precise:
             rtol, words = CODE_RTOL, "equal in float64 at random points"
         else:
-            longest = max(list(net.sizes) + [net.batch or 1])
-            rtol = min(max(CODE_RTOL, 8 * net.L * math.sqrt(longest) * float(np.finfo(dtype).eps)), 1e-2)
+            if isinstance(net, Network):
+                depth, widths = len(net.layers), [net.input_width] + [layer.n_out for layer in net.layers]
+            else:
+                depth, widths = net.L, list(net.sizes)
+            longest = max(widths + [net.batch or 1])
+            rtol = min(max(CODE_RTOL, 8 * depth * math.sqrt(longest) * float(np.finfo(dtype).eps)), 1e-2)
             words = f"equal at {dtype} precision at random points"
         rtol = rtol if self.rtol is None else self.rtol
         atol = 0.0 if self.atol is None else self.atol
@@ -1344,25 +1572,32 @@ def _code_points(net, grads, seed):
     """``[(values, truth point, general)]``: random float64 points (kinks avoided) with the truth
     evaluated from the derivation there; under a side condition one more point whose target rows
     do not sum to 1 (``general``)."""
-    from .numeric import random_values
-
     side = net.fused.side_condition if net.fused and net.fused.side_condition else None
     kinds = [False] * CODE_POINTS + ([True] if side else [])
     points, s = [], seed
     for general in kinds:
         for _ in range(20):
-            values = random_values(net, s)  # never gives up: units are moved off their kinks
+            values = _random_values(net, s)  # an MLP's never gives up: units are moved off their kinks
             s += 11
             if general:
                 values["y"] = values["y"] * (1.25 + 0.5 * np.arange(values["y"].size).reshape(values["y"].shape))
             try:
-                points.append((values, _Point(net, grads, FloatField(), values), general))
+                point = _Point(net, grads, FloatField(), values)
+                if isinstance(net, Network) and _near_kink(net, point):
+                    continue  # float64 rounding in the code could put such an entry on the other side
+                points.append((values, point, general))
                 break
             except _Redraw:  # a pole of the derivation in float64: draw again
                 continue
         else:  # pragma: no cover
             raise SymbpError("verify: could not draw random points where the derivation is finite")
     return points, side
+
+
+def _near_kink(net, point, margin=1e-6) -> bool:
+    """Whether an entry read by a kinked op is within ``margin`` of a kink at this float point."""
+    return any(abs(float(point.env[s]) - k) < margin for name, kinks in _kinked(net).items()
+               for s in net.symbols(name) for k in kinks)
 
 
 def _judge_code(net, grads, code, seed, tol=_Tolerance()):
@@ -1478,7 +1713,7 @@ def _judge_array(net, name, label, gots, truths, points, tol=_Tolerance()):
             result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
             break
     else:
-        layer = _mask_layer(net, name, gots, points, tol)
+        layer = _mask_layer(net, name, gots, points, tol) if isinstance(net, MLP) else None  # MLP layers only
         result.detail = "no usual mistake explains it"
         if layer is not None:
             result.diagnosis = "missing-activation-derivative"
@@ -1519,7 +1754,7 @@ def _backprop_without(net, values, skip):
 # --------------------------------------------------------------------------- public
 
 
-def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
+def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
            atol: float | None = None) -> Report:
     """Judge each claim ``{target: formula}`` (or a ``backward(values) -> {name: array}`` callable)
     against the derived gradients of ``net``.
@@ -1541,8 +1776,8 @@ def verify(net: MLP, claims, *, grads: Gradients | None = None, seed: int = 0, r
     >>> report.assumptions
     ['every target row sums to 1']
     """
-    if not isinstance(net, MLP):
-        raise SymbpError(f"verify: expected a symbp.MLP, got {type(net).__name__}")
+    if not isinstance(net, (MLP, Network)):
+        raise SymbpError(f"verify: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     from .usercode import CodeFile
 
     tol = _Tolerance(_tolerance(rtol, "rtol"), _tolerance(atol, "atol"))

@@ -26,7 +26,7 @@ def test_an_unknown_gradient_names_itself_and_the_known_ones(net):
 
 
 def test_wrong_types_are_symbp_errors(net):
-    with pytest.raises(SymbpError, match="textbook: expected a symbp.MLP, got str"):
+    with pytest.raises(SymbpError, match="textbook: expected a symbp.MLP or a network of layers, got str"):
         symbp.textbook("x")
     with pytest.raises(SymbpError, match="a variable's name is a string such as 'W1', not int 5"):
         net.shape(5)

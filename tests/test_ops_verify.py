@@ -1,0 +1,202 @@
+"""verify, textbook and the diagnosis for every op of the table (tests/op_networks.py configs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from op_networks import configs, make
+from symbp.ops import table
+from symbp.verify import _network_textbook, textbook, verify
+
+CONFIGS = sorted(configs())
+
+
+def _mistakes():
+    """(config, layer position, mistake name, {target: assembled wrong claim}) for every row's mistakes."""
+    out = []
+    for cid in CONFIGS:
+        net = make(cid)
+        for layer in net.layers:
+            for name, claims in layer.op.mistakes(layer.context(net)):
+                wrong = _network_textbook(net, replace=(layer.position, claims))
+                out.append(pytest.param(cid, name, {t: wrong[t] for t in claims if t in wrong},
+                                        id=f"{cid}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize("cid", CONFIGS)
+def test_textbook_claims_hold(cid):
+    net = make(cid)
+    claims = textbook(net)
+    assert claims, cid
+    report = verify(net, claims)
+    for r in report.results:
+        assert r.verdict == "holds", (cid, r.target, r.claim, r.detail)
+        assert r.method in ("symbolic", "exact-random", "numeric")
+    # every parameter gets a claim (the op table's backward covers it)
+    assert set(net.params) <= set(claims)
+
+
+@pytest.mark.parametrize("cid,name,wrong", _mistakes())
+def test_row_mistakes_are_named(cid, name, wrong):
+    net = make(cid)
+    report = verify(net, wrong)
+    for r in report.results:
+        assert r.verdict == "fails", (r.target, r.claim)
+        assert r.diagnosis == name, (r.target, r.claim, r.diagnosis, r.detail)
+
+
+def test_every_row_with_mistakes_is_exercised():
+    named = {p.values[1] for p in _mistakes()}
+    assert {"layernorm-statistics-as-constants", "layernorm-without-the-variance-term",
+            "batchnorm-statistics-as-constants", "batchnorm-without-the-variance-term",
+            "rmsnorm-scale-as-constant", "dropout-without-the-scale", "residual-without-the-skip-term",
+            "attention-without-the-scale", "attention-without-the-softmax-jacobian",
+            "attention-softmax-as-entry-wise", "softmax-as-entry-wise"} <= named
+
+
+def test_attention_without_the_scale_keeps_the_factor():
+    net = make("attention")  # dk = 2: the truth is 1/sqrt(2) times the claim
+    r = verify(net, {"att1Q": "datt1S @ att1K"}).results[0]
+    assert (r.verdict, r.diagnosis) == ("fails", "attention-without-the-scale")
+    assert r.factor == pytest.approx(1 / math.sqrt(2), rel=1e-12)
+
+
+def test_dropout_without_the_scale_keeps_the_factor():
+    r = verify(make("dropout"), {"z1": "dh2 * m1"}).results[0]
+    assert (r.diagnosis, r.factor) == ("dropout-without-the-scale", pytest.approx(4 / 3))
+
+
+def test_residual_without_the_skip_term():
+    net = make("add")  # h is read by tanh (a1) and by the add (r3)
+    assert textbook(net)["h"] == "da1 * (1 - a1 ** 2) + dr3"
+    r = verify(net, {"h": "da1 * (1 - a1 ** 2)"}).results[0]
+    assert (r.verdict, r.diagnosis) == ("fails", "residual-without-the-skip-term")
+    assert verify(net, {"h": "da1 * (1 - a1 ** 2) + dr3"}).ok
+
+
+def _first_param_claim(net):
+    claims = textbook(net)
+    return next((p, claims[p]) for p in net.params if p in claims)
+
+
+@pytest.mark.parametrize("cid", CONFIGS)
+def test_generic_diagnoses(cid):
+    net = make(cid)
+    target, claim = _first_param_claim(net)
+    sign = verify(net, {target: f"-({claim})"}).results[0]
+    assert (sign.verdict, sign.diagnosis) == ("fails", "sign"), sign.detail
+    scaled = verify(net, {target: f"2 * ({claim})"}).results[0]
+    assert (scaled.verdict, scaled.diagnosis, scaled.factor) == ("fails", "scaled", 0.5), scaled.detail
+    transposed = verify(net, {target: f"({claim}).T"}).results[0]
+    assert (transposed.verdict, transposed.diagnosis) == ("fails", "transposed"), transposed.detail
+
+
+def test_textbook_of_fused_and_loss_rows():
+    assert textbook(make("affine"))["z1"] == "(a1 - y) / N"  # softmax + cross-entropy, mean over the batch
+    assert textbook(make("softmax"))["a1"] == "2 * (a1 - y) / n_a1 / N"  # the loss row's backward, n by name
+    assert textbook(make("custom-loss"))["a1"] == "tanh((a1 + ((-1) * y))) / N"
+    report = verify(make("affine"), {"z1": "(a1 - y) / N"})
+    assert report.ok and report.assumptions == ["every target row sums to 1"]
+
+
+# ---------------------------------------------------------------- code claims
+
+
+def _dropout_backward(scale):
+    def backward(v):
+        z1 = v["x"] @ v["W1"].T + v["b1"].T
+        h2 = z1 * v["m1"] / 0.75
+        z2 = h2 @ v["W2"].T + v["b2"].T
+        dz2 = 2 * (z2 - v["y"]) / 2 / 2
+        dh2 = dz2 @ v["W2"]
+        dz1 = dh2 * v["m1"] * scale
+        return {"W1": dz1.T @ v["x"], "b1": dz1.sum(axis=0, keepdims=True).T, "W2": dz2.T @ h2,
+                "b2": dz2.sum(axis=0, keepdims=True).T}
+    return backward
+
+
+def _attention_backward(root):
+    def backward(v):
+        x = v["x"]
+        Q, K, V = x @ v["Wq1"].T, x @ v["Wk1"].T, x @ v["Wv1"].T
+        S = Q @ K.T / math.sqrt(2)
+        E = np.exp(S - S.max(axis=1, keepdims=True))
+        P = E / E.sum(axis=1, keepdims=True)
+        att = P @ V
+        z1 = att @ v["W1"].T + v["b1"].T
+        dz1 = 2 * (z1 - v["y"]) / 2 / 3
+        datt = dz1 @ v["W1"]
+        dP, dV = datt @ V.T, P.T @ datt
+        dS = P * (dP - (P * dP).sum(axis=1, keepdims=True))
+        dQ, dK = dS @ K / root, dS.T @ Q / root
+        return {"Wq1": dQ.T @ x, "Wk1": dK.T @ x, "Wv1": dV.T @ x, "W1": dz1.T @ att,
+                "b1": dz1.sum(axis=0, keepdims=True).T}
+    return backward
+
+
+def test_code_claims_dropout():
+    net = make("dropout")
+    right = verify(net, _dropout_backward(1 / 0.75))
+    assert right.ok and {r.target for r in right.results} == set(net.params)
+    wrong = {r.target: r for r in verify(net, _dropout_backward(1.0)).results}
+    assert wrong["W1"].verdict == wrong["b1"].verdict == "fails"
+    assert wrong["W1"].diagnosis == "scaled" and wrong["W1"].factor == pytest.approx(4 / 3)
+    assert wrong["W2"].verdict == wrong["b2"].verdict == "holds"
+
+
+def test_code_claims_attention():
+    net = make("attention")
+    assert verify(net, _attention_backward(math.sqrt(2))).ok
+    wrong = {r.target: r for r in verify(net, _attention_backward(1.0)).results}
+    assert wrong["Wq1"].verdict == wrong["Wk1"].verdict == "fails"
+    assert wrong["Wq1"].factor == pytest.approx(1 / math.sqrt(2))
+    assert all(wrong[p].verdict == "holds" for p in ("Wv1", "W1", "b1"))
+
+
+def test_code_claims_see_the_masks():
+    net = make("dropout")
+    seen = []
+
+    def backward(v):
+        seen.append(v["m1"])
+        return _dropout_backward(1 / 0.75)(v)
+
+    assert verify(net, backward).ok
+    assert all(set(np.unique(m)) <= {0.0, 1.0} for m in seen) and any(m.any() for m in seen)
+
+
+# ---------------------------------------------------------------- deliberately wrong rows
+
+
+def test_a_wrong_layernorm_row_fails(monkeypatch):
+    def constants(c):  # treating the mean and the variance as constants
+        claims = table.LAYERNORM.backward(c)
+        gamma = c.params["gamma"]
+        claims[c.inp] = f"(d{c.out} * {c.as_feature(gamma)}) / sqrt({c.stages['var']} + {c.num(c.cfg['eps'])})"
+        return claims
+
+    monkeypatch.setitem(table.OPS, "layernorm", dataclasses.replace(table.LAYERNORM, backward=constants, mistakes=lambda c: ()))
+    net = make("layernorm")
+    report = verify(net, textbook(net))
+    assert not report.ok
+    assert [r.target for r in report.results if not r.ok] == ["z1"]
+
+
+def test_a_wrong_affine_row_fails(monkeypatch):
+    def transposed(c):
+        claims = table.AFFINE.backward(c)
+        W = c.params["W"]
+        claims[W] = f"({claims[W]}).T"
+        return claims
+
+    monkeypatch.setitem(table.OPS, "affine", dataclasses.replace(table.AFFINE, backward=transposed))
+    net = make("layernorm")  # W1 is (3, 2), W2 (2, 3): each transposed claim has the wrong shape
+    report = verify(net, textbook(net))
+    bad = {r.target: r for r in report.results if not r.ok}
+    assert set(bad) == {"W1", "W2"}
+    assert all(r.diagnosis == "transposed" for r in bad.values())
