@@ -116,6 +116,12 @@ EXACT_POINTS = 3
 EXACT_DRAWS = 12  # draws to find EXACT_POINTS points where the target's gradient is not all zero
 NUMERIC_DIGITS = 30  # the float tier's working precision (decimal digits) before the claim's own numbers
 NUMERIC_SLACK = 10  # its tolerance: 10 ** -(digits - NUMERIC_SLACK), relative to the truth's largest entry
+#: The exact tier's budget: when a value of a target's truth (or of the forward, or of an error term it
+#: needs) has a numerator or denominator of more than this many digits, or the exact evaluation of a
+#: point takes more than ``EXACT_SECONDS``, that target is judged by the float tier instead (attention's
+#: softmax rows give each row its own denominator, and the gradients of its weights sum over the rows).
+EXACT_DIGITS = 300
+EXACT_SECONDS = 60.0
 _MAX_DIGITS = 3000
 _DENOMINATOR = 1009
 
@@ -520,6 +526,27 @@ class _Redraw(Exception):
     """The random point sits on a kink or a pole: draw another."""
 
 
+class _Overgrown(Exception):
+    """The exact values grew past the budget (``EXACT_DIGITS`` digits or ``EXACT_SECONDS``): the exact
+    tier stops for the target, and the float tier judges it. ``str()`` says where."""
+
+
+_LOG2_10 = math.log2(10)
+
+
+def _too_big(value) -> bool:
+    """Whether an exact value has a numerator or denominator of more than ``EXACT_DIGITS`` digits."""
+    bits = int(EXACT_DIGITS * _LOG2_10) + 1
+    den = getattr(value, "denominator", None)
+    if den is None or not isinstance(den, int):
+        return False
+    return den.bit_length() > bits or value.numerator.bit_length() > bits
+
+
+def _digits(value) -> int:
+    return max(len(str(abs(value.numerator))), len(str(value.denominator)))
+
+
 class _Point:
     """One random point: values of every symbol (forward pass from the network's own definitions,
     error terms from the derivation) and, lazily, the value matrices of every name a claim can use."""
@@ -530,10 +557,16 @@ class _Point:
         for name, array in base.items():
             for s, v in zip(net.symbols(name), array.reshape(-1)):
                 env[s] = v
+        # exact points only: the first value past the budget stops the evaluation; the error terms
+        # from there on are missing from env, and a truth that needs one raises _Overgrown
+        exact = isinstance(field, ExactField)
+        start, self.overgrown = time.perf_counter(), None
         try:
             for stage in net.stages:
                 for s, e in zip(stage.symbols, stage.local):
                     env[s] = _value(e, env, field)
+                    if exact and self._over(env[s], s, start):
+                        raise _Overgrown(self._over(env[s], s, start))
             for name, kinks in _kinked(net).items():
                 for s in net.symbols(name):
                     if any(env[s] == k for k in kinks):
@@ -542,10 +575,24 @@ class _Point:
             self.roots = any(key[0] == "root" for key in getattr(field, "atoms", ()))
             for s, e in grads.definitions:
                 env[s] = _value(e, env, field)
+                if exact:
+                    self.overgrown = self._over(env[s], s, start)
+                    if self.overgrown:
+                        del env[s]
+                        break
         except (ZeroDivisionError, OverflowError, ValueError):
             raise _Redraw from None
         self.env = env
         self.arrays = {}
+
+    def _over(self, value, symbol, start):
+        """Why ``value`` (of ``symbol``, computed since ``start``) is past the exact budget, or None."""
+        if _too_big(value):
+            return f"the exact values grew past {EXACT_DIGITS} digits " \
+                f"({_digits(value)} at {TextPrinter(self.net.columns).doprint(symbol)})"
+        if time.perf_counter() - start > EXACT_SECONDS:
+            return f"the exact evaluation took more than {EXACT_SECONDS:g} s"
+        return None
 
     def __contains__(self, name):
         return name in ("N", "a0") or name in self.net.names or \
@@ -553,7 +600,12 @@ class _Point:
 
     def __getitem__(self, name):
         if name not in self.arrays:
-            self.arrays[name] = self._array(name)
+            try:
+                self.arrays[name] = self._array(name)
+            except _Overgrown as exc:
+                self.arrays[name] = exc
+        if isinstance(self.arrays[name], _Overgrown):
+            raise self.arrays[name]
         return self.arrays[name]
 
     def _array(self, name):
@@ -564,8 +616,16 @@ class _Point:
             name = "x"
         if name.startswith("d") and name[1:] in self.grads:
             M = self.grads[name[1:]]
+            exact, start = isinstance(self.field, ExactField), time.perf_counter()
+            values = []
             try:
-                values = [_value(e, self.env, self.field) for e in M]
+                for e, s in zip(M, self.net.grad_symbols(name[1:])):
+                    # a stage's error terms are already in env (grads.definitions)
+                    values.append(self.env[s] if s in self.env else _value(e, self.env, self.field))
+                    if exact and self._over(values[-1], s, start):
+                        raise _Overgrown(self._over(values[-1], s, start))
+            except KeyError:  # an error term past the budget (see __init__)
+                raise _Overgrown(self.overgrown) from None
             except (ZeroDivisionError, OverflowError, ValueError):
                 raise _Redraw from None
         else:
@@ -670,7 +730,14 @@ class _Judge:
     # ---- points
 
     def _float_point(self, kind, k, dps):
-        """The ``k``-th float point of ``kind`` in ``dps``-digit arithmetic, or None (a pole)."""
+        """The ``k``-th float point of ``kind`` in ``dps``-digit arithmetic, or None (a pole); drawn once
+        and shared by every target (its forward and error terms are the whole network's)."""
+        key = ("float-point", kind, k, dps)
+        if key not in self._points:
+            self._points[key] = self._new_float_point(kind, k, dps)
+        return self._points[key]
+
+    def _new_float_point(self, kind, k, dps):
         base = _float_base(self.net, self.seed + 7 * k)
         if kind == "float-general":  # targets whose rows no longer sum to 1
             base["y"] = base["y"] * (1.25 + 0.5 * np.arange(base["y"].size).reshape(base["y"].shape))
@@ -829,12 +896,16 @@ class _Judge:
         return None
 
     def holds_exactly(self, node, target):
-        """Whether ``node`` holds at the exact points (under the side condition if there is one)."""
+        """Whether ``node`` holds at the exact points (under the side condition if there is one); False
+        when the exact values grow past the budget (a diagnosis is only named when verified exactly)."""
         if node.shape != self.net.shape(target):
             return False
-        return len(self.exact_points(target, self.exact_kinds()[0])) == EXACT_POINTS and \
-            self.misplaced_kink(node) is None and \
-            self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
+        try:
+            return len(self.exact_points(target, self.exact_kinds()[0])) == EXACT_POINTS and \
+                self.misplaced_kink(node) is None and \
+                self.exact_mismatch(node, target, self.exact_kinds()[0]) is None
+        except _Overgrown:
+            return False
 
     def float_points(self, target, kind, dps=NUMERIC_DIGITS):
         """Float points (``dps`` digits) where dL/d<target> is not identically zero (dead ReLUs can
@@ -897,6 +968,8 @@ class _Judge:
                 if _powers_a_gradient(node, self.grads):  # cancel() of a power of a resolved gradient runs for minutes
                     return False, None
                 diffs = [d.xreplace(self.grads.resolved()) for d in diffs]
+                if _nodes_over(diffs, 20 * 4000):  # count_ops itself took minutes on attention's (tree) sizes;
+                    return False, None  # an operation takes at most 3 nodes, so these are far past 4000
                 sizes = [sp.count_ops(d) for d in diffs]
                 if sum(sizes) > 4000 or max(sizes) > RESOLVED_ENTRY_LIMIT:  # cancel() grows fast with the
                     return False, None  # atoms: 650 operations with attention's exps took 25 s an entry
@@ -922,7 +995,10 @@ class _Judge:
         if kink is not None:
             result = Result(target, claim_text, "fails", "symbolic", diagnosis="other",
                             detail=f"the kink of {kink[0]} is not where the network's is (at 0 of a pre-activation)")
-            mismatch = self.exact_mismatch(node, target, self.exact_kinds()[0])
+            try:
+                mismatch = self.exact_mismatch(node, target, self.exact_kinds()[0])
+            except _Overgrown:
+                mismatch = None
             if mismatch is not None and mismatch[1] is not None:
                 self.locate(result, node, target, mismatch)
             return result
@@ -932,14 +1008,18 @@ class _Judge:
                 return Result(target, claim_text, "holds", "symbolic", assumptions=(assumption,) if assumption else (),
                               detail=f"assuming {assumption}" if assumption else "")
         kinds = self.exact_kinds()
-        mismatch = self.exact_mismatch(node, target, kinds[0])
-        enough = len(self.exact_points(target, kinds[0])) == EXACT_POINTS
-        if mismatch is None and enough:
-            assumption = None
-            if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
-                assumption = self.side
-            return Result(target, claim_text, "holds", "exact-random", assumptions=(assumption,) if assumption else (),
-                          detail=f"assuming {assumption}" if assumption else "")
+        try:
+            mismatch = self.exact_mismatch(node, target, kinds[0])
+            enough = len(self.exact_points(target, kinds[0])) == EXACT_POINTS
+            if mismatch is None and enough:
+                assumption = None
+                if len(kinds) > 1 and self.exact_mismatch(node, target, kinds[1], limit=1) is not None:
+                    assumption = self.side
+                return Result(target, claim_text, "holds", "exact-random",
+                              assumptions=(assumption,) if assumption else (),
+                              detail=f"assuming {assumption}" if assumption else "")
+        except _Overgrown as exc:
+            return self.judge_float(target, claim_text, node, str(exc))
         if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None \
                 and not mismatch[0].roots:
             return self.diagnose(target, claim_text, node, mismatch)  # refuted: no float judgement overrules it
@@ -965,6 +1045,27 @@ class _Judge:
             return Result(target, claim_text, "error", "exact-random",
                           detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units)")
         return self.diagnose(target, claim_text, node, mismatch)
+
+    def judge_float(self, target, claim_text, node, why):
+        """The float tier alone, for a target whose exact values grew past the budget (``why``): agreement
+        is ``holds`` with method ``numeric`` (never a proof), anything else fails, diagnosed by the
+        row's mistakes (compared at the float points); a correction is named only when it holds exactly."""
+        float_kind = "float" if self.side else "float-general"
+        dps = numeric_digits(node)
+        said = f"judged with {dps}-digit floats: {why}"
+        if self.numeric_close(node, target, float_kind):
+            assumption = self.side if self.side and not self.numeric_close(node, target, "float-general") else None
+            detail = f"{said}; equal to within 1e-{dps - NUMERIC_SLACK} (relative) at " \
+                     f"{len(self.float_points(target, float_kind, dps))} random points, not proved"
+            return Result(target, claim_text, "holds", "numeric", assumptions=(assumption,) if assumption else (),
+                          detail=f"{detail}; assuming {assumption}" if assumption else detail)
+        if not self.float_points(target, float_kind):
+            return Result(target, claim_text, "error", "numeric",
+                          detail=f"undecided: dL/d{target} is all zero at nearly every random point (dead units); {said}")
+        result = self.diagnose(target, claim_text, node, None)
+        result.method = "numeric"
+        result.detail = f"{result.detail}; {said}" if result.detail else said
+        return result
 
     def judge_shape(self, target, claim_text, error):
         """A claim whose operands' shapes do not fit (``W2 @ dz2`` for ``W2.T @ dz2``): it fails, with
@@ -1063,18 +1164,21 @@ class _Judge:
         frozen function of either, a fractional power of the forward), then the float points decide."""
         if node.shape != other.shape:
             return False
-        points = self.exact_points(target, self.exact_kinds()[0])
-        if not points:
-            return False
-        for point in points:
-            a, b = self.values(node, point), self.values(other, point)
-            if a is None or b is None or bool(np.any(a != b)):
-                break
-        else:
-            return True
-        if a is not None and b is not None and not point.roots and \
-                self.frozen_part(node) is None and self.frozen_part(other) is None:
-            return False
+        try:
+            points = self.exact_points(target, self.exact_kinds()[0])
+            if not points:
+                return False
+            for point in points:
+                a, b = self.values(node, point), self.values(other, point)
+                if a is None or b is None or bool(np.any(a != b)):
+                    break
+            else:
+                return True
+            if a is not None and b is not None and not point.roots and \
+                    self.frozen_part(node) is None and self.frozen_part(other) is None:
+                return False
+        except _Overgrown:  # past the exact budget: the float points decide
+            pass
         dps = max(numeric_digits(node), numeric_digits(other))
         points = self.float_points(target, "float" if self.side else "float-general", dps)
         for point in points:
@@ -1108,7 +1212,11 @@ class _Judge:
     def condition(self, result, fixed, target):
         """If the corrected claim ``fixed`` holds only under the side condition (the exact points
         draw targets with rows summing to 1 when there is one), say so in ``result``."""
-        if self.side and self.exact_mismatch(fixed, target, "general", limit=1) is not None:
+        try:
+            needed = self.side and self.exact_mismatch(fixed, target, "general", limit=1) is not None
+        except _Overgrown:
+            needed = self.side and not self.numeric_close(fixed, target, "float-general")
+        if needed:
             result.assumptions = (self.side,)
             result.detail += f" (assuming {self.side})"
 
@@ -1135,11 +1243,18 @@ class _Judge:
     def ratio(self, node, target):
         """truth / claim if it is the same number at every nonzero element of every exact point."""
         ratio = None
-        for point in self.exact_points(target, self.exact_kinds()[0]):
+        try:
+            points = self.exact_points(target, self.exact_kinds()[0])
+        except _Overgrown:
+            return None
+        for point in points:
             got = self.values(node, point)
             if got is None:
                 return None
-            truth = point.truth(target)
+            try:
+                truth = point.truth(target)
+            except _Overgrown:
+                return None
             for g, t in zip(got.reshape(-1), truth.reshape(-1)):
                 if g == 0:
                     if t != 0:
@@ -1278,6 +1393,18 @@ def _transposed_texts(error):
 
     choices = [[span] for span in spans] + ([spans] if len(spans) > 1 else [])
     return [rewrite(chosen) for chosen in choices]
+
+
+def _nodes_over(exprs, limit) -> bool:
+    """Whether the expression trees (shared subtrees counted each time, as ``count_ops`` does) have
+    more than ``limit`` nodes in all; stops counting there."""
+    count = 0
+    for e in exprs:
+        for _ in sp.preorder_traversal(e):
+            count += 1
+            if count > limit:
+                return True
+    return False
 
 
 def _powers_a_gradient(node, grads) -> bool:
