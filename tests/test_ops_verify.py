@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -200,3 +201,49 @@ def test_a_wrong_affine_row_fails(monkeypatch):
     bad = {r.target: r for r in report.results if not r.ok}
     assert set(bad) == {"W1", "W2"}
     assert all(r.diagnosis == "transposed" for r in bad.values())
+
+
+def _mid_attention(monkeypatch, digits=40):
+    """An attention block whose exact values outgrow a (lowered) digit budget: each softmax row has its own
+    denominator, and the gradients of the weights sum over the rows."""
+    import symbp
+
+    V = symbp_verify()
+    monkeypatch.setattr(V, "EXACT_DIGITS", digits)
+    monkeypatch.setattr(V, "SYMBOLIC_LIMIT", 0)  # straight to the exact tier
+    return symbp.network([{"op": "attention", "dk": 4}, {"op": "affine", "out": 3}, {"op": "softmax"}],
+                         input=6, batch=4)
+
+
+def test_attention_past_the_exact_budget_is_judged_by_floats(monkeypatch):
+    net = _mid_attention(monkeypatch)
+    claims = textbook(net)
+    report = verify(net, {t: claims[t] for t in ("Wq1", "att1Q", "att1S", "z1")})
+    for r in report.results:
+        assert r.verdict == "holds", (r.target, r.detail)
+    grown = [r for r in report.results if r.method == "numeric"]
+    assert {"Wq1", "att1Q"} <= {r.target for r in grown}
+    for r in grown:
+        assert re.match(r"judged with 3\d-digit floats: the exact values grew past 40 digits \(\d+ at datt1", r.detail), \
+            r.detail
+    # below the budget the exact tier still decides (the output's gradient needs no softmax row sums)
+    assert report["z1"].method == "exact-random"
+    # with the default budget the same claims are exact
+    monkeypatch.setattr(symbp_verify(), "EXACT_DIGITS", 300)
+    assert verify(net, {"Wq1": claims["Wq1"]})["Wq1"].method == "exact-random"
+
+
+def test_wrong_attention_claim_past_the_exact_budget_fails(monkeypatch):
+    net = _mid_attention(monkeypatch)
+    r = verify(net, {"att1Q": "datt1S @ att1K"})["att1Q"]  # the 1/sqrt(dk) forgotten
+    assert (r.verdict, r.method, r.diagnosis) == ("fails", "numeric", "attention-without-the-scale")
+    assert r.factor == pytest.approx(0.5, rel=1e-12)
+    assert "judged with 30-digit floats: the exact values grew past 40 digits" in r.detail
+    r = verify(net, {"Wq1": "(datt1S @ att1K).T @ x"})["Wq1"]
+    assert (r.verdict, r.method) == ("fails", "numeric")
+
+
+def symbp_verify():
+    import sys
+
+    return sys.modules["symbp.verify"]  # the module (symbp.verify is also the function)
