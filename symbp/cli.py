@@ -218,14 +218,8 @@ def _run_derive(args):
         from . import document
 
         with progress.step(f"writing {args.out}" + (" and its PDF" if args.pdf else ""), guess.get("document")):
-            try:
-                written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
-                                         template_dir=args.template_dir)
-            except SymbpError as exc:
-                if layered and _not_for_networks(exc):
-                    raise SymbpError("-o: documents for networks of layers are not available yet (leave out -o "
-                                     "for the derivation and its check)") from None
-                raise
+            written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
+                                     template_dir=args.template_dir)
         payload["output"] = str(written["tex"])
         payload["pdf"] = str(written["pdf"]) if written["pdf"] else None
     lines = [net.describe(),
@@ -259,11 +253,6 @@ def _run_derive(args):
         lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
     _emit(args, payload, "\n".join(lines))
     return 0 if decided else 1
-
-
-def _not_for_networks(exc) -> bool:
-    """A module that reads MLPs only refusing a network of layers (until it learns them)."""
-    return "expected a symbp.MLP" in str(exc)
 
 
 def _numeric_check(net, grads, args, progress, guess) -> dict:

@@ -907,6 +907,20 @@ class _Judge:
         except _Overgrown:
             return False
 
+    def confirms(self, node, target):
+        """Whether a corrected claim (a diagnosis's) holds: at the exact points, or, where an exact
+        difference cannot refute it (a frozen function of its own, a fractional power of the forward:
+        the rule of :meth:`judge`), at the float points: ``"exact"``, ``"float"`` or ``""``."""
+        if self.holds_exactly(node, target):
+            return "exact"
+        if node.shape != self.net.shape(target):
+            return ""
+        mismatch = self.exact_mismatch(node, target, self.exact_kinds()[0])
+        if mismatch is not None and mismatch[1] is not None and self.frozen_part(node) is None \
+                and not mismatch[0].roots:
+            return ""  # refuted exactly
+        return "float" if self.numeric_close(node, target) else ""
+
     def float_points(self, target, kind, dps=NUMERIC_DIGITS):
         """Float points (``dps`` digits) where dL/d<target> is not identically zero (dead ReLUs can
         zero a whole gradient, and a wrong claim would then agree): up to 3, from up to 12 draws."""
@@ -1129,8 +1143,11 @@ class _Judge:
                 break
         else:
             for diagnosis, variant, detail, factor in self.variants(node, target, mismatch):
-                if self.holds_exactly(variant, target):
+                how = self.confirms(variant, target)
+                if how:
                     result.diagnosis, result.detail, result.factor = diagnosis, detail, factor
+                    if how == "float":
+                        result.detail += f" (checked at float points, {NUMERIC_DIGITS} digits)"
                     self.condition(result, variant, target)
                     break
             else:

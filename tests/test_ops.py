@@ -118,3 +118,34 @@ def test_bad_layers_are_one_line_naming_the_layer(layers, kwargs, message):
         network(layers, input=2, **({"loss": "mse"} | kwargs))
     assert str(error.value).startswith(message) or message in str(error.value), str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_an_activation_added_as_one_row_gets_the_whole_pipeline(monkeypatch):
+    """Adding is cheap: one row of the registry (here the inverse square root unit, z / sqrt(1 + z^2),
+    with its NumPy form, the reference engine's derivative and its textbook f') and nothing else gives
+    derive, verify with diagnosis, compile and the document."""
+    from symbp import document, numeric, registry
+    from symbp.ops import table
+
+    row = registry._activation("isru", r"\operatorname{ISRU}", lambda z: z / sp.sqrt(1 + z ** 2),
+                               lambda z: z / np.sqrt(1 + z * z), lambda z: (1 + z * z) ** -1.5,
+                               textbook="(1 + z ** 2) ** (-3/2)")
+    monkeypatch.setitem(registry.ACTIVATIONS, "isru", row)
+    monkeypatch.setitem(table.OPS, "isru", table.activation_op(row))
+    net = network([{"op": "affine", "out": 3}, {"op": "isru"}, {"op": "affine", "out": 2}], input=2, batch=2,
+                  loss="mse")
+    grads = symbp.derive(net)
+    check = numeric.check_network(net, grads, 0)
+    assert check.finite_differences < 1e-7 and check.torch is None and check.torch_skipped
+    claims = symbp.textbook(net)
+    assert claims["z1"] == "da1 * (1 + z1 ** 2) ** (-3/2)"
+    report = symbp.verify(net, claims, grads=grads)
+    assert report.ok, report.text()
+    missing = symbp.verify(net, {"z1": "da1"}, grads=grads)["z1"]
+    assert (missing.verdict, missing.diagnosis) == ("fails", "missing-activation-derivative")
+    fast = symbp.compile(net, claims)
+    values = numeric.random_values(net, 1)
+    got, want = fast(**values), numeric.lambdify(net, grads)(**values)
+    assert all(np.allclose(got[n], want[n], rtol=1e-10, atol=1e-12) for n in net.params)
+    tex = document.render(net, grads=grads, report=report)
+    assert r"\operatorname{ISRU}" in tex

@@ -130,7 +130,7 @@ def _attention_backward(root):
         P = E / E.sum(axis=1, keepdims=True)
         att = P @ V
         z1 = att @ v["W1"].T + v["b1"].T
-        dz1 = 2 * (z1 - v["y"]) / 2 / 3
+        dz1 = 2 * (z1 - v["y"]) / 2 / len(x)  # mse over 2 outputs, mean over the rows
         datt = dz1 @ v["W1"]
         dP, dV = datt @ V.T, P.T @ datt
         dS = P * (dP - (P * dP).sum(axis=1, keepdims=True))

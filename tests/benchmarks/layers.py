@@ -73,7 +73,7 @@ def measure(spec):
     claims = symbp.textbook(net)
     row["verify"], report = seconds(symbp.verify, net, claims, grads=grads)
     row["ok"] = report.ok
-    row["compile"], fast = seconds(symbp.compile, net, claims)
+    row["compile"], fast = seconds(symbp.compile, net, claims, report=report)  # code generation alone
     values = point(net, np.random.default_rng(0))
     row["call"], _ = seconds(fast, **values)
     row["entries"] = sum(int(np.prod(net.shape(n))) for n in net.params + net.intermediates)
