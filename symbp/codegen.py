@@ -331,8 +331,11 @@ class _Writer:
             per = f"-np.sum(y * np.log(a{L}), axis={axis})"
         elif net.loss_row.name == "binary_cross_entropy":
             per = f"-np.mean(y * np.log(a{L}) + (1 - y) * np.log(1 - a{L}), axis={axis})"
-        else:
+        elif net.loss_row.name == "mse":
             per = f"np.mean((a{L} - y) ** 2, axis={axis})"
+        else:  # a registry row this writer does not know: never a silent MSE
+            raise SymbpError(f"compile: the MLP writer has no NumPy form of loss {net.loss_row.name!r}; "
+                             "build the network with symbp.network, whose writer prints any loss row")
         reduce = "np.mean" if net.batch and net.reduction == "mean" else "np.sum"
         lines.append(f"    return float({reduce}({per}))")
         return "\n".join(lines) + "\n"

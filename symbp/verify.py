@@ -1572,26 +1572,18 @@ def textbook(net: MLP | Network) -> dict:
     L, batch = net.L, net.batch
     mean = " / N" if batch and net.reduction == "mean" else ""
     aL, n = f"a{L}", net.sizes[-1]
-    claims = {}
-    loss = net.loss_row.name
-    if loss == "cross_entropy":
-        claims[aL] = f"-y / {aL}{mean}"
-    elif loss == "binary_cross_entropy":
-        claims[aL] = f"(-(y / {aL}) + (1 - y) / (1 - {aL})) / {n}{mean}"
-    else:
-        claims[aL] = f"2 * ({aL} - y) / {n}{mean}"
-    if net.fused and net.fused.simplified:
-        import re
+    import re
 
+    claims = {}
+    # the loss row's and the output op's own backward columns, with the widths as numbers (MLP texts)
+    loss = re.sub(r"\bn\b", str(n), re.sub(r"\ba\b", aL, net.loss_row.backward))
+    claims[aL] = f"{loss}{mean}"
+    if net.fused and net.fused.simplified:
         simplified = re.sub(r"\bn\b", str(n), re.sub(r"\ba\b", aL, net.fused.simplified))
         claims[f"z{L}"] = f"({simplified}){mean}" if mean else simplified
-    elif net.output.name == "softmax":
-        axis = 1 if batch else 0
-        claims[f"z{L}"] = f"{aL} * (d{aL} - sum({aL} * d{aL}, axis={axis}))"
-    elif net.output.name == "sigmoid":
-        claims[f"z{L}"] = f"d{aL} * {aL} * (1 - {aL})"
     else:
-        claims[f"z{L}"] = f"d{aL}"
+        last = net.network.layers[-1]
+        claims.update(last.op.backward(last.context(net.network)))
     for l in range(L, 0, -1):
         prev = f"a{l - 1}" if l > 1 else "x"
         claims[f"W{l}"] = f"dz{l}.T @ {prev}" if batch else f"dz{l} @ {prev}.T"

@@ -93,7 +93,7 @@ def main(options):
     print("| network | entries | " + " | ".join(f"{s} s (x plain)" for s in steps) + " | verdict |")
     print("|---|---|" + "---|" * len(steps) + "---|")
     for label, row in rows.items():
-        cells = [f"{row[s]:.2f} ({row[s] / base[s]:.1f}x)" for s in steps]
+        cells = [f"{row[s]:.3g} ({row[s] / base[s]:.2g}x)" for s in steps]
         print(f"| {label} | {row['entries']} | " + " | ".join(cells) + f" | {'all hold' if row['ok'] else 'FAILS'} |")
     return 0 if all(row["ok"] for row in rows.values()) else 1
 
