@@ -3,7 +3,7 @@
 How it works: each layer is a row of the op table with its fields, its parameter names and its output
 name. Building the network walks the layers once: every parameter and every output gets a matrix of
 symbols (one per entry, :mod:`symbp.names`), and each output (and each internal stage an op defines,
-such as attention's ``Q`` or a norm's mean) becomes a :class:`~symbp.network.Stage` whose *local*
+such as attention's ``Q`` or a norm's mean) becomes a :class:`~symbp.stages.Stage` whose *local*
 expressions give each entry in the symbols of its inputs, exactly as the stages of an MLP. Everything
 downstream (``derive``'s chain and expand methods, the written-out loss) reads only the stages, so a
 layer norm is derived by ``sympy.diff`` of its forward like a dense layer.
@@ -31,24 +31,13 @@ from typing import Mapping
 
 import sympy as sp
 
-from . import functions as F
 from . import registry
 from .errors import SymbpError, closest
 from .expression import literal, parse_scalar
-from .names import matrix_symbols
+from .stages import Stage, Staged
 from .ops import REQUIRED, Context, Op, activation_op, op as lookup
 
 RESERVED = frozenset({"x", "y", "N", "pi", "a0"})
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One intermediate variable of the forward pass: its symbols and their local definitions."""
-
-    name: str
-    layer: int  # 1-based position of the layer that defines it
-    symbols: sp.Matrix
-    local: sp.Matrix
 
 
 @dataclass(frozen=True)
@@ -132,7 +121,7 @@ def loss_row(spec):
     return Loss(spec)
 
 
-class Network:
+class Network(Staged):
     """A network of layers written symbolically, entry by entry (see the module docstring).
 
     The interface is :class:`symbp.MLP`'s: ``params``, ``intermediates``, ``inputs``, ``names``,
@@ -319,22 +308,6 @@ class Network:
             return stage.symbols.shape
         raise SymbpError(f"unknown variable '{name}'{closest(name, self.names)}; this network has {', '.join(self.names)}")
 
-    def symbols(self, name: str) -> sp.Matrix:
-        """The matrix of symbols of ``name``, shaped like it."""
-        if name == "a0":
-            name = "x"
-        return self._symbols(name, self.shape(name))
-
-    def grad_symbols(self, name: str) -> sp.Matrix:
-        """The symbols ``dV_i_j`` that stand for the upstream gradients dL/dV_ij."""
-        return self._symbols("d" + name, self.shape(name))
-
-    def _symbols(self, name, shape):
-        cache = self.__dict__.setdefault("_symbol_cache", {})
-        if name not in cache:
-            cache[name] = matrix_symbols(name, shape)
-        return cache[name]
-
     @property
     def columns(self) -> set[str]:
         """Names of the variables that are column vectors (printed with one index)."""
@@ -382,64 +355,11 @@ class Network:
             local = self._rows(layer.op.forward(X, P, E, layer.cfg, stage))
             self._add(Stage(layer.name, layer.position, self._symbols(layer.name, local.shape), local))
 
-    def local(self, name: str) -> sp.Matrix:
-        if name not in self._stage:
-            raise SymbpError(f"'{name}' is not an intermediate; intermediates: {', '.join(self.intermediates)}")
-        return self._stage[name].local
-
-    def _examples(self, M):
-        if self.batch:
-            return [list(M.row(n)) for n in range(M.rows)]
-        return [list(M.col(0))]
-
-    def _reduce(self, per_example):
-        total = sp.Add(*per_example)
-        if self.batch and self.reduction == "mean":
-            return total / self.batch
-        return total
-
-    @cached_property
-    def output_loss(self) -> sp.Expr:
-        """The loss as a function of the last output (and ``y``)."""
-        a, y = self.symbols(self.output_name), self.symbols("y")
-        return self._reduce([self.loss_row.sympy(ak, yk) for ak, yk in zip(self._examples(a), self._examples(y))])
-
     @property
     def loss_stage(self) -> str:
         """The stage :attr:`local_loss` is written in: the last layer's input when the output/loss pair is
         written in the logits (softmax + cross-entropy: log-sum-exp), else the last output."""
         return self.layers[-1].inp if self.fused else self.output_name
-
-    @cached_property
-    def local_loss(self) -> sp.Expr:
-        if not self.fused:
-            return self.output_loss
-        z, y = self.symbols(self.loss_stage), self.symbols("y")
-        return self._reduce([self.fused.sympy(zk, yk) for zk, yk in zip(self._examples(z), self._examples(y))])
-
-    def forward_env(self, start: str | None = None) -> dict:
-        """Symbol -> written-out expression for every stage after ``start`` (all stages if ``None``)."""
-        env = {}
-        after = start is None
-        for stage in self.stages:
-            if after:
-                env.update(zip(stage.symbols, stage.local.xreplace(env)))
-            after = after or stage.name == start
-        return env
-
-    def written_out(self, name: str) -> sp.Matrix:
-        return self.symbols(name).xreplace(self.forward_env())
-
-    @cached_property
-    def loss(self) -> sp.Expr:
-        """The scalar loss written out in the inputs and the parameters."""
-        return self.local_loss.xreplace(self.forward_env())
-
-    def loss_from(self, name: str) -> sp.Expr:
-        """The loss written out as a function of intermediate ``name`` (and what is not downstream of it)."""
-        if name == self.output_name:
-            return self.output_loss
-        return self.local_loss.xreplace(self.forward_env(start=name))
 
     # ------------------------------------------------------------------ presentation
 

@@ -15,27 +15,15 @@ of the per-example losses. With ``residual``, a hidden layer whose width equals 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 
-import sympy as sp
 
 from . import registry
 from .errors import SymbpError
-from .names import matrix_symbols, times
+from .stages import Stage, Staged
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One intermediate variable of the forward pass: its symbols and their local definitions."""
-
-    name: str  # "z2" or "a2"
-    layer: int  # 1-based
-    symbols: sp.Matrix
-    local: sp.Matrix  # each entry in terms of earlier stages' symbols and the parameters
-
-
-class MLP:
+class MLP(Staged):
     """A multilayer perceptron written symbolically, entry by entry.
 
     >>> net = MLP([4, 5, 3, 3], hidden="relu", output="softmax", loss="cross_entropy")
@@ -112,22 +100,6 @@ class MLP:
             return (self.sizes[l], 1)
         return (self.batch, self.sizes[l]) if self.batch else (self.sizes[l], 1)
 
-    def symbols(self, name: str) -> sp.Matrix:
-        """The matrix of symbols of ``name``, shaped like it."""
-        if name == "a0":
-            name = "x"
-        return self._symbols(name, self.shape(name))
-
-    def grad_symbols(self, name: str) -> sp.Matrix:
-        """The symbols ``dV_i_j`` that stand for the upstream gradients dL/dV_ij."""
-        return self._symbols("d" + name, self.shape(name))
-
-    def _symbols(self, name, shape):
-        cache = self.__dict__.setdefault("_symbol_cache", {})
-        if name not in cache:
-            cache[name] = matrix_symbols(name, shape)
-        return cache[name]
-
     @property
     def columns(self) -> set[str]:
         """Names of the variables that are column vectors (for printing one index)."""
@@ -150,28 +122,12 @@ class MLP:
         if self.batch:
             names["N"] = self.batch
         return names
+
     def activation(self, layer: int):
         """The registry row of hidden layer ``layer`` (1-based), or the output row for the last."""
         return self.output if layer == self.L else self.hidden[layer - 1]
 
     # ------------------------------------------------------------------ forward
-
-    def local(self, name: str) -> sp.Matrix:
-        """The local definition of an intermediate: entries in earlier symbols and the parameters."""
-        if name not in self._stage:
-            raise SymbpError(f"'{name}' is not an intermediate; intermediates: {', '.join(self.intermediates)}")
-        return self._stage[name].local
-
-    def _examples(self, M):
-        """The rows of examples of a (batch) matrix, or the one column of a single example."""
-        if self.batch:
-            return [list(M.row(n)) for n in range(M.rows)]
-        return [list(M.col(0))]
-
-    def _from_examples(self, rows, shape):
-        if self.batch:
-            return sp.Matrix(rows)
-        return sp.Matrix(shape[0], 1, rows[0])
 
     def _layers(self):
         """This MLP as layers of the op table: ``affine`` (z_l, W_l, b_l), then its activation (a_l);
@@ -208,27 +164,6 @@ class MLP:
         """The stages of :attr:`network`, each labelled with its MLP layer (``z2`` and ``a2``: 2)."""
         return [Stage(s.name, int(s.name[1:]), s.symbols, s.local) for s in self.network.stages]
 
-    def _reduce(self, per_example):
-        total = sp.Add(*per_example)
-        if self.batch and self.reduction == "mean":
-            return total / self.batch
-        return total
-
-    @cached_property
-    def output_loss(self) -> sp.Expr:
-        """The loss as a function of the outputs ``a_L`` (and ``y``): what dL/da_L differentiates."""
-        a, y = self.symbols(f"a{self.L}"), self.symbols("y")
-        return self._reduce([self.loss_row.sympy(ak, yk) for ak, yk in zip(self._examples(a), self._examples(y))])
-
-    @cached_property
-    def local_loss(self) -> sp.Expr:
-        """The loss as a function of the last stage it needs: ``z_L`` when the output/loss pair is
-        written in the logits (softmax + cross-entropy: log-sum-exp), else ``a_L``."""
-        if not self.fused:
-            return self.output_loss
-        z, y = self.symbols(f"z{self.L}"), self.symbols("y")
-        return self._reduce([self.fused.sympy(zk, yk) for zk, yk in zip(self._examples(z), self._examples(y))])
-
     @property
     def output_name(self) -> str:
         """The last output, ``aL``: what the loss reads."""
@@ -238,37 +173,6 @@ class MLP:
     def loss_stage(self) -> str:
         """The stage :attr:`local_loss` is written in: ``zL`` (fused pair) or ``aL``."""
         return f"z{self.L}" if self.fused else f"a{self.L}"
-
-    def forward_env(self, start: str | None = None) -> dict:
-        """Symbol -> written-out expression for every stage after ``start`` (all stages if ``None``).
-
-        The stage ``start`` itself and everything not downstream of it stay as symbols.
-        """
-        env = {}
-        after = start is None
-        for stage in self.stages:
-            if after:
-                written = stage.local.xreplace(env)
-                env.update(zip(stage.symbols, written))
-            after = after or stage.name == start
-        return env
-
-    def written_out(self, name: str) -> sp.Matrix:
-        """Intermediate ``name`` written out in ``x`` and the parameters."""
-        env = self.forward_env()
-        return self.symbols(name).xreplace(env)
-
-    @cached_property
-    def loss(self) -> sp.Expr:
-        """The scalar loss written out in ``x, y, W*, b*``."""
-        return self.local_loss.xreplace(self.forward_env())
-
-    def loss_from(self, name: str) -> sp.Expr:
-        """The loss written out as a function of intermediate ``name`` (and what is not downstream of it)."""
-        if name == f"a{self.L}":
-            return self.output_loss
-        env = self.forward_env(start=name)
-        return self.local_loss.xreplace(env)
 
     # ------------------------------------------------------------------ presentation
 
