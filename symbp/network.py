@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from functools import cached_property
 
-
 from . import registry
 from .errors import SymbpError
 from .stages import Stage, Staged
