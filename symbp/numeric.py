@@ -465,12 +465,26 @@ def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
     a kink is listed in ``kink_crossings`` (its number is then not a derivative). For a network of
     layers, the forward is :func:`network_forward` and the kinks are those of each op's input.
     """
-    if isinstance(net, Network):
-        return _network_finite_differences(net, values, names)
+    return _finite_differences(net, values, names)
+
+
+def _finite_differences(net, values, names=None) -> FiniteDifferences:
+    """:func:`finite_differences` under another name, for callers whose parameter shadows it."""
     values = check_values(net, values)
+    if isinstance(net, Network):
+        return _central_differences(net, values, names, lambda v, perturb=None: network_forward(net, v, perturb=perturb),
+                                    lambda v, fwd: _network_kink_pattern(net, v, fwd))
+    return _central_differences(net, values, names, lambda v, perturb=None: forward_pass(net, v, perturb=perturb),
+                                lambda v, fwd: _kink_pattern(net, fwd))
+
+
+def _central_differences(net, values, names, forward, kinks) -> FiniteDifferences:
+    """The loop of :func:`finite_differences`, for either network: ``forward(values, perturb=None)`` is
+    the independent forward (a dict with ``"L"``), ``kinks(values, fwd)`` which side of each kink its
+    inputs are on."""
     names = list(names or net.params + net.intermediates)
-    base = forward_pass(net, values)
-    pattern = _kink_pattern(net, base)
+    base = forward(values)
+    pattern = kinks(values, base)
     result = FiniteDifferences({})
     for name in names:
         is_param = name in net.params
@@ -484,11 +498,10 @@ def finite_differences(net: MLP, values: dict, names=None) -> FiniteDifferences:
                 delta[index] = step
                 if is_param:
                     moved = dict(values, **{name: values[name] + delta})
-                    fwd = forward_pass(net, moved)
+                    fwd = forward(moved)
                 else:
-                    fwd = forward_pass(net, values, perturb={name: delta})
-                crossed = any(np.any(p != q) for p, q in zip(pattern, _kink_pattern(net, fwd)))
-                return fwd["L"], crossed
+                    moved, fwd = values, forward(values, perturb={name: delta})
+                return fwd["L"], any(np.any(p != q) for p, q in zip(pattern, kinks(moved, fwd)))
 
             samples = {s: loss_at(s) for s in (h, -h, h / 2, -h / 2)}
             if any(crossed for _, crossed in samples.values()):
@@ -705,40 +718,6 @@ def _clear_network_input(net, values, layer, kinks, margin):
             for n, i in zip(*np.nonzero(_near(z, kinks, margin)))]
 
 
-def _network_finite_differences(net: Network, values: dict, names=None) -> FiniteDifferences:
-    values = check_values(net, values)
-    names = list(names or net.params + net.intermediates)
-    base = network_forward(net, values)
-    pattern = _network_kink_pattern(net, values, base)
-    result = FiniteDifferences({})
-    for name in names:
-        is_param = name in net.params
-        point = values[name] if is_param else base[name]
-        grad = np.zeros(net.shape(name))
-        for index in np.ndindex(*grad.shape):
-            h = 1e-3 * max(1e-2, abs(point[index]))
-
-            def loss_at(step):
-                delta = np.zeros(grad.shape)
-                delta[index] = step
-                if is_param:
-                    moved = dict(values, **{name: values[name] + delta})
-                    fwd = network_forward(net, moved)
-                else:
-                    moved, fwd = values, network_forward(net, values, perturb={name: delta})
-                after = _network_kink_pattern(net, moved, fwd)
-                return fwd["L"], any(np.any(p != q) for p, q in zip(pattern, after))
-
-            samples = {s: loss_at(s) for s in (h, -h, h / 2, -h / 2)}
-            if any(crossed for _, crossed in samples.values()):
-                result.kink_crossings.append((name, index))
-            d1 = (samples[h][0] - samples[-h][0]) / (2 * h)
-            d2 = (samples[h / 2][0] - samples[-h / 2][0]) / h
-            grad[index] = (4 * d2 - d1) / 3
-        result.gradients[name] = grad
-    return result
-
-
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -842,7 +821,7 @@ def check_network(net: Network, grads: Gradients, seed=0, *, values=None, fn=Non
     got = fn(**values)
     if grads.layout == "numerator":
         got = {n: v.T for n, v in got.items()}
-    fd_error, crossings = (_network_finite_differences(net, values).max_abs_error(got) if finite_differences
+    fd_error, crossings = (_finite_differences(net, values).max_abs_error(got) if finite_differences
                            else (None, 0))
     torch_error, skipped = None, ""
     try:
