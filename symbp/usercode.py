@@ -57,6 +57,8 @@ class CodeFile:
     function: str = "backward"
     seconds: float = SECONDS
     memory_mb: int = MEMORY_MB
+    cwd: Path | None = None  # the child's working directory (and HOME, TMPDIR); None: the caller's
+    quiet: bool = False  # discard what the code prints (symbp grade); False: it goes to our stderr
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -186,6 +188,11 @@ def run_file(code: CodeFile, points: list) -> Run:
     """Run a :class:`CodeFile` at each point in a fresh child process, under its limits."""
     env = dict(os.environ)
     popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    if code.cwd is not None:
+        popen["cwd"] = str(code.cwd)
+        env.update(HOME=str(code.cwd), TMPDIR=str(code.cwd))
+    if code.quiet:
+        popen["stderr"] = subprocess.DEVNULL
     if os.name == "posix":
         popen["start_new_session"] = True  # its own process group: stopped as one; Ctrl-C reaches only us
     proc = subprocess.Popen([sys.executable, "-c", _source()], **popen)
