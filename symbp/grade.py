@@ -333,11 +333,19 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
             progress.update(1)
         return out
     import multiprocessing
+    import threading
     from concurrent.futures import ProcessPoolExecutor
 
+    # Forked workers inherit this process's derivation (built once, here); with other threads running
+    # (a Dask client, a progress bar) fork is unsafe, and workers start from a forkserver and build
+    # their own, once each.
+    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    if single:
+        context(text, path)
+    method = multiprocessing.get_context("fork" if single else "forkserver" if os.name == "posix" else "spawn")
     chunk = max(1, len(tasks) // (4 * workers))
     out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=method) as pool:
         for answer in pool.map(_guarded, [text] * len(tasks), [path] * len(tasks), tasks, chunksize=chunk):
             out.append(answer)
             progress.update(1)
@@ -549,6 +557,7 @@ def _bar(total, wanted):
         from tqdm import tqdm
     except ImportError:
         return _NoProgress()
+    tqdm.monitor_interval = 0  # no monitor thread: the local workers may then be forked
     return tqdm(total=total, desc="symbp grade", unit="student", file=sys.stderr)
 
 
@@ -579,7 +588,7 @@ def _grade_one(assignment, sub, mine, answer, judged) -> Grade:
         if target in code:
             options.append(("code", dict(code[target])))
         if not options:
-            why = sub.problem or ("no answer for dL/d" + target)
+            why = sub.problem or (answer["failure"] if answer["failure"] and not code else "no answer for dL/d" + target)
             options.append(("none", _unanswered(target, why)))
         source, best = max(options, key=lambda o: (credit(o[1]), o[0] == "formula"))
         best["points"] = _round(points * credit(best))

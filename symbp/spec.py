@@ -29,6 +29,9 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     seconds = 60             # wall-clock time for the module's import and every call
     memory_mb = 4096         # its address space
 
+    [rubric]                 # symbp grade: points per target
+    W1 = 2
+
     [values]                 # nested lists, shapes as the conventions
     x = [[1], [0], [2], [-1]]
 

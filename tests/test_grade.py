@@ -130,7 +130,8 @@ def test_outputs(graded, tmp_path):
 
 
 def test_same_grades_on_a_dask_local_cluster(klass, graded):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB",
                                   dashboard_address=None) as cluster:
         on_dask = grade(klass / "assignment.toml", klass / "subs", scheduler=cluster.scheduler_address,
