@@ -67,7 +67,9 @@ def report_pdf(grading, path):
         per_page = 4
         for start in range(0, len(targets), per_page):
             chunk = targets[start:start + per_page]
-            fig, axes = plt.subplots(len(chunk), 1, figsize=(8.27, 11.69), squeeze=False)
+            fig, axes = plt.subplots(per_page, 1, figsize=(8.27, 11.69), squeeze=False)
+            for ax in axes[len(chunk):, 0]:
+                ax.set_visible(False)  # the same height per target on every page
             for ax, target in zip(axes[:, 0], chunk):
                 items = sorted(counts[target].items(), key=lambda kv: (-kv[1], kv[0]))
                 labels = [k for k, _ in items][::-1]

@@ -125,6 +125,9 @@ def test_outputs(graded, tmp_path):
     assert crash["score"] == 0 and "ZeroDivisionError" in crash["tests"][0]["output"]
     pdf = (out / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") - pdf.count(b"/Type /Pages") == 3  # 1 + 5 targets / 4
+    first = pdf
+    write(graded, out)
+    assert (out / "report.pdf").read_bytes() == first  # no creation date: the same class, the same file
     assert len(written) == 1 + 2 * len(want) + 1
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
@@ -214,3 +217,15 @@ def test_discover_names(tmp_path):
     subs, _ = discover(tmp_path, net)
     assert [s.student for s in subs] == ["A_B2", "a_b", "a_b-2"]
     assert len({s.student.lower() for s in subs}) == 3
+
+
+def test_report_counts(graded):
+    from symbp.grade_report import outcomes
+
+    counts = {t: dict(c) for t, c in outcomes(graded).items()}
+    # W1: 15 right (formula or code), s10 and s16 transposed, s07 scaled, s08 shape; no answer from
+    # s12 (only W2), s13 (not TOML), s14 (empty), s26 (no function backward); 7 code failures
+    assert counts["W1"] == {"correct": 15, "not answered": 4, "not graded (error)": 7, "scaled": 1, "shape": 1,
+                            "transposed": 2}
+    assert counts["W2"] == {"correct": 17, "not answered": 3, "not graded (error)": 8, "transposed": 2}
+    assert counts["z1"] == {"correct": 15, "missing-activation-derivative": 1, "not answered": 14}
