@@ -36,12 +36,16 @@ How it works:
    its ``points``), ``<student>/results.json`` (Gradescope's autograder format) and ``report.pdf``
    (score histogram, outcomes per target), written to a temporary folder first and moved into place.
 
-Isolation is what a process can arrange, no more: the code runs with the grader's user rights, so it
-can read any file that user can (other submissions included, by their absolute paths), write where that
-user can, and use the network. It cannot stop the run, exhaust memory past ``memory_mb``, run past
-``seconds``, or touch the grades (written only after every task is done). Run untrusted code in a
-container (for example one grading run per class in a Docker container with the submissions mounted
-read-only, no network, and the results folder outside it).
+Isolation is what a process can arrange, no more. Where Linux offers Landlock (5.13 and later) the
+child confines itself before importing the student's module (:func:`symbp._usercode_child.confine`):
+it may read only the Python installation, the folders on ``sys.path`` and the system's libraries, and
+write only its own temporary folder, so opening another submission or the results folder is a
+``PermissionError`` (an ``error`` verdict naming it). Without Landlock there is no such confinement.
+Either way the code runs with the grader's user rights otherwise: it can use the network, see other
+processes, and read anything under ``sys.path``. It cannot stop the run, use more memory than
+``memory_mb``, run past ``seconds``, or touch the grades (written only after every task is done). Run
+untrusted code in a container (one grading run per class, the submissions mounted read-only, no
+network, the results folder outside it).
 """
 
 from __future__ import annotations
@@ -304,7 +308,7 @@ def judge_task(text: str, path: str, task: dict) -> dict:
             try:
                 shutil.copyfile(task["code"], copy)
                 code = CodeFile(copy, "backward", ctx.limits["seconds"], ctx.limits["memory_mb"], cwd=Path(work),
-                                quiet=True)
+                                quiet=True, confine=True)
                 out["code"] = [_result_json(r) for r in verify(ctx.net, code, grads=ctx.grads).results]
             except SymbpError as exc:  # backward.py defines no function backward
                 out["failure"] = str(exc).replace("code.function: ", "")

@@ -59,6 +59,7 @@ class CodeFile:
     memory_mb: int = MEMORY_MB
     cwd: Path | None = None  # the child's working directory (and HOME, TMPDIR); None: the caller's
     quiet: bool = False  # discard what the code prints (symbp grade); False: it goes to our stderr
+    confine: bool = False  # Landlock (Linux): read only Python and sys.path, write only cwd (see _usercode_child)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -158,6 +159,7 @@ def _request(code: CodeFile, points) -> bytes:
 
     arrays = [{name: np.ascontiguousarray(v, dtype=float) for name, v in point.items()} for point in points]
     return pickle.dumps({"path": str(code.path.resolve()), "function": code.function, "memory_mb": code.memory_mb,
+                         "confine": code.confine,
                          "points": [{n: (a.dtype.str, a.shape, a.tobytes()) for n, a in p.items()}
                                     for p in arrays]}, protocol=4)
 

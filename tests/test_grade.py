@@ -229,3 +229,20 @@ def test_report_counts(graded):
                             "transposed": 2}
     assert counts["W2"] == {"correct": 17, "not answered": 3, "not graded (error)": 8, "transposed": 2}
     assert counts["z1"] == {"correct": 15, "missing-activation-derivative": 1, "not answered": 14}
+
+
+def test_code_cannot_read_other_submissions_or_write_outside(klass, tmp_path):
+    """Landlock (Linux): the code reads only Python and sys.path, writes only its own fresh folder."""
+    other = klass / "subs" / "s01-right" / "answers.toml"
+    subs = tmp_path / "subs"
+    for name, prelude in [("reader", f"open({str(other)!r}).read()"),
+                          ("writer", f"open({str(tmp_path / 'planted.txt')!r}, 'w').write('x')"),
+                          ("lister", f"import os\nos.listdir({str(klass / 'subs')!r})")]:
+        (subs / name).mkdir(parents=True)
+        (subs / name / "backward.py").write_text(gc._code(prelude))
+    g = _rows(grade(klass / "assignment.toml", subs, workers=1, progress=False))
+    assert g["reader"].results[0]["detail"] == \
+        f"backward raised PermissionError: [Errno 13] Permission denied: '{other}' (backward.py, line 4)"
+    assert g["writer"].results[0]["detail"].startswith("backward raised PermissionError: [Errno 13]")
+    assert g["lister"].results[0]["detail"].startswith("backward raised PermissionError: [Errno 13]")
+    assert not (tmp_path / "planted.txt").exists()
