@@ -74,6 +74,8 @@ CREDIT = {"holds": 1.0, "transposed": 0.5, "sign": 0.5, "scaled": 0.5,
 NAMED_MISTAKE_CREDIT = 0.25
 #: Entries of a target up to which :func:`normal_form` expands (bigger ones keep SymPy's automatic form).
 EXPAND_ENTRIES = 400
+#: Formulas whose writing out on symbols takes more scalar operations are keyed by their tree instead.
+SYMBOLIC_WORK = 50_000
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 ANSWERS, CODE = "answers.toml", "backward.py"
 
@@ -257,7 +259,7 @@ def normal_form(text: str, net, target: str):
     """
     import sympy as sp
 
-    from .formula import FormulaError, evaluate, parse
+    from .formula import FormulaError, _unparse, evaluate, parse
 
     try:
         node = parse(text, net, what=f"claims.{target}")
@@ -265,6 +267,8 @@ def normal_form(text: str, net, target: str):
         if exc.kind != "shape":
             return None, exc
         return "text:" + "".join(text.split()), exc
+    if _work(node) > SYMBOLIC_WORK:  # too big to write out: equal trees (spacing, parentheses) still merge
+        return hashlib.sha256(f"{target}|tree:{_unparse(node)}".encode()).hexdigest(), node
     env = {name: value for name, value in _symbol_env(net).items() if name in node.names() or name == "x"}
     try:
         matrix = evaluate(node, env, N=net.batch)
@@ -274,6 +278,18 @@ def normal_form(text: str, net, target: str):
     except Exception:  # noqa: BLE001 - SymPy could not write it out: the text is the key
         form = "text:" + "".join(text.split())
     return hashlib.sha256(f"{target}|{form}".encode()).hexdigest(), node
+
+
+def _work(node) -> float:
+    """About how many scalar operations writing ``node`` out on symbols takes."""
+    total = 0
+    try:
+        for n in node.walk():
+            rows, cols = n.shape
+            total += int(rows) * int(cols) * (int(n.args[0].shape[1]) if n.op == "matmul" else 1)
+    except (TypeError, ValueError):
+        return float("inf")
+    return total
 
 
 # --------------------------------------------------------------------------- the tasks

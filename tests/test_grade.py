@@ -86,6 +86,16 @@ def test_normal_form():
     assert normal_form("dz2 @@ a1", net, "W2")[0] is None
 
 
+def test_normal_form_of_big_formulas_is_the_tree(monkeypatch):
+    import symbp.grade as grade_module
+
+    net = symbp.MLP([3, 4, 2])
+    monkeypatch.setattr(grade_module, "SYMBOLIC_WORK", 0)
+    key = normal_form("dz2 @ a1.T", net, "W2")[0]
+    assert normal_form(" ((dz2)) @ (a1.T) ", net, "W2")[0] == key
+    assert normal_form("outer(dz2, a1)", net, "W2")[0] != key  # equal, but only the symbols would tell
+
+
 def test_credit_table():
     assert [credit({"verdict": "fails", "diagnosis": d}) for d in
             ["transposed", "sign", "scaled", "missing-activation-derivative", "extra-activation-derivative",
