@@ -355,6 +355,7 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
     import multiprocessing
     import threading
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # Forked workers inherit this process's derivation (built once, here); with other threads running
     # (a Dask client, a progress bar) fork is unsafe, and workers start from a forkserver and build
@@ -365,9 +366,14 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
     method = multiprocessing.get_context("fork" if single else "forkserver" if os.name == "posix" else "spawn")
     chunk = max(1, len(tasks) // (4 * workers))
     out = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=method) as pool:
-        for answer in pool.map(_guarded, [text] * len(tasks), [path] * len(tasks), tasks, chunksize=chunk):
-            out.append(answer)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=method) as pool:
+            for answer in pool.map(_guarded, [text] * len(tasks), [path] * len(tasks), tasks, chunksize=chunk):
+                out.append(answer)
+                progress.update(1)
+    except BrokenProcessPool:  # a worker was killed (the machine's OOM killer): the rest here, one by one
+        for task in tasks[len(out):]:
+            out.append(_guarded(text, path, task))
             progress.update(1)
     return out
 
