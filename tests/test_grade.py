@@ -258,19 +258,26 @@ def test_code_cannot_read_other_submissions_or_write_outside(klass, tmp_path):
     assert not (tmp_path / "planted.txt").exists()
 
 
-def test_a_killed_worker_does_not_stop_the_run(klass, graded, monkeypatch):
+_PARENT = []
+
+
+def _killed_in_a_worker(text, path, task):
     import os
     import signal
 
+    from symbp.grade import judge_task
+
+    if task["code"] and "s17" in task["code"] and os.getpid() != _PARENT[0]:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return judge_task(text, path, task)
+
+
+def test_a_killed_worker_does_not_stop_the_run(klass, graded, monkeypatch):
+    import os
+
     import symbp.grade as grade_module
 
-    real, parent = grade_module._guarded, os.getpid()
-
-    def killed_in_a_worker(text, path, task):
-        if task["code"] and "s17" in task["code"] and os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-        return real(text, path, task)
-
-    monkeypatch.setattr(grade_module, "_guarded", killed_in_a_worker)
+    _PARENT[:] = [os.getpid()]
+    monkeypatch.setattr(grade_module, "_guarded", _killed_in_a_worker)
     again = grade(klass / "assignment.toml", klass / "subs", workers=2, progress=False)
     assert csv_text(again) == csv_text(graded)  # the rest graded in this process, the same grades
