@@ -355,7 +355,6 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
     import multiprocessing
     import threading
     from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     # Forked workers inherit this process's derivation (built once, here); with other threads running
     # (a Dask client, a progress bar) fork is unsafe, and workers start from a forkserver and build
@@ -371,7 +370,7 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
             for answer in pool.map(_guarded, [text] * len(tasks), [path] * len(tasks), tasks, chunksize=chunk):
                 out.append(answer)
                 progress.update(1)
-    except BrokenProcessPool:  # a worker was killed (the machine's OOM killer): the rest here, one by one
+    except Exception:  # noqa: BLE001 - a worker killed (BrokenProcessPool: the OOM killer), a task lost: the rest here
         for task in tasks[len(out):]:
             out.append(_guarded(text, path, task))
             progress.update(1)
