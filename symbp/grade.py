@@ -198,7 +198,8 @@ def discover(folder, net) -> tuple[list, list]:
             notes = []
             sub = Submission(_student_id(entry.name, taken, notes), entry.name, notes=notes)
             answers, code = entry / ANSWERS, entry / CODE
-            others = sorted(p.name for p in entry.iterdir() if p.name not in (ANSWERS, CODE) and not p.name.startswith("."))
+            others = sorted(p.name for p in entry.iterdir()
+                            if p.name not in (ANSWERS, CODE) and not p.name.startswith("."))
             if others:
                 sub.notes.append(f"ignored {', '.join(others)} (a submission is {ANSWERS} and/or {CODE})")
             if not answers.is_file() and not code.is_file():
@@ -613,7 +614,8 @@ def _grade_one(assignment, sub, mine, answer, judged) -> Grade:
         if target in code:
             options.append(("code", dict(code[target])))
         if not options:
-            why = sub.problem or (answer["failure"] if answer["failure"] and not code else "no answer for dL/d" + target)
+            why = sub.problem or (answer["failure"] if answer["failure"] and not code
+                                  else "no answer for dL/d" + target)
             options.append(("none", _unanswered(target, why)))
         source, best = max(options, key=lambda o: (credit(o[1]), o[0] == "formula"))
         best["points"] = _round(points * credit(best))

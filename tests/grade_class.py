@@ -87,12 +87,14 @@ ALL_ERR = {t: ERR for t in TARGETS}
 CLASS = {
     "s01-right": ({"answers.toml": _toml(RIGHT)}, _expect(), None),
     "s02-rewritten": ({"answers.toml": _toml(REWRITTEN)}, _expect(), None),
-    "s03-spacing": ({"answers.toml": _toml({k: "  " + v.replace(" ", "").replace("@", "   @").replace("*", "*  ") for k, v in RIGHT.items()})}, _expect(), None),
+    "s03-spacing": ({"answers.toml": _toml({k: "  " + v.replace(" ", "").replace("@", "   @").replace("*", "*  ")
+                                            for k, v in RIGHT.items()})}, _expect(), None),
     "s04-W2-transposed": ({"answers.toml": _toml(_formulas(W2="a1 @ dz2.T"))},
                           _expect(W2=("fails", T, 0.5)), None),
     "s05-b1-sign": ({"answers.toml": _toml(_formulas(b1="-dz1"))}, _expect(b1=("fails", S, 0.5)), None),
     "s06-z1-missing-step": ({"answers.toml": _toml(_formulas(z1="W2.T @ dz2"))}, _expect(z1=("fails", M, 0.25)), None),
-    "s07-W1-scaled": ({"answers.toml": _toml(_formulas(W1="2 * dz1 @ x.T"))}, _expect(W1=("fails", "scaled", 0.5)), None),
+    "s07-W1-scaled": ({"answers.toml": _toml(_formulas(W1="2 * dz1 @ x.T"))}, _expect(W1=("fails", "scaled", 0.5)),
+                      None),
     "s08-W1-shape": ({"answers.toml": _toml(_formulas(W1="dz1 @ dz1.T"))}, _expect(W1=("fails", SH, 0)), None),
     "s09-b2-other": ({"answers.toml": _toml(_formulas(b2="dz2 + 1"))}, _expect(b2=("fails", O, 0)), None),
     "s10-W1-transposed-shape": ({"answers.toml": _toml(_formulas(W1="dz1 @ x"))}, _expect(W1=("fails", T, 0.5)), None),

@@ -8,7 +8,8 @@ their rewritings and the usual mistakes (formulas), and right, transposed, sign-
 backward functions (code), for the network [3, 4, 2] of the test class. Each of the two halves is
 graded three ways in the same run: serial (``--workers 1``), ``--workers 2`` and a 2-worker
 ``distributed.LocalCluster`` (processes, 1 thread each), each timed from the assignment's loading to
-the last grade (the cluster's start-up excluded; the local runs first, before the cluster's threads exist). Printed: seconds, submissions per second, the ratio
+the last grade (the cluster's start-up excluded; the local runs first, before the cluster's threads
+exist). Printed: seconds, submissions per second, the ratio
 to serial, the share of formulas judged once (equal answers), and whether the three gave the same
 grades. Goals: formulas under 20 s, code under 2 minutes.
 """
@@ -74,7 +75,8 @@ def main():
                       f"speed-up {base / seconds:4.2f}")
             if label == "formulas":
                 g = judged[label]
-                print(f"  formulas: {g.formulas} answered, {g.judged} distinct judged ({100 * g.hit_rate:.0f}% judged once)")
+                print(f"  formulas: {g.formulas} answered, {g.judged} distinct judged "
+                      f"({100 * g.hit_rate:.0f}% judged once)")
             print(f"  {label}: the three give the same grades: {len(csvs[label]) == 1}")
 
 if __name__ == "__main__":
