@@ -590,9 +590,43 @@ def _run_gallery(args):
     return 0
 
 
+# --------------------------------------------------------------------------- grade
+
+
+def _add_grade(sub):
+    p = sub.add_parser("grade", help="grade a class's answers (formulas and backward code) against a rubric",
+                       description="Grade every submission in a folder (per student a folder with answers.toml "
+                       "[claims] and/or backward.py, or a <student>.toml) against an assignment spec ([model], "
+                       "[rubric] points per target, optional [limits] for the code). Per target: verdict, diagnosis "
+                       "in words, points (1 holds; 1/2 transposed, sign, scaled; 1/4 a missing or extra activation "
+                       "derivative or a layer's named mistake; 0 otherwise). Writes grades.csv, <student>.json, "
+                       "<student>/results.json (Gradescope) and report.pdf. Equal formulas are judged once.\n\n"
+                       "exit codes: 0 every submission graded, 2 a bad assignment\n\n" + CONVENTIONS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("assignment", help="the assignment spec (TOML): [model], [rubric], optional [limits]")
+    p.add_argument("submissions", help="the folder of submissions")
+    p.add_argument("-o", "--output", default="results", help="the results folder (default: results)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: the number of cores; 1: serial)")
+    p.add_argument("--scheduler", help="a Dask scheduler's address (tcp://host:port) instead of local workers")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_run_grade)
+
+
+def _run_grade(args):
+    from .grade import grade, load_assignment, summary, write
+
+    assignment = load_assignment(args.assignment)
+    grading = grade(assignment, args.submissions, workers=args.workers, scheduler=args.scheduler)
+    write(grading, args.output)
+    payload = grading.to_json()
+    payload["output"] = str(args.output)
+    _emit(args, payload, summary(grading) + f"\nwrote {args.output}/grades.csv, report.pdf and one JSON per student")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
-COMMANDS = [_add_derive, _add_verify, _add_flow, _add_graph, _add_example, _add_gallery]
+COMMANDS = [_add_derive, _add_verify, _add_flow, _add_graph, _add_example, _add_gallery, _add_grade]
 
 
 def build_parser() -> argparse.ArgumentParser:

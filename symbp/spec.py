@@ -29,6 +29,9 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     seconds = 60             # wall-clock time for the module's import and every call
     memory_mb = 4096         # its address space
 
+    [rubric]                 # symbp grade: points per target
+    W1 = 2
+
     [values]                 # nested lists, shapes as the conventions
     x = [[1], [0], [2], [-1]]
 
@@ -71,7 +74,7 @@ from .layers import Network, network
 from .network import MLP
 from .usercode import MEMORY_MB, SECONDS, CodeFile, check_limit
 
-TABLES = ("model", "layers", "claims", "code", "limits", "values", "claimed_values", "example")
+TABLES = ("model", "layers", "claims", "code", "limits", "values", "claimed_values", "example", "rubric")
 MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
 #: The fields of a ``[model]`` whose network is given by ``[[layers]]`` tables.
 LAYERS_MODEL_FIELDS = ("input", "batch", "loss", "reduction")
@@ -123,6 +126,7 @@ class Spec:
     example: dict = field(default_factory=dict)  # options of ``symbp example``: title, note, tolerance
     limits: dict = field(default_factory=lambda: {"seconds": SECONDS, "memory_mb": MEMORY_MB})
     layers: list | None = None  # the [[layers]] tables as read (None for an MLP)
+    rubric: dict = field(default_factory=dict)  # symbp grade: {target: points}, in the file's order
 
     def _code_file(self):
         if self.code is None:
@@ -228,8 +232,9 @@ def loads(text: str, *, path=None, steps=("build",)) -> Spec:
             raise SymbpError(f"{where}claimed_values: unknown name '{key}' (write d{key[4:]} for dL/d{key[4:]})")
     _known_names(claimed, cells, "claimed_values", where)
     _known_names(data.get("example", {}), list(EXAMPLE_FIELDS), "example", where, kind="key")
+    rubric = _rubric(data.get("rubric", {}), net, where)
     return Spec(net, dict(data["model"]), claims, code, values, claimed, Path(path) if path else None,
-                dict(data.get("example", {})), limits, data.get("layers"))
+                dict(data.get("example", {})), limits, data.get("layers"), rubric)
 
 
 def model_from_table(table: dict) -> MLP:
@@ -340,6 +345,18 @@ def _claims(table, net):
                 raise
         claims[key] = text
     return claims
+
+
+def _rubric(table, net, where=""):
+    """``[rubric]`` of an assignment (``symbp grade``): points per target, each a number >= 0."""
+    targets = net.params + net.intermediates
+    for key, points in table.items():
+        if key not in targets:
+            raise SymbpError(f"{where}rubric: no gradient named '{key}'{closest(key, targets)}; "
+                             f"targets: {', '.join(targets)}")
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or not 0 <= points < float("inf"):
+            raise SymbpError(f"{where}rubric.{key}: expected a number of points >= 0, got {points!r}")
+    return {key: float(points) if isinstance(points, Written) else points for key, points in table.items()}
 
 
 def _code(table):

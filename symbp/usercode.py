@@ -57,6 +57,9 @@ class CodeFile:
     function: str = "backward"
     seconds: float = SECONDS
     memory_mb: int = MEMORY_MB
+    cwd: Path | None = None  # the child's working directory (and HOME, TMPDIR); None: the caller's
+    quiet: bool = False  # discard what the code prints (symbp grade); False: it goes to our stderr
+    confine: bool = False  # Landlock (Linux): read only Python and sys.path, write only cwd (see _usercode_child)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
@@ -156,6 +159,7 @@ def _request(code: CodeFile, points) -> bytes:
 
     arrays = [{name: np.ascontiguousarray(v, dtype=float) for name, v in point.items()} for point in points]
     return pickle.dumps({"path": str(code.path.resolve()), "function": code.function, "memory_mb": code.memory_mb,
+                         "confine": code.confine,
                          "points": [{n: (a.dtype.str, a.shape, a.tobytes()) for n, a in p.items()}
                                     for p in arrays]}, protocol=4)
 
@@ -186,6 +190,11 @@ def run_file(code: CodeFile, points: list) -> Run:
     """Run a :class:`CodeFile` at each point in a fresh child process, under its limits."""
     env = dict(os.environ)
     popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    if code.cwd is not None:
+        popen["cwd"] = str(code.cwd)
+        env.update(HOME=str(code.cwd), TMPDIR=str(code.cwd))
+    if code.quiet:
+        popen["stderr"] = subprocess.DEVNULL
     if os.name == "posix":
         popen["start_new_session"] = True  # its own process group: stopped as one; Ctrl-C reaches only us
     proc = subprocess.Popen([sys.executable, "-c", _source()], **popen)

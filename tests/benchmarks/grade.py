@@ -1,0 +1,83 @@
+"""symbp benchmark of ``symbp grade``: a generated class, serial vs local workers vs a Dask LocalCluster.
+
+    python tests/benchmarks/grade.py            # 100 formula + 100 code submissions (a few minutes)
+    python tests/benchmarks/grade.py --quick    # 10 + 10: checks the script
+
+The class (tests/grade_class.py, ``write_large_class``) is drawn at random from the right answers,
+their rewritings and the usual mistakes (formulas), and right, transposed, sign-flipped and crashing
+backward functions (code), for the network [3, 4, 2] of the test class. Each of the two halves is
+graded three ways in the same run: serial (``--workers 1``), ``--workers 2`` and a 2-worker
+``distributed.LocalCluster`` (processes, 1 thread each), each timed from the assignment's loading to
+the last grade (the cluster's start-up excluded; the local runs first, before the cluster's threads
+exist). Printed: seconds, submissions per second, the ratio
+to serial, the share of formulas judged once (equal answers), and whether the three gave the same
+grades. Goals: formulas under 20 s, code under 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main():
+    args = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    args.add_argument("--quick", action="store_true", help="10 + 10 submissions")
+    options = args.parse_args()
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = "1"
+    import distributed
+
+    import grade_class as gc
+    from symbp.grade import csv_text, grade, load_assignment
+
+    n = 10 if options.quick else 100
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        (work / "assignment.toml").write_text(gc.ASSIGNMENT)
+        formulas = gc.write_large_class(work / "all", formulas=n, code=0)
+        code = work / "code"
+        gc.write_large_class(code, formulas=0, code=n)
+        print(f"symbp grade benchmark: {n} formula and {n} code submissions, network [3, 4, 2], "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+        halves = (("formulas", formulas), ("code", code))
+        times, csvs, judged = {}, {}, {}
+
+        def run(label, folder, how, **kwargs):
+            start = time.perf_counter()
+            grading = grade(load_assignment(work / "assignment.toml"), folder, progress=False, **kwargs)
+            times[label, how] = time.perf_counter() - start
+            csvs.setdefault(label, set()).add(csv_text(grading))
+            judged[label] = grading
+
+        # local processes first: a running LocalCluster's threads would make the pool use a forkserver
+        # instead of fork (workers would then rebuild the derivation, as on a cluster)
+        for label, folder in halves:
+            run(label, folder, "serial", workers=1)
+            run(label, folder, "--workers 2", workers=2)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="2GiB",
+                                      dashboard_address=None, silence_logs=40) as cluster:
+            for label, folder in halves:
+                run(label, folder, "LocalCluster 2", scheduler=cluster.scheduler_address)
+        for label, _ in halves:
+            base = times[label, "serial"]
+            for how in ("serial", "--workers 2", "LocalCluster 2"):
+                seconds = times[label, how]
+                print(f"  {label:<8}  {how:<15} {seconds:7.1f} s  {n / seconds:6.1f} submissions/s  "
+                      f"speed-up {base / seconds:4.2f}")
+            if label == "formulas":
+                g = judged[label]
+                print(f"  formulas: {g.formulas} answered, {g.judged} distinct judged "
+                      f"({100 * g.hit_rate:.0f}% judged once)")
+            print(f"  {label}: the three give the same grades: {len(csvs[label]) == 1}")
+
+if __name__ == "__main__":
+    main()
