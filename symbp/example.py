@@ -498,14 +498,14 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
             z = ex.num(f"z{layer}")[i, j]
             zlabel, dalabel = _label(net, f"z{layer}", i, j), _label(net, f"da{layer}", i, j)
             act = net.hidden[layer - 1]
-            if act.name == "relu":
-                return (f"{zlabel} = {ex.show(f'z{layer}', i, j)} {'< 0' if z < 0 else '= 0'}, so ReLU blocks the "
+            slope = _derivative(act, ex.value(f"z{layer}")[i, j])
+            if slope == 0:  # a flat side (ReLU's z <= 0): the derivative blocks the gradient
+                return (f"{zlabel} = {ex.show(f'z{layer}', i, j)}{_side(act, z)}, so {plain_name(act)} blocks the "
                         f"gradient: {wrong} "
-                        f"({say(claim)} is {dalabel}: the ReLU mask was forgotten)")
-            slope = _derivative(act, z)
-            return (f"{wrong}: {cell.label} = {dalabel} * {act.name}'({zlabel}) = {ex.show(f'da{layer}', i, j)} * "
+                        f"({say(claim)} is {dalabel}: the {plain_name(act)} mask was forgotten)")
+            return (f"{wrong}: {cell.label} = {dalabel} * {plain_name(act)}'({zlabel}) = {ex.show(f'da{layer}', i, j)} * "
                     f"{say(slope, sp.N(slope, PRECISION))}; "
-                    f"the factor {act.name}'({zlabel}) was forgotten")
+                    f"the factor {plain_name(act)}'({zlabel}) was forgotten")
     if backward and kind in "Wa" and layer is not None:
         alt = _transposed_alternative(ex, name, i, j)
         if gives(alt):
@@ -526,8 +526,7 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
         return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples "
                 f"({say(claim)} is their sum)")
     if name == "L" and gives(2 * truth):
-        forgotten = "the 1/2 of E = 1/2 (a - y)^2 forgotten" if net.loss_row.name == "mse" else "a factor 1/2 forgotten"
-        return f"{wrong}: that is twice L; multiplied by 1/2 it is right ({forgotten})"
+        return f"{wrong}: that is twice L; multiplied by 1/2 it is right (a factor 1/2 forgotten)"
     if backward:
         story = _forgotten_upstream(ex, name, i, j, gives)
         if story:
@@ -559,13 +558,14 @@ def _diagnose_layers(ex: Example, cell: Cell, claim, wrong: str, gives) -> str:
                 inp = ex.num(var)[i, j]
                 slope = _derivative(layer.op.activation, ex.value(var)[i, j])
                 if gives(truth + upstream * (1 - slope)):  # this layer's term without its f'
-                    if layer.op.name == "relu":
-                        return (f"{here(var)} = {say(ex.value(var)[i, j], inp)} {'< 0' if inp < 0 else '= 0'}, so "
-                                f"ReLU blocks the gradient: {wrong} (the ReLU mask of {layer.label} was forgotten: "
+                    title = plain_name(layer.op)
+                    if slope == 0:  # a flat side (ReLU's z <= 0): the derivative blocks the gradient
+                        return (f"{here(var)} = {say(ex.value(var)[i, j], inp)}{_side(layer.op, inp)}, so "
+                                f"{title} blocks the gradient: {wrong} (the {title} mask of {layer.label} was forgotten: "
                                 f"{here('d' + layer.name)} = {say(upstream)} passed on unchanged)")
-                    return (f"{wrong}: the factor {layer.op.name}'({here(var)}) = {say(slope, sp.N(slope, PRECISION))} "
+                    return (f"{wrong}: the factor {title}'({here(var)}) = {say(slope, sp.N(slope, PRECISION))} "
                             f"of {layer.label} was forgotten ({here('d' + layer.name)} passed on unchanged)")
-            if layer.inp == var and layer.op.name == "dropout":
+            if layer.inp == var and "mask" in layer.extra and "p" in layer.cfg:  # dropout's kept entries
                 kept = ex.num(layer.extra["mask"])[i, j]
                 p = _exact_p(layer)
                 if gives(truth - upstream * kept * p / (1 - p)):  # this layer's term without 1/(1 - p)
@@ -597,6 +597,34 @@ def _diagnose_layers(ex: Example, cell: Cell, claim, wrong: str, gives) -> str:
                 f"{layer.label})")
     return (f"{wrong}; none of the usual mistakes (a forgotten activation derivative, a skip term left out, "
             "dropout's scale forgotten, a transposed product, a wrong sign, a missing 1/N) gives this number")
+
+
+def plain_name(row) -> str:
+    """How a sentence names an activation (a registry row or an op of the table): its ``latex`` column
+    when that is an ``\\operatorname`` (``ReLU``, ``GELU``) or a bare function (``tanh``), else its name.
+
+    >>> from symbp.ops import op
+    >>> plain_name(op("relu")), plain_name(op("tanh")), plain_name(op("sigmoid"))
+    ('ReLU', 'tanh', 'sigmoid')
+    """
+    import re
+
+    match = re.fullmatch(r"\\operatorname\{(\w+)\}|\\([a-z]+)", row.latex or "")
+    if match and (match.group(1) or match.group(2) in ("tanh", "exp", "log")):
+        return match.group(1) or match.group(2)
+    return row.name
+
+
+def _side(row, z) -> str:
+    """Where ``z`` sits against the row's kinks (its ``kinks`` column): `` < 0``, `` = 0``, `` > 0``, or
+    nothing for a row without kinks."""
+    kinks = sorted(getattr(row, "kinks", ()) or ())
+    if not kinks:
+        return ""
+    z = float(z)
+    nearest = min(kinks, key=lambda k: abs(k - z))
+    sign = "=" if z == nearest else ("<" if z < nearest else ">")
+    return f" {sign} {say(sp.Rational(repr(nearest)))}"
 
 
 def _exact_p(layer) -> sp.Rational:
@@ -652,8 +680,9 @@ def _forgotten_upstream(ex: Example, name: str, i: int, j: int, gives):
             alt = mistaken_backward(ex, dropped, exact=False)
             if name in alt and gives(alt[name][i, j]):
                 where = " and ".join(f"dz{l}" for l in dropped)
-                act = {net.hidden[l - 1].name for l in dropped}
-                what = "the ReLU mask" if act == {"relu"} else "the activation derivative"
+                acts = {plain_name(net.hidden[l - 1]) for l in dropped}
+                masks = all(_derivative(net.hidden[l - 1], v) in (0, 1) for l in dropped for v in ex.value(f"z{l}"))
+                what = f"the {acts.pop()} mask" if masks and len(acts) == 1 else "the activation derivative"
                 return (f"{say(alt[name][i, j], alt[name][i, j])} is what the backward pass gives when {what} is forgotten at "
                         f"{where} and carried on")
     return None

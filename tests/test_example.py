@@ -257,8 +257,8 @@ def test_loss_claimed_twice_or_summed_is_named():
     values = {"x": [[1], [2]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
     ex = worked_example(net, values, claimed={"L": 162})
     assert ex.loss == 81
-    assert ex.cell("L").reason == ("L = 81, not 162: that is twice L; multiplied by 1/2 it is right (the 1/2 of "
-                                   "E = 1/2 (a - y)^2 forgotten)")
+    assert ex.cell("L").reason == ("L = 81, not 162: that is twice L; multiplied by 1/2 it is right (a factor "
+                                   "1/2 forgotten)")
     batch = symbp.MLP([1, 1], hidden=[], output="identity", loss="mse", batch=2)
     ex = worked_example(batch, dict(x=[[1], [2]], y=[[0], [0]], W1=[[3]], b1=[[0]]), claimed={"L": 45})
     assert ex.cell("L").reason == ("L = 22.5, not 45: the 1/N is missing: the loss is the mean over the N = 2 "
