@@ -726,8 +726,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
 
     net = ex.net
     if isinstance(net, Network):
-        raise SymbpError("-o: documents of worked examples for networks of layers are not available yet (leave "
-                         "out -o: the cells and the verdicts are printed)")
+        return _layers_document(ex, title=title, user_dir=user_dir)
 
     def rows(M, name=None, A=None):
         marks = name in ex.claimed
@@ -809,3 +808,107 @@ def _tex_name(name):
     grad = name.startswith("d")
     var = name[1:] if grad else name
     return {"grad": grad, "letter": var[0], "layer": var[1:]}
+
+
+def _layers_document(ex: Example, *, title=None, user_dir=None) -> str:
+    """The document of a network of layers: layer by layer, each parameter and output with its numbers;
+    then from the last layer back, each gradient next to its formula (the op table's ``backward``
+    column, as :func:`symbp.verify.textbook` assembles it) and its numbers."""
+    from .document import network_names
+    from .formula import parse
+    from .latex import SymbpLatexPrinter, abbreviated, formula_lines, render, visible_width
+    from .verify import textbook
+
+    net = ex.net
+    printer = SymbpLatexPrinter(columns=net.columns, names=network_names(net))
+    claims = textbook(net)
+
+    def entry(name, grad=False):
+        key = "d" + name if grad else name
+        M = ex.value(key)
+        A = ex.num(key) if key in ex.approx or key in ex.inputs else M
+        marks = key in ex.claimed
+        cells = [[{"text": _cell_text(M[i, j], A[i, j]),
+                   "mark": ex.cell(key, i, j).correct if marks else None} for j in range(M.cols)]
+                 for i in range(M.rows)]
+        symbol = (rf"\frac{{\partial L}}{{\partial {printer.base(name)}}}" if grad else printer.base(name))
+        out = {"name": key, "symbol": symbol, "rows": cells, "formula": None, "where": []}
+        if grad and name in claims:
+            node = parse(claims[name], net)
+            out["formula"] = formula_lines(node, printer=printer, width=55)
+            if max(visible_width(line) for line in out["formula"]) > 60:  # a long product: name its repeats
+                main, out["where"] = abbreviated(node, printer=printer)
+                out["formula"] = [main]
+        return out
+
+    forward = []
+    for layer in net.layers:
+        forward.append({"position": layer.position, "op": layer.op.name, "op_tex": layer.op.latex,
+                        "summary": layer.op.summary, "input": printer.base(layer.inp),
+                        "given": [entry(n) for n in (*layer.params.values(), *(v for k, v in layer.extra.items()
+                                                                               if v in net.inputs))],
+                        "stages": [entry(n) for n in layer.stages.values()], "out": entry(layer.name),
+                        "note": layer.op.note})
+    backward = []
+    for layer in reversed(net.layers):
+        names = [layer.name, *reversed(list(layer.stages.values())), *layer.params.values()]
+        backward.append({"position": layer.position, "op": layer.op.name,
+                         "entries": [entry(n, grad=True) for n in names if "d" + n in ex.backward]})
+    claimed = [{"label": c.label, "correct": c.correct, "reason": c.reason, "claimed": _cell_text(c.claimed, c.claimed),
+                "value": _cell_text(c.value, c.approx)} for c in ex.cells if c.claimed is not None]
+    return render("example.tex.j2", user_dir=user_dir, author="symbp example", layered=True,
+                  title=title or ex.title or "A worked example by hand", note=ex.note,
+                  description=net.describe(), x=entry("x"), y=entry("y"), forward=forward, back=backward,
+                  loss_text=_cell_text(ex.loss, ex.num("L")[0]), loss_name=net.loss_row.name,
+                  loss_tex=net.loss_row.latex, batch=net.batch, reduction=net.reduction, claims=claimed,
+                  ok=ex.ok, tolerance=say(ex.tolerance), flags=kink_flags(ex))
+
+
+def significant(x, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits, in plain decimals (never an exponent, never ``0`` for a
+    small nonzero number).
+
+    >>> significant(0.49999), significant(2.7e-5), significant(-12.3456), significant(0), significant(123456.7)
+    ('0.5000', '0.00002700', '-12.35', '0', '123457')
+    """
+    x = float(x)
+    if x == 0:
+        return "0"
+    exponent = math.floor(math.log10(abs(x)))
+    places = max(0, digits - 1 - exponent)
+    text = f"{x:.{places}f}"
+    if float(text) != 0 and len(text.lstrip("-").replace(".", "").lstrip("0")) > digits and places:
+        text = f"{x:.{places - 1}f}"  # 9.99996 rounds up to 10.000: one place less
+    return text
+
+
+def _cell_text(v, approx) -> str:
+    """A cell as typeset: an integer or a decimal of at most four significant digits as it is (``0.5``,
+    ``-12``), else four significant digits (``0.3333`` for 1/3).
+
+    >>> _cell_text(sp.Rational(1, 2), None), _cell_text(sp.Rational(11, 64), None), _cell_text(sp.Rational(-1, 3), None)
+    ('0.5', '0.1719', '-0.3333')
+    """
+    v = sp.sympify(v)
+    if v.is_Rational and "/" not in say(v) and len(say(v).lstrip("-").replace(".", "").strip("0")) <= 4:
+        return say(v)
+    return significant(approx if approx is not None else sp.N(v, 30))
+
+
+def kink_flags(ex: Example) -> list:
+    """The cells that sit on a kink of the op reading them, with the convention that decides their
+    derivative: ``["z1[2] = 0: ReLU'(0) = 0 by convention"]`` (the ops' and activations' ``kinks``
+    column; their derivative from :func:`symbp.registry.derivative`)."""
+    net = ex.net
+    readers = ([(f"z{l}", net.hidden[l - 1]) for l in range(1, net.L)] if isinstance(net, MLP) else
+               [(layer.inp, layer.op.activation) for layer in net.layers if layer.op.activation is not None])
+    flags = []
+    for name, row in readers:
+        kinks = [sp.Rational(repr(k)) for k in (row.kinks or ())]
+        M = ex.value(name)
+        for (i, j), v in zip(itertools.product(range(M.rows), range(M.cols)), M):
+            if v in kinks:
+                slope = _derivative(row, v)
+                flags.append(f"{_label(net, name, i, j)} = {say(v)}: {plain_name(row)}'({say(v)}) = "
+                             f"{say(slope)} by convention")
+    return flags

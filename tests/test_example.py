@@ -376,3 +376,81 @@ def test_cells_known_only_to_be_tiny_are_zero():
     ex = worked_example(symbp.MLP([2, 2, 2]), _huge_values(10 ** 8))
     assert abs(float(ex.approx["L"][0])) < 1e-30
     assert ex.forward["z2"] == sp.Matrix([10 ** 16 - 10 ** 8, 10 ** 8 - 10 ** 16])  # exact, as ever
+
+
+# --------------------------------------------------------------------------- networks of layers, every op
+
+from op_networks import configs as op_configs, make as make_op  # noqa: E402
+
+
+def halves(net, seed=0):
+    """A point of ``net`` a person can follow: the random point rounded to halves (masks stay 0/1)."""
+    point = numeric.random_values(net, seed)
+    return {k: (np.round(np.asarray(point[k], dtype=float) * 2) / 2).tolist() for k in net.inputs + net.params}
+
+
+@pytest.mark.parametrize("config", sorted(op_configs()))
+def test_layers_example_document_for_every_op(config):
+    """Every op of the table: the cells agree with NumPy backprop, and the document shows each gradient's
+    formula (the op table's backward, through textbook) next to its numbers."""
+    from symbp.example import _cell_text
+    from symbp.formula import parse
+    from symbp.latex import SymbpLatexPrinter, abbreviated, formula_lines, visible_width
+    from symbp.document import network_names
+    from symbp.verify import textbook
+
+    net = make_op(config)
+    values = halves(net)
+    ex = worked_example(net, values)
+    fd = numeric.finite_differences(net, {k: np.array(v, dtype=float) for k, v in values.items()})
+    tex = document(ex)
+    printer = SymbpLatexPrinter(columns=net.columns, names=network_names(net))
+    claims = textbook(net)
+    assert set(ex.backward) == {"d" + n for n in net.params + net.intermediates}
+    for name in net.params + net.intermediates:
+        M = ex.value("d" + name)
+        got, want = np.array(M.evalf(20).tolist(), dtype=float), fd.gradients[name]
+        for index in np.ndindex(*got.shape):
+            if (name, index) not in fd.kink_crossings:  # central differences across a kink are no derivative
+                assert abs(got[index] - want[index]) <= 1e-6 * (1 + abs(want[index])), (name, index)
+        cells = " \\\\ ".join(" & ".join(_cell_text(M[i, j], ex.num("d" + name)[i, j]) for j in range(M.cols))
+                              for i in range(M.rows))
+        symbol = rf"\frac{{\partial L}}{{\partial {printer.base(name)}}}"
+        shown = rf"\begin{{bmatrix}}{cells}\end{{bmatrix}}"
+        if name in claims:
+            node = parse(claims[name], net)
+            first = formula_lines(node, printer=printer, width=55)[0]
+            if visible_width(first) > 60:  # a long product is shown with its repeated parts named u_k
+                main, where = abbreviated(node, printer=printer)
+                first = main
+                assert where and all(f"{u} &= {d}" in tex for u, d in where), name
+            assert f"{symbol} &= {first}" in tex, name
+        assert shown in tex, name
+    for layer in net.layers:
+        assert f"\\subsection*{{Layer {layer.position}: {layer.op.name.replace('_', chr(92) + '_')}}}" in tex
+
+
+def test_cli_writes_the_example_of_a_network_of_layers(tmp_path, capsys):
+    spec = tmp_path / "net.toml"
+    values = halves(make_op("layernorm"))
+    spec.write_text('[model]\ninput = 2\nbatch = 2\nloss = "mse"\n'
+                    '[[layers]]\nop = "affine"\nout = 3\n[[layers]]\nop = "layernorm"\n[[layers]]\nop = "affine"\nout = 2\n'
+                    "[values]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    assert main(["example", str(spec), "-o", str(tmp_path / "out.tex")]) == 0
+    tex = (tmp_path / "out.tex").read_text()
+    assert "\\subsection*{Layer 2: layernorm}" in tex and "\\section*{Backward pass}" in tex
+
+
+@needs_tex
+@pytest.mark.parametrize("config", ["layernorm", "attention-causal", "batchnorm", "dropout", "add", "activation",
+                                    "custom-loss"])
+def test_layers_example_documents_compile_without_overfull_boxes(tmp_path, config):
+    import re
+
+    net = make_op(config)
+    ex = worked_example(net, halves(net))
+    log = tmp_path / "e.log"
+    pdf = symbp.latex.compile_pdf(document(ex), tmp_path / "e.pdf", log_path=log)
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
+    assert "Backward pass" in text and f"Layer {net.layers[-1].position}:" in text
+    assert "Overfull \\hbox" not in log.read_text(), re.findall(r"Overfull \\hbox.*", log.read_text())
