@@ -259,6 +259,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "example": worked,
         "example_omitted": omitted,
         "flow": _flow(net, worked),
+        "flowsec": _flow_section(net),
     }
 
 
@@ -653,6 +654,12 @@ def _frobenius(M):
 
 
 # --------------------------------------------------------------------------- gradient flow
+
+
+def _flow_section(net: MLP) -> dict:
+    from .flow import derivation_section  # the section's context and partial belong to symbp.flow
+
+    return derivation_section(net)
 
 
 def _flow(net: MLP, worked) -> dict:
