@@ -720,19 +720,22 @@ def mistaken_backward(ex: Example, dropped=(), *, exact: bool = True) -> dict:
 
 # --------------------------------------------------------------------------- the document
 
-def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
-    """The LaTeX document: the forward and backward tables as a person fills them in, then the claims."""
+def document(ex: Example, *, title: str | None = None, user_dir=None, blank: bool = False) -> str:
+    """The LaTeX document: the forward and backward tables as a person fills them in, then the claims.
+    ``blank``: a problem sheet: the given numbers (``x``, ``y``, the parameters, masks) and a box for
+    every computed cell, no claims and no exact values (the solution is the document without it)."""
     from .latex import latex, render
 
     net = ex.net
     if isinstance(net, Network):
-        return _layers_document(ex, title=title, user_dir=user_dir)
+        return _layers_document(ex, title=title, user_dir=user_dir, blank=blank)
 
-    def rows(M, name=None, A=None):
-        marks = name in ex.claimed
+    def rows(M, name=None, A=None, given=None):
+        marks = name in ex.claimed and not blank
+        hidden = blank and not (given if given is not None else name in ex.inputs)
         A = M if A is None else A
         return [[{"v": M[i, j], "rational": _fraction(M[i, j]), "dec": _decimal_text(M[i, j], A[i, j]),
-                  "mark": ex.cell(name, i, j).correct if marks else None} for j in range(M.cols)]
+                  "blank": hidden, "mark": ex.cell(name, i, j).correct if marks else None} for j in range(M.cols)]
                 for i in range(M.rows)]
 
     def entry(name):
@@ -742,7 +745,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
     for l in range(1, net.L + 1):
         prev = "x" if l == 1 else f"a{l - 1}"
         layer = {"l": l, "W": entry(f"W{l}"), "b": entry(f"b{l}") if net.bias else None, "z": entry(f"z{l}"),
-                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev), None, ex.num(prev))}
+                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev), None, ex.num(prev), prev in ex.inputs)}
         layer["a"]["how"] = net.activation(l).name
         layers.append(layer)
     back = []
@@ -755,7 +758,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
                 continue
             item = entry(name)
             prev = "x" if l == 1 else f"a{l - 1}"
-            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T, None, ex.num(prev).T),
+            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T, None, ex.num(prev).T, prev in ex.inputs),
                         dz_rows=rows(ex.value(f"dz{l}"), None, ex.num(f"dz{l}")), next=l + 1 if l < net.L else None)
             if name == f"dz{l}" and l < net.L:
                 act = net.hidden[l - 1]
@@ -766,13 +769,13 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
             step["entries"].append(item)
         back.append(step)
     irrational = [{"label": c.label, "value": c.value, "dec": decimal(c.value, approx=c.approx)}
-                  for c in ex.cells if not c.value.is_Rational and sp.count_ops(c.value) <= 40]
+                  for c in ex.cells if not c.value.is_Rational and sp.count_ops(c.value) <= 40 and not blank]
     claims = [{"label": c.label, "correct": c.correct, "reason": c.reason,
                "claimed_tex": latex(c.claimed) if _fraction(c.claimed) else _decimal_text(c.claimed, c.claimed),
                "value_tex": latex(c.value) if _fraction(c.value) else _decimal_text(c.value, c.approx)}
-              for c in ex.cells if c.claimed is not None]
+              for c in ex.cells if c.claimed is not None and not blank]
     disputes = []
-    for name, M in ex.claimed.items():
+    for name, M in ({} if blank else ex.claimed).items():
         cells = [c for c in ex.cells if c.name == name]
         disputes.append({"name": name, "claimed_rows": rows(M), "truth_rows": rows(ex.value(name), None, ex.num(name)),
                          "right": all(c.correct for c in cells), "wrong": [c for c in cells if not c.correct]})
@@ -785,7 +788,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
                   irrational=irrational[:80], n_irrational=sum(not c.value.is_Rational for c in ex.cells),
                   claims=claims, ok=ex.ok,
                   tolerance=say(ex.tolerance), batch=net.batch, reduction=net.reduction, L=net.L,
-                  disputes=disputes, side_ok=_targets_sum_to_one(ex))
+                  disputes=disputes, side_ok=_targets_sum_to_one(ex), blank=blank)
 
 
 def _targets_sum_to_one(ex: Example) -> bool:
@@ -810,7 +813,7 @@ def _tex_name(name):
     return {"grad": grad, "letter": var[0], "layer": var[1:]}
 
 
-def _layers_document(ex: Example, *, title=None, user_dir=None) -> str:
+def _layers_document(ex: Example, *, title=None, user_dir=None, blank=False) -> str:
     """The document of a network of layers: layer by layer, each parameter and output with its numbers;
     then from the last layer back, each gradient next to its formula (the op table's ``backward``
     column, as :func:`symbp.verify.textbook` assembles it) and its numbers."""
@@ -827,8 +830,9 @@ def _layers_document(ex: Example, *, title=None, user_dir=None) -> str:
         key = "d" + name if grad else name
         M = ex.value(key)
         A = ex.num(key) if key in ex.approx or key in ex.inputs else M
-        marks = key in ex.claimed
-        cells = [[{"text": _cell_text(M[i, j], A[i, j]),
+        marks = key in ex.claimed and not blank
+        hidden = blank and key not in ex.inputs
+        cells = [[{"text": None if hidden else _cell_text(M[i, j], A[i, j]),
                    "mark": ex.cell(key, i, j).correct if marks else None} for j in range(M.cols)]
                  for i in range(M.rows)]
         symbol = (rf"\frac{{\partial L}}{{\partial {printer.base(name)}}}" if grad else printer.base(name))
@@ -855,11 +859,11 @@ def _layers_document(ex: Example, *, title=None, user_dir=None) -> str:
         backward.append({"position": layer.position, "op": layer.op.name,
                          "entries": [entry(n, grad=True) for n in names if "d" + n in ex.backward]})
     claimed = [{"label": c.label, "correct": c.correct, "reason": c.reason, "claimed": _cell_text(c.claimed, c.claimed),
-                "value": _cell_text(c.value, c.approx)} for c in ex.cells if c.claimed is not None]
-    return render("example.tex.j2", user_dir=user_dir, author="symbp example", layered=True,
+                "value": _cell_text(c.value, c.approx)} for c in ex.cells if c.claimed is not None and not blank]
+    return render("example.tex.j2", user_dir=user_dir, author="symbp example", layered=True, blank=blank,
                   title=title or ex.title or "A worked example by hand", note=ex.note,
                   description=net.describe(), x=entry("x"), y=entry("y"), forward=forward, back=backward,
-                  loss_text=_cell_text(ex.loss, ex.num("L")[0]), loss_name=net.loss_row.name,
+                  loss_text=r"\blankcell" if blank else _cell_text(ex.loss, ex.num("L")[0]), loss_name=net.loss_row.name,
                   loss_tex=net.loss_row.latex, batch=net.batch, reduction=net.reduction, claims=claimed,
                   ok=ex.ok, tolerance=say(ex.tolerance), flags=kink_flags(ex))
 

@@ -1383,9 +1383,13 @@ DRAW_LIMIT = 60
 EXACT_LIMIT = 24  # operations; longer exact forms are left to --json
 
 
-def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict | None = None) -> str:
+def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict | None = None,
+             blank: bool = False) -> str:
     """The LaTeX document of a graph: the circuit (up to :data:`DRAW_LIMIT` nodes), every node, the checks
-    (``checks``: the result of ``g.check()`` when the caller has it already)."""
+    (``checks``: the result of ``g.check()`` when the caller has it already). ``blank``: a problem
+    sheet: the circuit with the inputs' values and the output's gradient 1 only, every other value
+    and gradient a box to fill in, and neither the node table nor the checks (the solution is the
+    document without ``blank``)."""
     from .latex import latex, render
 
     def tex(v):  # exact form (if short enough to typeset), and a decimal when it is not a plain number
@@ -1408,13 +1412,21 @@ def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict 
         picture = layout(g)
         if picture["width"] > 24:  # a long chain: tighter columns, and the page turned (see the template)
             picture = layout(g, dx=2.4)
+        if blank:
+            given = {n.id for n in g.nodes if not n.inputs}
+            for e in picture["edges"]:
+                e["value"] = e["value"] if e["source"] in given else None
+                e["grad"] = None
+            picture["out"]["value"] = None
+            for n in picture["nodes"]:
+                n["total"] = None
     return render("graph.tex.j2", user_dir=user_dir, author="symbp graph", title=title or "Computation graph",
                   expression=g.expr, text=g.text, lines=written(g), sympy_form=latex(g.expr), point=[(g.symbols[n], v) for n, v in g.at.items()],
                   value=g.value, exact_value=g.value.is_Rational or g.value.is_Float,
                   decimal=_decimal(g.value), exact=g.exact, fallback=g.fallback, structure=g.structure,
                   granularity=g.granularity, picture=picture, fit=bool(picture and picture["width"] > 16),
                   rotate=bool(picture and picture["width"] > 24),
-                  nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT)
+                  nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT, blank=blank and picture is not None)
 
 
 def _decimal(v) -> str:

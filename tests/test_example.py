@@ -454,3 +454,25 @@ def test_layers_example_documents_compile_without_overfull_boxes(tmp_path, confi
     text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
     assert "Backward pass" in text and f"Layer {net.layers[-1].position}:" in text
     assert "Overfull \\hbox" not in log.read_text(), re.findall(r"Overfull \\hbox.*", log.read_text())
+
+
+def test_blank_sheet_keeps_the_given_numbers_and_boxes_every_computed_cell(tmp_path, capsys):
+    out = tmp_path / "sheet.tex"
+    assert main(["example", str(SPEC), "-o", str(out), "--blank"]) == 1  # the spec's claims are still judged
+    sheet, solution = out.read_text(), (tmp_path / "sheet-solution.tex").read_text()
+    ex = from_spec(SPEC)
+    assert solution == document(ex)  # the solution is the ordinary document
+    computed = sum(len(ex.value(n)) for n in list(ex.forward) + list(ex.backward)) + 1  # + the loss
+    assert sheet.count(r"\blankcell") >= computed  # the backward formulas box the matrices they reuse too
+    assert sheet.count(r"\begin{bmatrix}1 & 0 & 1 & 0 \\ 0 & 1 & -1 & 0") == solution.count(
+        r"\begin{bmatrix}1 & 0 & 1 & 0 \\ 0 & 1 & -1 & 0") > 0  # the given W1 is kept wherever it is shown
+    assert "The claimed cells" not in sheet and "Exact values" not in sheet and "a problem sheet" in sheet
+    assert "0.5000" not in sheet and r"\frac{e^{10}" not in sheet  # no computed value leaks
+    net = make_op("layernorm")
+    layered = document(worked_example(net, halves(net)), blank=True)
+    assert r"\blankcell" in layered and "0.9444" not in layered
+
+
+def test_blank_needs_a_document(capsys):
+    assert main(["example", str(SPEC), "--blank"]) == 2
+    assert capsys.readouterr().err == "symbp example: error: --blank is an option of the document: add -o FILE.tex\n"

@@ -551,3 +551,15 @@ def test_labels_sit_on_white_stubs_drawn_after_every_wire():
     for name in ("e", "d", "L"):
         assert f"label={{[gname]above:${name}$}}" in body
     assert r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}" in tex
+
+
+def test_blank_circuit_gives_the_inputs_and_boxes_the_rest(tmp_path):
+    out = tmp_path / "g.tex"
+    assert main(["graph", "e = a*b; d = e + c; L = f*d", "--at", "a=2,b=-3,c=5,f=-2", "-o", str(out), "--blank"]) == 0
+    sheet, solution = out.read_text(), (tmp_path / "g-solution.tex").read_text()
+    body = sheet[sheet.index(r"\begin{tikzpicture}"):sheet.index(r"\end{tikzpicture}")]
+    # 6 gate inputs: 4 carry an input's value (given), 2 a gate's (boxed); 6 gradients boxed; the output's value boxed
+    assert body.count(r"\blankcell") == 2 + 6 + 1
+    assert [v for v in ("$2$", "$-3$", "$5$", "$-2$") if v in body] == ["$2$", "$-3$", "$5$", "$-2$"]
+    assert "$-6$" not in body and "$6$" not in body and "Every node" not in sheet
+    assert "Every node" in solution and r"\blankcell" not in solution.split(r"\begin{document}")[1]
