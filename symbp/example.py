@@ -45,6 +45,7 @@ import math
 from decimal import Decimal
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 from sympy.core.evalf import PrecisionExhausted
 
@@ -788,7 +789,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None, blank: boo
                   irrational=irrational[:80], n_irrational=sum(not c.value.is_Rational for c in ex.cells),
                   claims=claims, ok=ex.ok,
                   tolerance=say(ex.tolerance), batch=net.batch, reduction=net.reduction, L=net.L,
-                  disputes=disputes, side_ok=_targets_sum_to_one(ex), blank=blank)
+                  disputes=disputes, side_ok=_targets_sum_to_one(ex), blank=blank, flags=kink_flags(ex))
 
 
 def _targets_sum_to_one(ex: Example) -> bool:
@@ -909,10 +910,19 @@ def kink_flags(ex: Example) -> list:
     flags = []
     for name, row in readers:
         kinks = [sp.Rational(repr(k)) for k in (row.kinks or ())]
-        M = ex.value(name)
-        for (i, j), v in zip(itertools.product(range(M.rows), range(M.cols)), M):
+        M, A = ex.value(name), ex.num(name)
+        for (i, j), v, approx in zip(itertools.product(range(M.rows), range(M.cols)), M, A):
             if v in kinks:
                 slope = _derivative(row, v)
                 flags.append(f"{_label(net, name, i, j)} = {say(v)}: {plain_name(row)}'({say(v)}) = "
                              f"{say(slope)} by convention")
+            elif not kinks:  # a smooth activation: flag a unit whose slope has all but vanished
+                slope = abs(float(row.numpy_derivative(np.array([float(approx)]))[0]))
+                if slope < SATURATED:
+                    flags.append(f"{_label(net, name, i, j)} = {_cell_text(v, approx)}: {plain_name(row)} saturates "
+                                 f"there ({plain_name(row)}' = {significant(slope)})")
     return flags
+
+
+#: Below this slope a smooth activation's unit is flagged as saturated (its gradient all but vanishes).
+SATURATED = 0.01

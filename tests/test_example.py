@@ -476,3 +476,24 @@ def test_blank_sheet_keeps_the_given_numbers_and_boxes_every_computed_cell(tmp_p
 def test_blank_needs_a_document(capsys):
     assert main(["example", str(SPEC), "--blank"]) == 2
     assert capsys.readouterr().err == "symbp example: error: --blank is an option of the document: add -o FILE.tex\n"
+
+
+def test_cells_on_a_kink_or_saturated_are_flagged():
+    from symbp.example import kink_flags
+
+    net = symbp.MLP([2, 2, 1], hidden="relu", output="identity", loss="mse")
+    values = {"x": [[1], [1]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
+    ex = worked_example(net, values)
+    assert ex.value("z1")[0] == 0 and kink_flags(ex) == ["z1[1] = 0: ReLU'(0) = 0 by convention"]
+    assert "z1[1] = 0: ReLU'(0) = 0 by convention" in document(ex)
+    smooth = symbp.MLP([1, 1, 1], hidden="sigmoid", output="identity", loss="mse")
+    ex = worked_example(smooth, {"x": [[10]], "y": [[0]], "W1": [[1]], "b1": [[0]], "W2": [[2]], "b2": [[0]]})
+    assert kink_flags(ex) == ["z1[1] = 10: sigmoid saturates there (sigmoid' = 0.00004540)"]  # e^-10 / (1 + e^-10)^2
+    assert kink_flags(from_spec(SPEC)) == []  # seed 000: every unit off its kink
+
+
+def test_significant_digits_never_round_a_small_number_to_zero():
+    from symbp.example import significant
+
+    assert [significant(v) for v in (2.7e-5, -0.000123456, 0.5, 99999.6, 1 / 3)] == [
+        "0.00002700", "-0.0001235", "0.5000", "100000", "0.3333"]
