@@ -877,8 +877,8 @@ def significant(x, digits: int = 4) -> str:
     ('0.5000', '0.00002700', '-12.35', '0', '123457')
     """
     x = float(x)
-    if x == 0:
-        return "0"
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
     exponent = math.floor(math.log10(abs(x)))
     places = max(0, digits - 1 - exponent)
     text = f"{x:.{places}f}"

@@ -666,7 +666,10 @@ def derivative_bounds(row) -> dict:
     (0.25, {'max': 1.0, 'zero': True, 'below': 0.0})
     """
     z = np.linspace(-8.0, 8.0, 16001)  # wider, float64 rounds tanh' to 0
-    d = np.abs(np.asarray(row.numpy_derivative(z), dtype=float))
+    with np.errstate(all="ignore"):  # a custom activation may overflow: then there is no bound to state
+        d = np.abs(np.asarray(row.numpy_derivative(z), dtype=float) + np.zeros_like(z))
+    if not np.all(np.isfinite(d)):
+        return {"max": math.inf, "zero": False, "below": None}
     zero = bool(np.any(d == 0))
     below = None
     for kink in row.kinks:
@@ -689,6 +692,8 @@ def derivation_section(net) -> dict:
     activations = []
     for row in dict.fromkeys(net.hidden):
         bounds = derivative_bounds(row)
+        if not math.isfinite(bounds["max"]):
+            continue  # its derivative is unbounded (or not finite) near 0: no sentence to state
         activations.append({"title": plain_name(row), "max": _short(bounds["max"]),
                             "shrinks": bounds["max"] < 1,
                             "factor": _short(1 / bounds["max"]) if 0 < bounds["max"] < 1 else None,
@@ -697,9 +702,10 @@ def derivation_section(net) -> dict:
     norms, ratio = None, None
     if L > 1:
         values = {k: np.array(v.tolist(), dtype=float) for k, v in example_values(net).items()}
-        grads = numeric.reference_gradients(net, values)
-        delta = [float(np.linalg.norm(grads[f"z{l}"])) for l in range(1, L + 1)]
-        weight = [float(np.linalg.norm(grads[f"W{l}"])) for l in range(1, L + 1)]
+        with np.errstate(all="ignore"):  # a custom activation may give nan or inf here: then no table
+            grads = numeric.reference_gradients(net, values)
+            delta = [float(np.linalg.norm(grads[f"z{l}"])) for l in range(1, L + 1)]
+            weight = [float(np.linalg.norm(grads[f"W{l}"])) for l in range(1, L + 1)]
         if all(math.isfinite(v) for v in delta + weight):
             norms = [{"l": l, "delta": significant(delta[l - 1]), "W": significant(weight[l - 1])}
                      for l in range(1, L + 1)]
