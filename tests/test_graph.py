@@ -528,7 +528,7 @@ def test_a_plus_a_is_shown_as_written():
     g = graph("a + a", at={"a": 2})
     assert written(g) == [("L", "a + a")] and g.grad("a") == 2
     tex = graph_document(g)
-    assert r"\[ L = a + a \qquad \text{(SymPy writes } L = 2 a \text{)} \]" in tex
+    assert "\\[ L = a + a \\]\n(SymPy writes it $L = 2 a$.)" in tex
 
 
 def test_division_is_a_scaler():
