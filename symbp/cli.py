@@ -315,7 +315,7 @@ def _add_graph(sub):
                            "(max(0, u) is relu). An expression may start with '-' (symbp graph -a*b --at ...).", 100)
                        + "\n\nexit codes: 0 all gradients agree with sympy.diff, 1 one does not, 2 bad input",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("expression", help="e.g. '(a*b + c)*f'")
+    p.add_argument("expression", help="e.g. '(a*b + c)*f', or a program: 'e = a*b; d = e + c; L = f*d'")
     p.add_argument("--at", required=True, help="the point, e.g. a=2,b=-3,c=5,f=-2")
     p.add_argument("--structure", default="source", choices=["source", "sympy"],
                    help="source: gates as written, binary, in source order (default); sympy: SymPy's canonical "
@@ -325,6 +325,7 @@ def _add_graph(sub):
     p.add_argument("--title", default=None, help="title of the document")
     p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
+    _add_blank(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_graph)
 
@@ -334,7 +335,8 @@ def _check_document_options(args, out) -> None:
     ``-o FILE.tex``, before any work (one rule and one message for every command). With ``-o``, check
     before any work that the title can be typeset and that every file can be written."""
     if out is None:
-        for flag, attr in (("--pdf", "pdf"), ("--title", "title"), ("--template-dir", "template_dir")):
+        for flag, attr in (("--pdf", "pdf"), ("--title", "title"), ("--template-dir", "template_dir"),
+                           ("--blank", "blank")):
             if getattr(args, attr, None):
                 raise SymbpError(f"{flag} is an option of the document: add -o FILE.tex")
         return
@@ -352,6 +354,29 @@ def _write_document(args, tex):
     if not args.out:
         return None
     return str(write_document(tex, args.out, pdf=args.pdf)["tex"])
+
+
+def _add_blank(p):
+    p.add_argument("--blank", action="store_true", help="with -o: FILE.tex is a problem sheet (the given numbers, "
+                   "a box for every cell to fill in); the solution is FILE-solution.tex")
+
+
+def _write_sheet(args, make):
+    """``-o FILE.tex`` from ``make(blank)``; with ``--blank`` the sheet, and ``make(False)`` as
+    ``FILE-solution.tex`` (and their PDFs with ``--pdf``)."""
+    if not args.out:
+        return None
+    if not args.blank:
+        return _write_document(args, make(False))
+    from pathlib import Path
+
+    from .latex import check_output
+
+    solution = Path(args.out).with_name(Path(args.out).stem + "-solution.tex")
+    check_output(solution, also=(".pdf",) if args.pdf else ())
+    sheet = _write_document(args, make(True))
+    _write_document(argparse.Namespace(out=str(solution), pdf=args.pdf), make(False))
+    return sheet
 
 
 _GRAPH_VALUED = ("--at", "--structure", "--title", "-o")
@@ -388,7 +413,7 @@ def _run_graph(args):
     g = graph(args.expression.strip(), at=parse_point(args.at), structure=args.structure,
               granularity="primitives" if args.primitives else "gates")
     checks = g.check()
-    written = _write_document(args, document(g, title=args.title, checks=checks) if args.out else None)
+    written = _write_sheet(args, lambda blank: document(g, title=args.title, checks=checks, blank=blank))
     payload = g.to_json()
     payload["checks"] = {n: {"graph": str(a), "sympy_diff": str(b), "agree": ok} for n, (a, b, ok) in checks.items()}
     payload["output"] = written
@@ -421,6 +446,7 @@ def _add_example(sub):
     p.add_argument("--title", default=None, help="title of the document")
     p.add_argument("-o", dest="out", metavar="FILE.tex", default=None, help="write the LaTeX document to FILE.tex")
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex")
+    _add_blank(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_progress(p)
     p.set_defaults(run=_run_example)
@@ -436,7 +462,7 @@ def _run_example(args):
     written = None
     if args.out:
         with progress.step(f"writing {args.out}"):
-            written = _write_document(args, document(ex, title=args.title))
+            written = _write_sheet(args, lambda blank: document(ex, title=args.title, blank=blank))
     payload = ex.to_json()
     payload["output"] = written
     text = ex.report() + (f"\nwrote {written}" + (" and its PDF" if args.pdf else "") if written else "")

@@ -159,7 +159,8 @@ FLOW_GALLERY = (
 #: Computation-graph documents of the gallery (seeds 003 and 004):
 #: name -> (expression, point, options of ``symbp.graph``, title).
 GRAPH_GALLERY = (
-    ("graph-seed003", "(a*b + c)*f", "a=2,b=-3,c=5,f=-2", {}, "Seed 003: L = (a*b + c)*f, as in micrograd"),
+    ("graph-seed003", "e = a*b; d = e + c; L = f*d", "a=2,b=-3,c=5,f=-2", {},
+     "Seed 003: e = a*b; d = e + c; L = f*d, as in micrograd"),
     ("graph-seed003-accumulation", "a + a", "a=2", {}, "Seed 003: b = a + a accumulates, a.grad = 2"),
     ("graph-seed004-neuron", "1/(1+exp(-(w0*x0+w1*x1+w2)))", "w0=2,x0=-1,w1=-3,x1=-2,w2=-3", {},
      "Seed 004: the sigmoid neuron, gate by gate (cs231n)"),
@@ -259,6 +260,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "example": worked,
         "example_omitted": omitted,
         "flow": _flow(net, worked),
+        "flowsec": _flow_section(net),
     }
 
 
@@ -653,6 +655,12 @@ def _frobenius(M):
 
 
 # --------------------------------------------------------------------------- gradient flow
+
+
+def _flow_section(net: MLP) -> dict:
+    from .flow import derivation_section  # the section's context and partial belong to symbp.flow
+
+    return derivation_section(net)
 
 
 def _flow(net: MLP, worked) -> dict:

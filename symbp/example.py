@@ -45,6 +45,7 @@ import math
 from decimal import Decimal
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 from sympy.core.evalf import PrecisionExhausted
 
@@ -498,14 +499,14 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
             z = ex.num(f"z{layer}")[i, j]
             zlabel, dalabel = _label(net, f"z{layer}", i, j), _label(net, f"da{layer}", i, j)
             act = net.hidden[layer - 1]
-            if act.name == "relu":
-                return (f"{zlabel} = {ex.show(f'z{layer}', i, j)} {'< 0' if z < 0 else '= 0'}, so ReLU blocks the "
+            slope = _derivative(act, ex.value(f"z{layer}")[i, j])
+            if slope == 0:  # a flat side (ReLU's z <= 0): the derivative blocks the gradient
+                return (f"{zlabel} = {ex.show(f'z{layer}', i, j)}{_side(act, z)}, so {plain_name(act)} blocks the "
                         f"gradient: {wrong} "
-                        f"({say(claim)} is {dalabel}: the ReLU mask was forgotten)")
-            slope = _derivative(act, z)
-            return (f"{wrong}: {cell.label} = {dalabel} * {act.name}'({zlabel}) = {ex.show(f'da{layer}', i, j)} * "
+                        f"({say(claim)} is {dalabel}: the {plain_name(act)} mask was forgotten)")
+            return (f"{wrong}: {cell.label} = {dalabel} * {plain_name(act)}'({zlabel}) = {ex.show(f'da{layer}', i, j)} * "
                     f"{say(slope, sp.N(slope, PRECISION))}; "
-                    f"the factor {act.name}'({zlabel}) was forgotten")
+                    f"the factor {plain_name(act)}'({zlabel}) was forgotten")
     if backward and kind in "Wa" and layer is not None:
         alt = _transposed_alternative(ex, name, i, j)
         if gives(alt):
@@ -526,8 +527,7 @@ def _diagnose(ex: Example, cell: Cell, claim) -> str:
         return (f"{wrong}: the 1/N is missing: the loss is the mean over the N = {net.batch} examples "
                 f"({say(claim)} is their sum)")
     if name == "L" and gives(2 * truth):
-        forgotten = "the 1/2 of E = 1/2 (a - y)^2 forgotten" if net.loss_row.name == "mse" else "a factor 1/2 forgotten"
-        return f"{wrong}: that is twice L; multiplied by 1/2 it is right ({forgotten})"
+        return f"{wrong}: that is twice L; multiplied by 1/2 it is right (a factor 1/2 forgotten)"
     if backward:
         story = _forgotten_upstream(ex, name, i, j, gives)
         if story:
@@ -559,13 +559,14 @@ def _diagnose_layers(ex: Example, cell: Cell, claim, wrong: str, gives) -> str:
                 inp = ex.num(var)[i, j]
                 slope = _derivative(layer.op.activation, ex.value(var)[i, j])
                 if gives(truth + upstream * (1 - slope)):  # this layer's term without its f'
-                    if layer.op.name == "relu":
-                        return (f"{here(var)} = {say(ex.value(var)[i, j], inp)} {'< 0' if inp < 0 else '= 0'}, so "
-                                f"ReLU blocks the gradient: {wrong} (the ReLU mask of {layer.label} was forgotten: "
+                    title = plain_name(layer.op)
+                    if slope == 0:  # a flat side (ReLU's z <= 0): the derivative blocks the gradient
+                        return (f"{here(var)} = {say(ex.value(var)[i, j], inp)}{_side(layer.op, inp)}, so "
+                                f"{title} blocks the gradient: {wrong} (the {title} mask of {layer.label} was forgotten: "
                                 f"{here('d' + layer.name)} = {say(upstream)} passed on unchanged)")
-                    return (f"{wrong}: the factor {layer.op.name}'({here(var)}) = {say(slope, sp.N(slope, PRECISION))} "
+                    return (f"{wrong}: the factor {title}'({here(var)}) = {say(slope, sp.N(slope, PRECISION))} "
                             f"of {layer.label} was forgotten ({here('d' + layer.name)} passed on unchanged)")
-            if layer.inp == var and layer.op.name == "dropout":
+            if layer.inp == var and "mask" in layer.extra and "p" in layer.cfg:  # dropout's kept entries
                 kept = ex.num(layer.extra["mask"])[i, j]
                 p = _exact_p(layer)
                 if gives(truth - upstream * kept * p / (1 - p)):  # this layer's term without 1/(1 - p)
@@ -597,6 +598,34 @@ def _diagnose_layers(ex: Example, cell: Cell, claim, wrong: str, gives) -> str:
                 f"{layer.label})")
     return (f"{wrong}; none of the usual mistakes (a forgotten activation derivative, a skip term left out, "
             "dropout's scale forgotten, a transposed product, a wrong sign, a missing 1/N) gives this number")
+
+
+def plain_name(row) -> str:
+    """How a sentence names an activation (a registry row or an op of the table): its ``latex`` column
+    when that is an ``\\operatorname`` (``ReLU``, ``GELU``) or a bare function (``tanh``), else its name.
+
+    >>> from symbp.ops import op
+    >>> plain_name(op("relu")), plain_name(op("tanh")), plain_name(op("sigmoid"))
+    ('ReLU', 'tanh', 'sigmoid')
+    """
+    import re
+
+    match = re.fullmatch(r"\\operatorname\{(\w+)\}|\\([a-z]+)", row.latex or "")
+    if match and (match.group(1) or match.group(2) in ("tanh", "exp", "log")):
+        return match.group(1) or match.group(2)
+    return row.name
+
+
+def _side(row, z) -> str:
+    """Where ``z`` sits against the row's kinks (its ``kinks`` column): `` < 0``, `` = 0``, `` > 0``, or
+    nothing for a row without kinks."""
+    kinks = sorted(getattr(row, "kinks", ()) or ())
+    if not kinks:
+        return ""
+    z = float(z)
+    nearest = min(kinks, key=lambda k: abs(k - z))
+    sign = "=" if z == nearest else ("<" if z < nearest else ">")
+    return f" {sign} {say(sp.Rational(repr(nearest)))}"
 
 
 def _exact_p(layer) -> sp.Rational:
@@ -652,8 +681,9 @@ def _forgotten_upstream(ex: Example, name: str, i: int, j: int, gives):
             alt = mistaken_backward(ex, dropped, exact=False)
             if name in alt and gives(alt[name][i, j]):
                 where = " and ".join(f"dz{l}" for l in dropped)
-                act = {net.hidden[l - 1].name for l in dropped}
-                what = "the ReLU mask" if act == {"relu"} else "the activation derivative"
+                acts = {plain_name(net.hidden[l - 1]) for l in dropped}
+                masks = all(_derivative(net.hidden[l - 1], v) in (0, 1) for l in dropped for v in ex.value(f"z{l}"))
+                what = f"the {acts.pop()} mask" if masks and len(acts) == 1 else "the activation derivative"
                 return (f"{say(alt[name][i, j], alt[name][i, j])} is what the backward pass gives when {what} is forgotten at "
                         f"{where} and carried on")
     return None
@@ -691,20 +721,22 @@ def mistaken_backward(ex: Example, dropped=(), *, exact: bool = True) -> dict:
 
 # --------------------------------------------------------------------------- the document
 
-def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
-    """The LaTeX document: the forward and backward tables as a person fills them in, then the claims."""
+def document(ex: Example, *, title: str | None = None, user_dir=None, blank: bool = False) -> str:
+    """The LaTeX document: the forward and backward tables as a person fills them in, then the claims.
+    ``blank``: a problem sheet: the given numbers (``x``, ``y``, the parameters, masks) and a box for
+    every computed cell, no claims and no exact values (the solution is the document without it)."""
     from .latex import latex, render
 
     net = ex.net
     if isinstance(net, Network):
-        raise SymbpError("-o: documents of worked examples for networks of layers are not available yet (leave "
-                         "out -o: the cells and the verdicts are printed)")
+        return _layers_document(ex, title=title, user_dir=user_dir, blank=blank)
 
-    def rows(M, name=None, A=None):
-        marks = name in ex.claimed
+    def rows(M, name=None, A=None, given=None):
+        marks = name in ex.claimed and not blank
+        hidden = blank and not (given if given is not None else name in ex.inputs)
         A = M if A is None else A
         return [[{"v": M[i, j], "rational": _fraction(M[i, j]), "dec": _decimal_text(M[i, j], A[i, j]),
-                  "mark": ex.cell(name, i, j).correct if marks else None} for j in range(M.cols)]
+                  "blank": hidden, "mark": ex.cell(name, i, j).correct if marks else None} for j in range(M.cols)]
                 for i in range(M.rows)]
 
     def entry(name):
@@ -714,7 +746,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
     for l in range(1, net.L + 1):
         prev = "x" if l == 1 else f"a{l - 1}"
         layer = {"l": l, "W": entry(f"W{l}"), "b": entry(f"b{l}") if net.bias else None, "z": entry(f"z{l}"),
-                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev), None, ex.num(prev))}
+                 "a": entry(f"a{l}"), "prev_symbol": _tex_name(prev), "prev_rows": rows(ex.value(prev), None, ex.num(prev), prev in ex.inputs)}
         layer["a"]["how"] = net.activation(l).name
         layers.append(layer)
     back = []
@@ -727,7 +759,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
                 continue
             item = entry(name)
             prev = "x" if l == 1 else f"a{l - 1}"
-            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T, None, ex.num(prev).T),
+            item.update(prev_symbol=_tex_name(prev), prevT_rows=rows(ex.value(prev).T, None, ex.num(prev).T, prev in ex.inputs),
                         dz_rows=rows(ex.value(f"dz{l}"), None, ex.num(f"dz{l}")), next=l + 1 if l < net.L else None)
             if name == f"dz{l}" and l < net.L:
                 act = net.hidden[l - 1]
@@ -738,13 +770,13 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
             step["entries"].append(item)
         back.append(step)
     irrational = [{"label": c.label, "value": c.value, "dec": decimal(c.value, approx=c.approx)}
-                  for c in ex.cells if not c.value.is_Rational and sp.count_ops(c.value) <= 40]
+                  for c in ex.cells if not c.value.is_Rational and sp.count_ops(c.value) <= 40 and not blank]
     claims = [{"label": c.label, "correct": c.correct, "reason": c.reason,
                "claimed_tex": latex(c.claimed) if _fraction(c.claimed) else _decimal_text(c.claimed, c.claimed),
                "value_tex": latex(c.value) if _fraction(c.value) else _decimal_text(c.value, c.approx)}
-              for c in ex.cells if c.claimed is not None]
+              for c in ex.cells if c.claimed is not None and not blank]
     disputes = []
-    for name, M in ex.claimed.items():
+    for name, M in ({} if blank else ex.claimed).items():
         cells = [c for c in ex.cells if c.name == name]
         disputes.append({"name": name, "claimed_rows": rows(M), "truth_rows": rows(ex.value(name), None, ex.num(name)),
                          "right": all(c.correct for c in cells), "wrong": [c for c in cells if not c.correct]})
@@ -757,7 +789,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None) -> str:
                   irrational=irrational[:80], n_irrational=sum(not c.value.is_Rational for c in ex.cells),
                   claims=claims, ok=ex.ok,
                   tolerance=say(ex.tolerance), batch=net.batch, reduction=net.reduction, L=net.L,
-                  disputes=disputes, side_ok=_targets_sum_to_one(ex))
+                  disputes=disputes, side_ok=_targets_sum_to_one(ex), blank=blank, flags=kink_flags(ex))
 
 
 def _targets_sum_to_one(ex: Example) -> bool:
@@ -780,3 +812,117 @@ def _tex_name(name):
     grad = name.startswith("d")
     var = name[1:] if grad else name
     return {"grad": grad, "letter": var[0], "layer": var[1:]}
+
+
+def _layers_document(ex: Example, *, title=None, user_dir=None, blank=False) -> str:
+    """The document of a network of layers: layer by layer, each parameter and output with its numbers;
+    then from the last layer back, each gradient next to its formula (the op table's ``backward``
+    column, as :func:`symbp.verify.textbook` assembles it) and its numbers."""
+    from .document import network_names
+    from .formula import parse
+    from .latex import SymbpLatexPrinter, abbreviated, formula_lines, render, visible_width
+    from .verify import textbook
+
+    net = ex.net
+    printer = SymbpLatexPrinter(columns=net.columns, names=network_names(net))
+    claims = textbook(net)
+
+    def entry(name, grad=False):
+        key = "d" + name if grad else name
+        M = ex.value(key)
+        A = ex.num(key) if key in ex.approx or key in ex.inputs else M
+        marks = key in ex.claimed and not blank
+        hidden = blank and key not in ex.inputs
+        cells = [[{"text": None if hidden else _cell_text(M[i, j], A[i, j]),
+                   "mark": ex.cell(key, i, j).correct if marks else None} for j in range(M.cols)]
+                 for i in range(M.rows)]
+        symbol = (rf"\frac{{\partial L}}{{\partial {printer.base(name)}}}" if grad else printer.base(name))
+        out = {"name": key, "symbol": symbol, "rows": cells, "formula": None, "where": []}
+        if grad and name in claims:
+            node = parse(claims[name], net)
+            out["formula"] = formula_lines(node, printer=printer, width=55)
+            if max(visible_width(line) for line in out["formula"]) > 60:  # a long product: name its repeats
+                main, out["where"] = abbreviated(node, printer=printer)
+                out["formula"] = [main]
+        return out
+
+    forward = []
+    for layer in net.layers:
+        forward.append({"position": layer.position, "op": layer.op.name, "op_tex": layer.op.latex,
+                        "summary": layer.op.summary, "input": printer.base(layer.inp),
+                        "given": [entry(n) for n in (*layer.params.values(), *(v for k, v in layer.extra.items()
+                                                                               if v in net.inputs))],
+                        "stages": [entry(n) for n in layer.stages.values()], "out": entry(layer.name),
+                        "note": layer.op.note})
+    backward = []
+    for layer in reversed(net.layers):
+        names = [layer.name, *reversed(list(layer.stages.values())), *layer.params.values()]
+        backward.append({"position": layer.position, "op": layer.op.name,
+                         "entries": [entry(n, grad=True) for n in names if "d" + n in ex.backward]})
+    claimed = [{"label": c.label, "correct": c.correct, "reason": c.reason, "claimed": _cell_text(c.claimed, c.claimed),
+                "value": _cell_text(c.value, c.approx)} for c in ex.cells if c.claimed is not None and not blank]
+    return render("example.tex.j2", user_dir=user_dir, author="symbp example", layered=True, blank=blank,
+                  title=title or ex.title or "A worked example by hand", note=ex.note,
+                  description=net.describe(), x=entry("x"), y=entry("y"), forward=forward, back=backward,
+                  loss_text=r"\blankcell" if blank else _cell_text(ex.loss, ex.num("L")[0]), loss_name=net.loss_row.name,
+                  loss_tex=net.loss_row.latex, batch=net.batch, reduction=net.reduction, claims=claimed,
+                  ok=ex.ok, tolerance=say(ex.tolerance), flags=kink_flags(ex))
+
+
+def significant(x, digits: int = 4) -> str:
+    """``x`` to ``digits`` significant digits, in plain decimals (never an exponent, never ``0`` for a
+    small nonzero number).
+
+    >>> significant(0.49999), significant(2.7e-5), significant(-12.3456), significant(0), significant(123456.7)
+    ('0.5000', '0.00002700', '-12.35', '0', '123457')
+    """
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    exponent = math.floor(math.log10(abs(x)))
+    places = max(0, digits - 1 - exponent)
+    text = f"{x:.{places}f}"
+    if float(text) != 0 and len(text.lstrip("-").replace(".", "").lstrip("0")) > digits and places:
+        text = f"{x:.{places - 1}f}"  # 9.99996 rounds up to 10.000: one place less
+    return text
+
+
+def _cell_text(v, approx) -> str:
+    """A cell as typeset: an integer or a decimal of at most four significant digits as it is (``0.5``,
+    ``-12``), else four significant digits (``0.3333`` for 1/3).
+
+    >>> _cell_text(sp.Rational(1, 2), None), _cell_text(sp.Rational(11, 64), None), _cell_text(sp.Rational(-1, 3), None)
+    ('0.5', '0.1719', '-0.3333')
+    """
+    v = sp.sympify(v)
+    if v.is_Rational and "/" not in say(v) and len(say(v).lstrip("-").replace(".", "").strip("0")) <= 4:
+        return say(v)
+    return significant(approx if approx is not None else sp.N(v, 30))
+
+
+def kink_flags(ex: Example) -> list:
+    """The cells that sit on a kink of the op reading them, with the convention that decides their
+    derivative: ``["z1[2] = 0: ReLU'(0) = 0 by convention"]`` (the ops' and activations' ``kinks``
+    column; their derivative from :func:`symbp.registry.derivative`)."""
+    net = ex.net
+    readers = ([(f"z{l}", net.hidden[l - 1]) for l in range(1, net.L)] if isinstance(net, MLP) else
+               [(layer.inp, layer.op.activation) for layer in net.layers if layer.op.activation is not None])
+    flags = []
+    for name, row in readers:
+        kinks = [sp.Rational(repr(k)) for k in (row.kinks or ())]
+        M, A = ex.value(name), ex.num(name)
+        for (i, j), v, approx in zip(itertools.product(range(M.rows), range(M.cols)), M, A):
+            if v in kinks:
+                slope = _derivative(row, v)
+                flags.append(f"{_label(net, name, i, j)} = {say(v)}: {plain_name(row)}'({say(v)}) = "
+                             f"{say(slope)} by convention")
+            elif not kinks:  # a smooth activation: flag a unit whose slope has all but vanished
+                slope = abs(float(row.numpy_derivative(np.array([float(approx)]))[0]))
+                if slope < SATURATED:
+                    flags.append(f"{_label(net, name, i, j)} = {_cell_text(v, approx)}: {plain_name(row)} saturates "
+                                 f"there ({plain_name(row)}' = {significant(slope)})")
+    return flags
+
+
+#: Below this slope a smooth activation's unit is flagged as saturated (its gradient all but vanishes).
+SATURATED = 0.01

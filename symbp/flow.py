@@ -632,3 +632,94 @@ def write_flow(result: Flow, tex_path, *, pdf: bool = False, title: str | None =
     else:
         written["tex"] = str(write_atomic(tex_path, tex))
     return written
+
+
+# --------------------------------------------------------------------------- the derivation's section
+
+
+def product_tex(L: int) -> str | None:
+    r"""The unrolled error term of the first layer for an MLP of ``L`` layers, written for that ``L``:
+    ``D_{1} W^{(2)\top} \delta^{(2)}`` for ``L = 2``; at most four pairs are written out, more elide the
+    middle with ``\cdots``. None when there is no hidden layer.
+
+    >>> product_tex(2)
+    '\\delta^{(1)} = D_{1} W^{(2)\\top} \\delta^{(2)}'
+    >>> product_tex(6)
+    '\\delta^{(1)} = D_{1} W^{(2)\\top} D_{2} W^{(3)\\top} \\cdots D_{5} W^{(6)\\top} \\delta^{(6)}'
+    """
+    if L < 2:
+        return None
+    pair = lambda l: rf"D_{{{l}}} W^{{({l + 1})\top}}"  # noqa: E731
+    pairs = [pair(l) for l in range(1, L)]
+    if len(pairs) > 4:
+        pairs = pairs[:2] + [r"\cdots"] + pairs[-1:]
+    return rf"\delta^{{(1)}} = {' '.join(pairs)} \delta^{{({L})}}"
+
+
+def derivative_bounds(row) -> dict:
+    """What an activation's derivative does to a gradient, from its NumPy derivative on a fine grid
+    of ``[-8, 8]`` (a measurement, stated as one): ``{"max": sup |f'|, "zero": whether f' = 0
+    somewhere, "below": the kink below which it is 0, if any}``.
+
+    >>> from symbp.registry import ACTIVATIONS
+    >>> derivative_bounds(ACTIVATIONS["sigmoid"])["max"], derivative_bounds(ACTIVATIONS["relu"])
+    (0.25, {'max': 1.0, 'zero': True, 'below': 0.0})
+    """
+    z = np.linspace(-8.0, 8.0, 16001)  # wider, float64 rounds tanh' to 0
+    with np.errstate(all="ignore"):  # a custom activation may overflow: then there is no bound to state
+        d = np.abs(np.asarray(row.numpy_derivative(z), dtype=float) + np.zeros_like(z))
+    if not np.all(np.isfinite(d)):
+        return {"max": math.inf, "zero": False, "below": None}
+    zero = bool(np.any(d == 0))
+    below = None
+    for kink in row.kinks:
+        if zero and np.all(d[z <= kink] == 0):
+            below = float(kink)
+    return {"max": float(np.round(d.max(), 4)), "zero": zero, "below": below}
+
+
+def derivation_section(net) -> dict:
+    """The context of the derivation's gradient-flow section (``templates/flow_section.tex.j2``): the
+    product written for this network's ``L``, what each hidden activation's derivative does, and the
+    norms of the error terms ``delta_l`` and of ``dL/dW_l`` at the worked example's point
+    (:func:`symbp.document.example_values`), by the independent NumPy backprop; the verdict reads
+    ``||delta_1|| / ||delta_L||``."""
+    from . import numeric
+    from .document import example_values
+    from .example import plain_name, significant
+
+    L = net.L
+    activations = []
+    for row in dict.fromkeys(net.hidden):
+        bounds = derivative_bounds(row)
+        if not math.isfinite(bounds["max"]):
+            continue  # its derivative is unbounded (or not finite) near 0: no sentence to state
+        activations.append({"title": plain_name(row), "max": _short(bounds["max"]),
+                            "shrinks": bounds["max"] < 1,
+                            "factor": _short(1 / bounds["max"]) if 0 < bounds["max"] < 1 else None,
+                            "zero": bounds["zero"], "below": None if bounds["below"] is None
+                            else significant(bounds["below"], 3)})
+    norms, ratio = None, None
+    if L > 1:
+        values = {k: np.array(v.tolist(), dtype=float) for k, v in example_values(net).items()}
+        with np.errstate(all="ignore"):  # a custom activation may give nan or inf here: then no table
+            grads = numeric.reference_gradients(net, values)
+            delta = [float(np.linalg.norm(grads[f"z{l}"])) for l in range(1, L + 1)]
+            weight = [float(np.linalg.norm(grads[f"W{l}"])) for l in range(1, L + 1)]
+        if all(math.isfinite(v) for v in delta + weight):
+            norms = [{"l": l, "delta": significant(delta[l - 1]), "W": significant(weight[l - 1])}
+                     for l in range(1, L + 1)]
+            if delta[-1] > 0:
+                ratio = {"value": significant(delta[0] / delta[-1]), "grows": delta[0] > delta[-1]}
+    pairs = L - 1
+    return {"L": L, "product": product_tex(L), "pairs": pairs, "pair_word": "pair" if pairs == 1 else "pairs",
+            "batch": bool(net.batch), "residual": list(net.residual_layers), "activations": activations,
+            "norms": norms, "ratio": ratio}
+
+
+def _short(x) -> str:
+    """Three significant digits without trailing zeros: ``4``, ``0.25``, ``1.13``."""
+    from .example import significant
+
+    text = significant(x, 3)
+    return text.rstrip("0").rstrip(".") if "." in text else text

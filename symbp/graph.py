@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -75,7 +76,7 @@ GATES = {
     "add": ("distributor", "passes the upstream gradient unchanged to every input"),
     "sub": ("distributor", "passes the upstream gradient to the first input and its negative to the second"),
     "mul": ("switcher", "gives each input the upstream gradient times the other inputs"),
-    "div": ("switcher", "gives x the upstream gradient times 1/y, and y times -x/y^2"),
+    "div": ("scaler", "scales the upstream gradient: by 1/y for x, and by -x/y^2 for y"),
     "scale": ("scaler", "multiplies the upstream gradient by the constant"),
     "neg": ("sign flipper", "flips the sign of the upstream gradient"),
     "max": ("router", "routes the upstream gradient to the largest input (ties: split equally, or all to a "
@@ -620,6 +621,7 @@ class Graph:
     granularity: str
     text: str | None = None
     fallback: str | None = None  # why the values are floats although the inputs were exact
+    assigned: list = None  # a program's assigned names, in order (their nodes' ids); [] for an expression
 
 
     @property
@@ -788,6 +790,9 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
             values[name] = number(value)
         except SymbpError as exc:
             raise SymbpError(f"at {name}: {exc}") from None
+    program = _program(expr) if isinstance(expr, str) else None
+    if program is not None:
+        return _graph_program(expr, program, values, granularity, structure)
     if isinstance(expr, str):
         text = expr
         names = _names_in(text)
@@ -842,16 +847,84 @@ def graph(expr, *, at: Mapping, structure: str | None = None, granularity: str =
             raise SymbpError(f"{fallback}; in floating point, {again}") from None
     if not isinstance(output, Node) or not output.inputs:
         raise SymbpError(f"expression {text or sym_expr}: no operation to draw (it is a single variable or number)")
+    return _finish(sym_expr, symbols, values, leaves, output, structure, granularity, text, fallback)
+
+
+def _finish(sym_expr, symbols, values, leaves, output, structure, granularity, text, fallback, assigned=None):
+    """Backpropagate from ``output`` and name the gates: ``n1, n2, ...`` in topological order, or the
+    name a program assigned to them."""
     output.backward()
     nodes = topological(output)
     k = 0
+    named = {id(node): name for name, node in (assigned or {}).items()}
     for node in nodes:
         if node.op != "input":
             k += 1
-            node.id = f"n{k}"
+            node.id = named.get(id(node), f"n{k}")
     inputs = dict(leaves)  # a variable SymPy cancelled (x - x + y) has no node and gradient 0
     return Graph(expr=sym_expr, symbols=symbols, at=values, inputs=inputs, output=output, nodes=nodes,
-                 structure=structure, granularity=granularity, text=text, fallback=fallback)
+                 structure=structure, granularity=granularity, text=text, fallback=fallback,
+                 assigned=list(assigned or {}))
+
+
+_ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z_0-9]*)\s*=(?!=)(.*)", re.DOTALL)
+
+
+def _program(text: str):
+    """``"e = a*b; d = e + c; L = f*d"`` as ``[("e", "a*b"), ("d", "e + c"), ("L", "f*d")]``; None for
+    a single expression (no ``=``). Statements are separated by ``;`` or new lines."""
+    statements = [part for part in re.split(r"[;\n]", text) if part.strip()]
+    if not any(_ASSIGNMENT.fullmatch(part) for part in statements):
+        return None
+    program = []
+    for part in statements:
+        match = _ASSIGNMENT.fullmatch(part)
+        if not match or not match.group(2).strip():
+            raise SymbpError(f"program: {part.strip()!r} is not an assignment (write name = expression; ...)")
+        program.append((match.group(1), match.group(2).strip()))
+    return program
+
+
+def _graph_program(text, program, values, granularity, structure):
+    """The graph of a program of assignments, one gate node per assigned name (micrograd's labels);
+    the last assignment is the output."""
+    if structure not in (None, "source"):
+        raise SymbpError("structure 'sympy': a program of assignments is drawn as written (structure 'source')")
+    assigned, variables = [], []
+    for name, rhs in program:
+        if name in assigned:
+            raise SymbpError(f"program: '{name}' is assigned twice")
+        if name in values:
+            raise SymbpError(f"program: '{name}' is assigned, so it takes no value in --at")
+        for used in _names_in(rhs):
+            if used not in assigned and used not in variables:
+                if any(used == later for later, _ in program):
+                    raise SymbpError(f"program: '{used}' is used before it is assigned ({name} = {rhs})")
+                variables.append(used)
+        assigned.append(name)
+    missing = [n for n in variables if n not in values]
+    if missing:
+        raise SymbpError(f"no value for {', '.join(repr(n) for n in missing)} (give "
+                         f"{'it' if len(missing) == 1 else 'them'} a value: --at {missing[0]}=..., or at={{...}})")
+    unused = [n for n in values if n not in variables]
+    if unused:
+        raise SymbpError(f"at: {', '.join(repr(n) for n in unused)} not in the program")
+    symbols = {n: sp.Symbol(n, real=True) for n in variables}
+    exprs = dict(symbols)
+    for name, rhs in program:
+        exprs[name] = parse_scalar(rhs, exprs, what=f"{name} = {rhs}")
+    leaves = {n: Node(values[n], label=n, expr=symbols[n]) for n in variables}
+    env, nodes = dict(leaves), {}
+    for name, rhs in program:
+        node = _SourceBuilder(rhs, env, granularity).build()
+        if not isinstance(node, Node) or not node.inputs or any(node is other for other in nodes.values()):
+            raise SymbpError(f"program: {name} = {rhs} computes no new node (each assignment is one gate: "
+                             "write the expression where it is used)")
+        node.label = name
+        env[name] = nodes[name] = node
+    output = nodes[program[-1][0]]
+    return _finish(exprs[program[-1][0]], symbols, {n: values[n] for n in variables}, leaves, output, "source",
+                   granularity, text, None, nodes)
 
 
 def _not_real(text: str) -> str | None:
@@ -1160,13 +1233,15 @@ def short(v) -> str:
     return f"{x:.2f}" if x == 0 or abs(x) >= 0.005 else f"{x:.1e}"
 
 
-def layout(g: Graph, *, dx: float = 2.6, dy: float = 1.5) -> dict:
+def layout(g: Graph, *, dx: float = 3.2, dy: float = 1.9) -> dict:
     """Coordinates for the circuit picture: columns by depth (inputs at 0), rows to keep wires short.
 
     Each node's column is one more than its deepest input. Columns are placed right to left: a node
     wants the height of the consumers it feeds (first input on top), nodes in a column keep ``dy``
     apart. Returns ``{"nodes": [...], "edges": [...], "out": {...}}`` with everything the template
-    draws (values above the wires, gradients below).
+    draws: each input wire runs from its source into a horizontal stub before its own port of the
+    gate; the stub carries the value (above) and the gradient (below) on white labels, drawn after
+    every wire so that none crosses them. Gates are named (``n1``, or a program's assigned name).
     """
     depth = {}
     for node in g.nodes:
@@ -1201,49 +1276,120 @@ def layout(g: Graph, *, dx: float = 2.6, dy: float = 1.5) -> dict:
         nodes.append({"id": node.id, "key": key[node], "x": round(depth[node] * dx, 3), "y": round(y[node], 3),
                       "at": f"({depth[node] * dx:.3f},{y[node]:.3f})", "below": f"({key[node]}.south)",
                       "input": not node.inputs, "name": node.label if not node.inputs else None,
+                      "gate_name": None if not node.inputs else node.id,
+                      "named": bool(node.inputs) and node.id in (g.assigned or ()),
                       "op": node.op, "const": node.const, "symbol": node.expr if not node.inputs else None,
                       "total": short(node.grad) if uses > 1 else None})
     edges = []
     for node in g.nodes:
+        n = len(node.inputs)
         for k, i in enumerate(node.inputs):
-            bend, angle = _bend(i, node, depth, y, columns, dy), 28
-            twins = sum(1 for other in node.inputs if other is i)
-            if twins > 1:  # the same value wired in twice (a + a): one wire bends up, the other down
-                nth = sum(1 for other in node.inputs[:k] if other is i)
-                bend, angle = ("left" if nth % 2 == 0 else "right"), 25 * (1 + nth // 2)
-            edges.append({"source": i.id, "target": node.id, "src": f"({key[i]})", "dst": f"({key[node]})",
-                          "bend": bend, "angle": angle,
+            # each input enters on its own port, after a horizontal stub that carries its two labels
+            offset = ((n - 1) / 2 - k) * PORT_GAP
+            lane_y = y[node] + ((n - 1) / 2 - k) * LANE  # stubs far enough apart for two labels each
+            port_y = y[node] + offset
+            gate_x = depth[node] * dx - math.sqrt(max(GATE_RADIUS ** 2 - offset ** 2, 0.0))
+            stub_x, stub_end = depth[node] * dx - STUB, depth[node] * dx - GATE_RADIUS - 0.3
+            edges.append({"source": i.id, "target": node.id, "src": f"({key[i]}.east)", "dst": f"({key[node]})",
+                          "stub": f"({stub_x:.3f},{lane_y:.3f})", "stub_end": f"({stub_end:.3f},{lane_y:.3f})",
+                          "port": f"({gate_x:.3f},{port_y:.3f})",
+                          "label_at": f"({(stub_x + stub_end) / 2:.3f},{lane_y:.3f})",
+                          "straight": abs(lane_y - y[i]) < 1e-9,
                           "value": short(i.value),
                           "grad": short(node.local[k] * node.grad)})
     out = g.output
     width = (max(depth.values()) + 1) * dx + 1.0
+    out_x = depth[out] * dx + dx * 0.8
     return {"nodes": nodes, "edges": edges, "width": width,
-            "out": {"source": out.id, "src": f"({key[out]})", "at": f"({depth[out] * dx + dx * 0.8:.3f},{y[out]:.3f})",
+            "out": {"source": out.id, "src": f"({key[out]})", "at": f"({out_x:.3f},{y[out]:.3f})",
+                    "label_at": f"({(depth[out] * dx + GATE_RADIUS + out_x) / 2:.3f},{y[out]:.3f})",
                     "value": short(out.value), "grad": short(out.grad)}}
 
 
-def _bend(source, target, depth, y, columns, dy):
-    """``None`` for a straight wire; ``"left"`` (up) or ``"right"`` (down) for one that would cross a gate."""
-    d0, d1 = depth[source], depth[target]
-    push = 0.0
-    for d in range(d0 + 1, d1):
-        line = y[source] + (y[target] - y[source]) * (d - d0) / (d1 - d0)
-        for other in columns[d]:
-            gap = y[other] - line
-            if abs(gap) < 0.6 * dy:
-                push += -1 if gap > 0 else 1  # away from the gate in the way
-    if push == 0:
-        return None
-    return "left" if push > 0 else "right"
+GATE_RADIUS = 0.45  # cm: the gate circles are 9 mm across
+PORT_GAP = 0.34  # cm between the ports of a gate with several inputs
+LANE = 0.95  # cm between the stubs of a gate with several inputs (room for a label above and below each)
+STUB = 1.75  # cm: where the horizontal stub before a gate input begins (its value and gradient are on it)
+
+
+_LEVEL = {"add": 1, "sub": 1, "neg": 1, "mul": 2, "scale": 2, "div": 2, "reciprocal": 2, "pow": 3, "cpow": 3,
+          "power": 3}
+_CALLS = {"exp": r"\exp", "log": r"\log", "sigmoid": r"\sigma", "tanh": r"\tanh", "relu": r"\operatorname{ReLU}",
+          "softplus": r"\operatorname{softplus}", "sin": r"\sin", "cos": r"\cos", "max": r"\max", "min": r"\min"}
+
+
+def written(g: Graph) -> list:
+    r"""The expression as written, gate by gate, in LaTeX: ``[(name, tex)]``, one line per assigned name
+    of a program (its named nodes print as their names), else ``[("L", tex)]``. A node used twice is
+    written twice (``a + a``, not SymPy's ``2 a``); in SymPy structure, SymPy's own form.
+
+    >>> written(graph("a + a", at={"a": 2})), written(graph("e = a*b; L = e + a", at={"a": 1, "b": 2}))
+    ([('L', 'a + a')], [('e', 'a b'), ('L', 'e + a')])
+    """
+    from .latex import latex
+
+    if g.structure != "source":
+        return [("L", latex(g.expr))]
+    named = set(g.assigned or ())
+    tex, level = {}, {}
+    for node in g.nodes:  # topological: inputs first, so no recursion
+        if not node.inputs:
+            tex[node], level[node] = latex(node.expr), 9
+            continue
+        def arg(k, need, node=node):
+            child = node.inputs[k]
+            if child.id in named:
+                return latex(sp.Symbol(child.id))
+            return tex[child] if level[child] >= need else rf"\left({tex[child]}\right)"
+        c = None if node.const is None else latex(node.const)
+        op, n = node.op, len(node.inputs)
+        if op == "add":
+            body = " + ".join(arg(k, 1) for k in range(n))
+            body = body if c is None else (f"{body} + {c}" if node.const > 0 else f"{body} - {latex(-node.const)}")
+        elif op == "sub":
+            body = f"{arg(0, 1)} - {arg(1, 2)}"
+        elif op == "mul":
+            factors = [arg(k, 2) for k in range(n)]
+            body = (" " if c is None else r" \cdot ").join(([c] if c is not None else []) + factors)
+        elif op == "scale":
+            body = rf"{c} \cdot {arg(0, 2)}"
+        elif op == "neg":
+            body = f"-{arg(0, 2)}"
+        elif op == "div":
+            body = rf"\frac{{{arg(0, 0)}}}{{{arg(1, 0)}}}"
+        elif op == "reciprocal":
+            body = rf"\frac{{{c or 1}}}{{{arg(0, 0)}}}"
+        elif op == "pow":
+            body = f"{arg(0, 4)}^{{{c}}}"
+        elif op == "cpow":
+            body = f"{c}^{{{arg(0, 0)}}}"
+        elif op == "power":
+            body = f"{arg(0, 4)}^{{{arg(1, 0)}}}"
+        elif op == "sqrt":
+            body = rf"\sqrt{{{arg(0, 0)}}}"
+        elif op == "abs":
+            body = rf"\left|{arg(0, 0)}\right|"
+        else:
+            args = [arg(k, 0) for k in range(n)] + ([c] if c is not None else [])
+            body = rf"{_CALLS.get(op, op)}\left({', '.join(args)}\right)"
+        tex[node], level[node] = body, _LEVEL.get(op, 9)
+    if named:
+        nodes = {node.id: node for node in g.nodes}
+        return [(name, tex[nodes[name]]) for name in g.assigned if name in nodes]
+    return [("L", tex[g.output])]
 
 
 DRAW_LIMIT = 60
 EXACT_LIMIT = 24  # operations; longer exact forms are left to --json
 
 
-def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict | None = None) -> str:
+def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict | None = None,
+             blank: bool = False) -> str:
     """The LaTeX document of a graph: the circuit (up to :data:`DRAW_LIMIT` nodes), every node, the checks
-    (``checks``: the result of ``g.check()`` when the caller has it already)."""
+    (``checks``: the result of ``g.check()`` when the caller has it already). ``blank``: a problem
+    sheet: the circuit with the inputs' values and the output's gradient 1 only, every other value
+    and gradient a box to fill in, and neither the node table nor the checks (the solution is the
+    document without ``blank``)."""
     from .latex import latex, render
 
     def tex(v):  # exact form (if short enough to typeset), and a decimal when it is not a plain number
@@ -1265,14 +1411,22 @@ def document(g: Graph, *, title: str | None = None, user_dir=None, checks: dict 
     if len(g.nodes) <= DRAW_LIMIT:
         picture = layout(g)
         if picture["width"] > 24:  # a long chain: tighter columns, and the page turned (see the template)
-            picture = layout(g, dx=2.0)
+            picture = layout(g, dx=2.4)
+        if blank:
+            given = {n.id for n in g.nodes if not n.inputs}
+            for e in picture["edges"]:
+                e["value"] = e["value"] if e["source"] in given else None
+                e["grad"] = None
+            picture["out"]["value"] = None
+            for n in picture["nodes"]:
+                n["total"] = None
     return render("graph.tex.j2", user_dir=user_dir, author="symbp graph", title=title or "Computation graph",
-                  expression=g.expr, text=g.text, point=[(g.symbols[n], v) for n, v in g.at.items()],
+                  expression=g.expr, text=g.text, lines=written(g), sympy_form=latex(g.expr), point=[(g.symbols[n], v) for n, v in g.at.items()],
                   value=g.value, exact_value=g.value.is_Rational or g.value.is_Float,
                   decimal=_decimal(g.value), exact=g.exact, fallback=g.fallback, structure=g.structure,
                   granularity=g.granularity, picture=picture, fit=bool(picture and picture["width"] > 16),
                   rotate=bool(picture and picture["width"] > 24),
-                  nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT)
+                  nodes=nodes, checks=checks, draw_limit=DRAW_LIMIT, blank=blank and picture is not None)
 
 
 def _decimal(v) -> str:

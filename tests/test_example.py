@@ -257,8 +257,8 @@ def test_loss_claimed_twice_or_summed_is_named():
     values = {"x": [[1], [2]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
     ex = worked_example(net, values, claimed={"L": 162})
     assert ex.loss == 81
-    assert ex.cell("L").reason == ("L = 81, not 162: that is twice L; multiplied by 1/2 it is right (the 1/2 of "
-                                   "E = 1/2 (a - y)^2 forgotten)")
+    assert ex.cell("L").reason == ("L = 81, not 162: that is twice L; multiplied by 1/2 it is right (a factor "
+                                   "1/2 forgotten)")
     batch = symbp.MLP([1, 1], hidden=[], output="identity", loss="mse", batch=2)
     ex = worked_example(batch, dict(x=[[1], [2]], y=[[0], [0]], W1=[[3]], b1=[[0]]), claimed={"L": 45})
     assert ex.cell("L").reason == ("L = 22.5, not 45: the 1/N is missing: the loss is the mean over the N = 2 "
@@ -376,3 +376,124 @@ def test_cells_known_only_to_be_tiny_are_zero():
     ex = worked_example(symbp.MLP([2, 2, 2]), _huge_values(10 ** 8))
     assert abs(float(ex.approx["L"][0])) < 1e-30
     assert ex.forward["z2"] == sp.Matrix([10 ** 16 - 10 ** 8, 10 ** 8 - 10 ** 16])  # exact, as ever
+
+
+# --------------------------------------------------------------------------- networks of layers, every op
+
+from op_networks import configs as op_configs, make as make_op  # noqa: E402
+
+
+def halves(net, seed=0):
+    """A point of ``net`` a person can follow: the random point rounded to halves (masks stay 0/1)."""
+    point = numeric.random_values(net, seed)
+    return {k: (np.round(np.asarray(point[k], dtype=float) * 2) / 2).tolist() for k in net.inputs + net.params}
+
+
+@pytest.mark.parametrize("config", sorted(op_configs()))
+def test_layers_example_document_for_every_op(config):
+    """Every op of the table: the cells agree with NumPy backprop, and the document shows each gradient's
+    formula (the op table's backward, through textbook) next to its numbers."""
+    from symbp.example import _cell_text
+    from symbp.formula import parse
+    from symbp.latex import SymbpLatexPrinter, abbreviated, formula_lines, visible_width
+    from symbp.document import network_names
+    from symbp.verify import textbook
+
+    net = make_op(config)
+    values = halves(net)
+    ex = worked_example(net, values)
+    fd = numeric.finite_differences(net, {k: np.array(v, dtype=float) for k, v in values.items()})
+    tex = document(ex)
+    printer = SymbpLatexPrinter(columns=net.columns, names=network_names(net))
+    claims = textbook(net)
+    assert set(ex.backward) == {"d" + n for n in net.params + net.intermediates}
+    for name in net.params + net.intermediates:
+        M = ex.value("d" + name)
+        got, want = np.array(M.evalf(20).tolist(), dtype=float), fd.gradients[name]
+        for index in np.ndindex(*got.shape):
+            if (name, index) not in fd.kink_crossings:  # central differences across a kink are no derivative
+                assert abs(got[index] - want[index]) <= 1e-6 * (1 + abs(want[index])), (name, index)
+        cells = " \\\\ ".join(" & ".join(_cell_text(M[i, j], ex.num("d" + name)[i, j]) for j in range(M.cols))
+                              for i in range(M.rows))
+        symbol = rf"\frac{{\partial L}}{{\partial {printer.base(name)}}}"
+        shown = rf"\begin{{bmatrix}}{cells}\end{{bmatrix}}"
+        if name in claims:
+            node = parse(claims[name], net)
+            first = formula_lines(node, printer=printer, width=55)[0]
+            if visible_width(first) > 60:  # a long product is shown with its repeated parts named u_k
+                main, where = abbreviated(node, printer=printer)
+                first = main
+                assert where and all(f"{u} &= {d}" in tex for u, d in where), name
+            assert f"{symbol} &= {first}" in tex, name
+        assert shown in tex, name
+    for layer in net.layers:
+        assert f"\\subsection*{{Layer {layer.position}: {layer.op.name.replace('_', chr(92) + '_')}}}" in tex
+
+
+def test_cli_writes_the_example_of_a_network_of_layers(tmp_path, capsys):
+    spec = tmp_path / "net.toml"
+    values = halves(make_op("layernorm"))
+    spec.write_text('[model]\ninput = 2\nbatch = 2\nloss = "mse"\n'
+                    '[[layers]]\nop = "affine"\nout = 3\n[[layers]]\nop = "layernorm"\n[[layers]]\nop = "affine"\nout = 2\n'
+                    "[values]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    assert main(["example", str(spec), "-o", str(tmp_path / "out.tex")]) == 0
+    tex = (tmp_path / "out.tex").read_text()
+    assert "\\subsection*{Layer 2: layernorm}" in tex and "\\section*{Backward pass}" in tex
+
+
+@needs_tex
+@pytest.mark.parametrize("config", ["layernorm", "attention-causal", "batchnorm", "dropout", "add", "activation",
+                                    "custom-loss"])
+def test_layers_example_documents_compile_without_overfull_boxes(tmp_path, config):
+    import re
+
+    net = make_op(config)
+    ex = worked_example(net, halves(net))
+    log = tmp_path / "e.log"
+    pdf = symbp.latex.compile_pdf(document(ex), tmp_path / "e.pdf", log_path=log)
+    text = " ".join(subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout.split())
+    assert "Backward pass" in text and f"Layer {net.layers[-1].position}:" in text
+    assert "Overfull \\hbox" not in log.read_text(), re.findall(r"Overfull \\hbox.*", log.read_text())
+
+
+def test_blank_sheet_keeps_the_given_numbers_and_boxes_every_computed_cell(tmp_path, capsys):
+    out = tmp_path / "sheet.tex"
+    assert main(["example", str(SPEC), "-o", str(out), "--blank"]) == 1  # the spec's claims are still judged
+    sheet, solution = out.read_text(), (tmp_path / "sheet-solution.tex").read_text()
+    ex = from_spec(SPEC)
+    assert solution == document(ex)  # the solution is the ordinary document
+    computed = sum(len(ex.value(n)) for n in list(ex.forward) + list(ex.backward)) + 1  # + the loss
+    assert sheet.count(r"\blankcell") >= computed  # the backward formulas box the matrices they reuse too
+    assert sheet.count(r"\begin{bmatrix}1 & 0 & 1 & 0 \\ 0 & 1 & -1 & 0") == solution.count(
+        r"\begin{bmatrix}1 & 0 & 1 & 0 \\ 0 & 1 & -1 & 0") > 0  # the given W1 is kept wherever it is shown
+    assert "The claimed cells" not in sheet and "Exact values" not in sheet and "a problem sheet" in sheet
+    assert "0.5000" not in sheet and r"\frac{e^{10}" not in sheet  # no computed value leaks
+    net = make_op("layernorm")
+    layered = document(worked_example(net, halves(net)), blank=True)
+    assert r"\blankcell" in layered and "0.9444" not in layered
+
+
+def test_blank_needs_a_document(capsys):
+    assert main(["example", str(SPEC), "--blank"]) == 2
+    assert capsys.readouterr().err == "symbp example: error: --blank is an option of the document: add -o FILE.tex\n"
+
+
+def test_cells_on_a_kink_or_saturated_are_flagged():
+    from symbp.example import kink_flags
+
+    net = symbp.MLP([2, 2, 1], hidden="relu", output="identity", loss="mse")
+    values = {"x": [[1], [1]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
+    ex = worked_example(net, values)
+    assert ex.value("z1")[0] == 0 and kink_flags(ex) == ["z1[1] = 0: ReLU'(0) = 0 by convention"]
+    assert "z1[1] = 0: ReLU'(0) = 0 by convention" in document(ex)
+    smooth = symbp.MLP([1, 1, 1], hidden="sigmoid", output="identity", loss="mse")
+    ex = worked_example(smooth, {"x": [[10]], "y": [[0]], "W1": [[1]], "b1": [[0]], "W2": [[2]], "b2": [[0]]})
+    assert kink_flags(ex) == ["z1[1] = 10: sigmoid saturates there (sigmoid' = 0.00004540)"]  # e^-10 / (1 + e^-10)^2
+    assert kink_flags(from_spec(SPEC)) == []  # seed 000: every unit off its kink
+
+
+def test_significant_digits_never_round_a_small_number_to_zero():
+    from symbp.example import significant
+
+    assert [significant(v) for v in (2.7e-5, -0.000123456, 0.5, 99999.6, 1 / 3)] == [
+        "0.00002700", "-0.0001235", "0.5000", "100000", "0.3333"]

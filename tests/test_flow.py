@@ -245,3 +245,47 @@ def test_flow_document_compiles_and_reads_the_measured_numbers(deep_tanh, tmp_pa
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert abs(width - 827) <= 1 and abs(height - 1169) <= 1  # one A4 page (210 x 297 mm) at 100 dpi
+
+
+# --------------------------------------------------------------------------- the derivation's section
+
+
+def test_the_derivations_product_is_built_for_the_actual_L():
+    from symbp import document
+
+    tex = document.render(symbp.MLP([3, 4, 2]))
+    section = tex[tex.index(r"\section{Gradient flow}"):tex.index(r"\section*{How this was checked}")]
+    assert r"\delta^{(1)} = D_{1} W^{(2)\top} \delta^{(2)}, \qquad" in section
+    assert "D_{2}" not in section and "W^{(3)" not in section
+    assert "a product of $1$ pair of factors" in section
+    assert "Its norm is bounded by the product of the norms of the factors" in section and "behaves like" not in section
+    deep = document.render(symbp.MLP([2, 2, 2, 2, 2, 2, 2, 2], hidden="tanh"))
+    assert (r"\delta^{(1)} = D_{1} W^{(2)\top} D_{2} W^{(3)\top} \cdots D_{5} W^{(6)\top} D_{6} W^{(7)\top} "
+            r"\delta^{(7)}" not in deep)  # at most four pairs: the middle is elided
+    assert r"\delta^{(1)} = D_{1} W^{(2)\top} D_{2} W^{(3)\top} \cdots D_{6} W^{(7)\top} \delta^{(7)}" in deep
+    assert "a product of $6$ pairs of factors" in deep
+
+
+def test_the_flow_verdict_reads_the_error_terms_norms():
+    from symbp import document
+    from symbp.flow import derivation_section
+
+    net = symbp.MLP([3, 3, 3, 3, 2], hidden="sigmoid")
+    values = {k: np.array(v.tolist(), dtype=float) for k, v in document.example_values(net).items()}
+    got = symbp.lambdify(net, symbp.derive(net))(**values)  # the derived gradients, not the section's engine
+    ratio = np.linalg.norm(got["z1"]) / np.linalg.norm(got["z4"])
+    section = derivation_section(net)
+    assert float(section["ratio"]["value"]) == pytest.approx(ratio, rel=1e-3) and not section["ratio"]["grows"]
+    assert [float(n["delta"]) for n in section["norms"]] == pytest.approx(
+        [np.linalg.norm(got[f"z{l}"]) for l in range(1, 5)], rel=1e-3)
+    sigmoid = section["activations"][0]
+    assert (sigmoid["title"], sigmoid["max"], sigmoid["factor"], sigmoid["zero"]) == ("sigmoid", "0.25", "4", False)
+    relu = derivation_section(symbp.MLP([2, 2, 2]))["activations"][0]
+    assert (relu["title"], relu["max"], relu["zero"], relu["below"]) == ("ReLU", "1", True, "0")
+
+
+def test_a_smooth_activation_blocks_nothing():
+    from symbp.flow import derivation_section
+
+    tanh = derivation_section(symbp.MLP([2, 2, 2], hidden="tanh"))["activations"][0]
+    assert (tanh["max"], tanh["zero"], tanh["shrinks"]) == ("1", False, False)

@@ -11,7 +11,7 @@ import sympy as sp
 
 from symbp.cli import main
 from symbp.errors import SymbpError
-from symbp.graph import GATES, Node, gate_label, graph, layout, topological
+from symbp.graph import GATES, Node, gate_label, graph, layout, topological, written
 from symbp.graph import document as graph_document
 
 needs_tex = pytest.mark.skipif(shutil.which("pdflatex") is None, reason="TeX is installed by .ci/run")
@@ -355,7 +355,7 @@ def test_long_chain_document_turns_the_page_and_compiles(tmp_path):
     g = graph(text, at={"w0": "1/2", "x": 2, "b0": -1, "w1": 3, "b1": "1/2", "y": 1}, granularity="primitives")
     assert g.grad("w1") == 0  # tanh(w0*x + b0) = tanh(0) = 0 multiplies it
     tex = graph_document(g)
-    assert "rotate=90, transform shape" in tex and tex.count(r"\node[gate") == sum(1 for n in g.nodes if n.inputs)
+    assert r"\rotatebox{90}" in tex and tex.count(r"\node[gate") == sum(1 for n in g.nodes if n.inputs)
     from symbp.latex import compile_pdf
 
     pdf = compile_pdf(tex, tmp_path / "chain.pdf")
@@ -496,3 +496,70 @@ def test_values_past_the_doubles_are_written_as_decimals_not_inf():
     assert r"\approx 1.97e+434" in tex and "inf" not in tex
     g = graph("tanh(-a)", at={"a": "1e10"}, granularity="primitives")
     assert r"the inputs are exact, but exp of -20000000000 is about 10\textasciicircum{}(-8.7e+09)" in graph_document(g)
+
+
+# --------------------------------------------------------------------------- programs, the written form, the circuit
+
+
+def test_seed003_as_a_program_has_one_node_per_assigned_name():
+    g = graph("e = a*b; d = e + c; L = f*d", at={"a": 2, "b": -3, "c": 5, "f": -2})
+    gates = [(n.id, n.op, [i.id for i in n.inputs], n.value, n.grad) for n in g.nodes if n.inputs]
+    assert gates == [("e", "mul", ["a", "b"], -6, -2), ("d", "add", ["e", "c"], -1, -2), ("L", "mul", ["f", "d"], 2, 1)]
+    assert [g.grad(n) for n in "abcf"] == [6, -4, -2, -1]
+    assert all(ok for _, _, ok in g.check().values())
+    assert written(g) == [("e", "a b"), ("d", "e + c"), ("L", "f d")]
+
+
+@pytest.mark.parametrize("text, at, message", [
+    ("e = a*b; e = e + c", "abc", "'e' is assigned twice"),
+    ("d = e + c; e = a*b", "abc", "'e' is used before it is assigned"),
+    ("e = a; L = e*b", "ab", "e = a computes no new node"),
+    ("e = a*b; L + e", "ab", "'L + e' is not an assignment"),
+    ("e = a*b; L = e + c", "abce", "'e' is assigned, so it takes no value"),
+])
+def test_bad_programs_are_one_line(text, at, message):
+    import re
+
+    with pytest.raises(SymbpError, match=re.escape(message)):
+        graph(text, at={name: 1 for name in at})
+
+
+def test_a_plus_a_is_shown_as_written():
+    g = graph("a + a", at={"a": 2})
+    assert written(g) == [("L", "a + a")] and g.grad("a") == 2
+    tex = graph_document(g)
+    assert "\\[ L = a + a \\]\n(SymPy writes it $L = 2 a$.)" in tex
+
+
+def test_division_is_a_scaler():
+    g = graph("x/y", at={"x": 3, "y": 2})
+    assert [n.gate for n in g.nodes if n.inputs] == ["scaler"]
+
+
+def test_labels_sit_on_white_stubs_drawn_after_every_wire():
+    g = graph("e = a*b; d = e + c; L = f*d", at={"a": 2, "b": -3, "c": 5, "f": -2})
+    tex = graph_document(g)
+    body = tex[tex.index(r"\begin{tikzpicture}"):tex.index(r"\end{tikzpicture}")]
+    last_wire = body.rindex(r"\draw[wire]")
+    labels = [k for k in range(len(body)) if body.startswith(r"\node[val]", k) or body.startswith(r"\node[grd]", k)]
+    assert len(labels) == 2 * (6 + 1) and min(labels) > last_wire  # 6 gate inputs and the output
+    assert "lab/.style={fill=white" in body
+    picture = layout(g)
+    for e in picture["edges"]:  # the stub is horizontal: the labels' y is the stub's y
+        stub_y = e["stub"].split(",")[1]
+        assert e["stub_end"].split(",")[1] == stub_y and e["label_at"].split(",")[1] == stub_y
+    for name in ("e", "d", "L"):
+        assert f"label={{[gname]above:${name}$}}" in body
+    assert r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}" in tex
+
+
+def test_blank_circuit_gives_the_inputs_and_boxes_the_rest(tmp_path):
+    out = tmp_path / "g.tex"
+    assert main(["graph", "e = a*b; d = e + c; L = f*d", "--at", "a=2,b=-3,c=5,f=-2", "-o", str(out), "--blank"]) == 0
+    sheet, solution = out.read_text(), (tmp_path / "g-solution.tex").read_text()
+    body = sheet[sheet.index(r"\begin{tikzpicture}"):sheet.index(r"\end{tikzpicture}")]
+    # 6 gate inputs: 4 carry an input's value (given), 2 a gate's (boxed); 6 gradients boxed; the output's value boxed
+    assert body.count(r"\blankcell") == 2 + 6 + 1
+    assert [v for v in ("$2$", "$-3$", "$5$", "$-2$") if v in body] == ["$2$", "$-3$", "$5$", "$-2$"]
+    assert "$-6$" not in body and "$6$" not in body and "Every node" not in sheet
+    assert "Every node" in solution and r"\blankcell" not in solution.split(r"\begin{document}")[1]

@@ -412,14 +412,15 @@ def test_example_of_a_layers_spec_judges_the_claims(tmp_path, capsys):
     }
 
 
-def test_example_document_of_a_layers_spec_is_not_available_yet(tmp_path, capsys):
+def test_example_document_of_a_layers_spec_is_written(tmp_path, capsys):
+    """(It was refused before: the worked-example document now covers networks of layers.)"""
     path = tmp_path / "ex.toml"
     path.write_text(EXAMPLE)
-    assert main(["example", str(path), "-o", str(tmp_path / "ex.tex")]) == 2
-    assert capsys.readouterr().err == ("symbp example: error: -o: documents of worked examples for networks of "
-                                       "layers are not available yet (leave out -o: the cells and the verdicts "
-                                       "are printed)\n")
-    assert not (tmp_path / "ex.tex").exists()
+    assert main(["example", str(path), "-o", str(tmp_path / "ex.tex")]) == 0
+    tex = (tmp_path / "ex.tex").read_text()
+    # dW2 = dz2 a^T at the spec's values: [[-128, 768]], next to its formula
+    assert r"\frac{\partial L}{\partial W^{(2)}} &= \delta^{(2)} q^{\top} \\" in tex
+    assert r"&= \begin{bmatrix}-128 & 768\end{bmatrix}" in tex
 
 
 def _numpy_loss(net, values):
