@@ -18,6 +18,14 @@ Frames are an 8-byte length and a pickle of builtins only (tuples, dicts, string
 the parent unpickles them with no class lookups at all, so an answer cannot run code in the parent.
 Arrays travel as ``(dtype.str, shape, bytes)`` and only numeric dtypes are sent.
 
+Framework code (``kind = "torch"`` or ``"jax"``): the framework is imported before ``ready`` (its
+start-up is not the user's time), and :func:`framework_backward` wraps the user's object as a
+``backward(values) -> {name: array}``: for a ``torch.autograd.Function`` subclass it calls ``forward(ctx,
+x, y, *params)`` and then ``backward(ctx, 1)`` itself (torch's engine would refuse a wrongly shaped
+gradient before symbp could judge it); for a ``jax.custom_vjp`` function it calls the function, its
+``fwd`` and its ``bwd`` with 64-bit enabled. The loss the forward returned travels as ``"L"`` (and the
+``fwd`` rule's as ``"L.fwd"``), to be checked against the network's own loss.
+
 The helpers :func:`describe` and :func:`plain` are also used in-process for Python callables.
 """
 
@@ -83,6 +91,11 @@ def plain(value):
     """A returned gradient as a NumPy array of numbers, or the reason it is not one (a string)."""
     import numpy as np
 
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor (maybe requiring grad)
+        try:
+            value = value.detach().cpu().numpy()
+        except Exception as exc:  # noqa: BLE001 - the user's value: anything may happen
+            return f"not an array of numbers ({type(exc).__name__}: {_safe_text(exc)})"
     try:
         array = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - the user's value: anything may happen
@@ -92,11 +105,123 @@ def plain(value):
     return array
 
 
+class Refusal(str):
+    """Why framework code's answer cannot be read (said by symbp's wrapper, not returned by the user)."""
+
+
 def plain_answer(out):
     """A backward's answer as ``{name: array or reason}``, or a string when it is not a dict."""
+    if isinstance(out, Refusal):
+        return str(out)
     if not isinstance(out, dict):
         return f"returned {type(out).__name__}, expected a dict {{name: array}}"
     return {str(name): plain(value) for name, value in out.items()}
+
+
+# --------------------------------------------------------------------------- framework code
+
+FRAMEWORKS = {"torch": "PyTorch", "jax": "JAX"}  # kind -> the framework's name (the extra is the kind)
+
+
+def load_framework(kind):
+    """Import the framework of ``kind`` (JAX with 64-bit enabled); None for NumPy code."""
+    if kind == "torch":
+        import torch
+
+        return torch
+    if kind == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        return jax
+    return None
+
+
+def kind_of(obj):
+    """``"torch"`` for a ``torch.autograd.Function`` subclass, ``"jax"`` for a ``jax.custom_vjp``
+    function, else ``"numpy"`` (a plain function, whatever ops it uses)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
+        return "torch"
+    if "jax" in sys.modules and type(obj).__name__ == "custom_vjp" and type(obj).__module__.startswith("jax"):
+        return "jax"
+    return "numpy"
+
+
+def not_of_kind(obj, kind, name):
+    """Why ``obj`` cannot be judged as ``kind`` code (a sentence), or None when it can."""
+    if kind == "numpy" or kind_of(obj) == kind:
+        return None
+    if kind == "torch":
+        return "is not a torch.autograd.Function subclass (kind = \"torch\")"
+    return "is not a jax.custom_vjp function with its fwd and bwd defined (kind = \"jax\")"
+
+
+class TorchContext:
+    """What torch gives ``forward`` and ``backward`` as ``ctx``: saved tensors and any attribute."""
+
+    def __init__(self, inputs):
+        self.saved_tensors = ()
+        self.needs_input_grad = (False, False) + (True,) * (inputs - 2)
+        self.materialize_grads = True
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *args):
+        pass
+
+    def mark_dirty(self, *args):
+        pass
+
+    def set_materialize_grads(self, value):
+        self.materialize_grads = value
+
+
+def _grads_answer(grads, params, who):
+    """``{name: gradient}`` from the gradients returned for ``x, y, *params`` (``None`` left out), or
+    the reason they cannot be read (a string)."""
+    if not isinstance(grads, (tuple, list)):
+        grads = (grads,)
+    if len(grads) != len(params) + 2:
+        return Refusal(f"{who} returned {len(grads)} gradient{'s' if len(grads) != 1 else ''}; expected "
+                       f"{len(params) + 2}, one per input (x, y, {', '.join(params)}; None for x and y)")
+    return {name: g for name, g in zip(params, grads[2:]) if g is not None}
+
+
+def framework_backward(kind, obj, params, dtype="float64"):
+    """``obj`` (a torch Function subclass or a jax custom_vjp function) as ``backward(values) ->
+    {name: gradient, "L": loss}``, the network's input, target and parameters given in ``dtype``."""
+    framework = load_framework(kind)
+    order = ("x", "y", *params)
+    if kind == "torch":
+        torch = framework
+        own = obj.setup_context is not torch.autograd.Function.setup_context  # forward without ctx
+
+        def backward(values):
+            args = [torch.tensor(values[n], dtype=getattr(torch, dtype)) for n in order]
+            ctx = TorchContext(len(args))
+            with torch.no_grad():
+                if own:
+                    loss = obj.forward(*args)
+                    obj.setup_context(ctx, tuple(args), loss)
+                else:
+                    loss = obj.forward(ctx, *args)
+                seed = torch.ones_like(loss) if isinstance(loss, torch.Tensor) else 1.0
+                answer = _grads_answer(obj.backward(ctx, seed), params, "backward")
+            return answer if isinstance(answer, str) else dict(answer, L=loss)
+
+        return backward
+    import jax.numpy as jnp
+
+    def backward(values):
+        args = [jnp.asarray(values[n], dtype=dtype) for n in order]
+        loss = obj(*args)
+        out, residuals = obj.fwd(*args)
+        answer = _grads_answer(obj.bwd(residuals, jnp.ones_like(out)), params, "bwd")
+        return answer if isinstance(answer, str) else dict(answer, **{"L": loss, "L.fwd": out})
+
+    return backward
 
 
 # --------------------------------------------------------------------------- the child's program
@@ -125,6 +250,8 @@ def main():
     request = pickle.load(sys.stdin.buffer)
     import numpy as np
 
+    kind = request.get("kind", "numpy")
+    load_framework(kind)  # before ready: importing the framework is not the user's time
     send("ready")
     memory_mb = request["memory_mb"]
     try:
@@ -156,10 +283,18 @@ def main():
     if not callable(function):
         send("nofunction", [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")])
         leave()
+    wrong = not_of_kind(function, kind, name)
+    if wrong:
+        send("notkind", wrong)
+        leave()
+    if kind != "numpy":
+        function = framework_backward(kind, function, request["params"], request.get("dtype", "float64"))
     send("imported")
     for k, point in enumerate(request["points"]):
         values = {key: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
                   for key, (dtype, shape, data) in point.items()}
+        if kind == "numpy" and request.get("dtype", "float64") != "float64":
+            values = {key: value.astype(request["dtype"]) for key, value in values.items()}
         try:
             answer = _encode(plain_answer(function(values)))
         except BaseException as exc:  # noqa: BLE001 - the user's function: every way out is an answer
