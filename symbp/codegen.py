@@ -42,11 +42,6 @@ _ADD, _MUL, _UNARY, _POW, _ATOM = 1, 2, 3, 4, 5
 _BINARY = {"add": ("+", _ADD), "sub": ("-", _ADD), "mul": ("*", _MUL), "div": ("/", _MUL),
            "matmul": ("@", _MUL)}
 
-#: Element-wise functions of the formula language -> the name they are called by in generated code.
-_FUNCTION_CODE = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "relu": "relu", "step": "step",
-                  "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "softplus": "softplus", "cosh": "np.cosh",
-                  "erf": "erf"}
-
 #: Helper functions the generated module defines when it uses them (stable forms, one each).
 _HELPERS = {
     "relu": '''def relu(z):
@@ -247,6 +242,30 @@ def _lower(text: str, backend: _Backend, helpers: set) -> str:
 
     text = re.sub(r"(?<![\w.])np\.(\w+)", spell, text)
     return re.sub(r"return float\((.*)\)$", r"return \1", text, flags=re.M)  # the framework's scalar
+
+
+def loss_function(net, backend: str = "jax"):
+    """The network's loss ``loss(x, y, [masks,] params...)`` written in ``backend`` from the op table's
+    ``code`` columns (and the loss rows), with no claim in it: what a framework's autodiff
+    differentiates in the numeric checks, independently of the derivation and of any backward.
+
+    >>> import symbp
+    >>> net = symbp.MLP([3, 2], output="identity", loss="mse")
+    >>> float(loss_function(net.network, "numpy")(x=[[1.0], [0.0], [2.0]], y=[[0.0], [1.0]],
+    ...                                           W1=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], b1=[[0.0], [0.0]]))
+    1.0
+    """
+    framework = _backend(backend)
+    writer = _NetworkWriter(net) if isinstance(net, Network) else _Writer(net)
+    forward, loss = writer.forward(), writer.loss()
+    helpers = set(writer.helpers)
+    body = [_lower(code, framework, helpers) for _, code in writer.custom.values()]
+    body += [_lower(part, framework, helpers) for part in (forward, loss)]
+    imports = "import math\n\nimport numpy as np\n" if framework.name == "numpy" else framework.imports
+    parts = [f'"""The loss of {_comment_safe(net.describe())} (symbp.codegen.loss_function)."""\n\n' + imports]
+    parts += [framework.helpers[name] for name in framework.helpers if name in helpers] + body
+    source = "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+    return _load(source, net)["loss"]
 
 
 def _tensors(net, values, backend):
@@ -451,14 +470,11 @@ class _Writer:
     def activation(self, layer, z):
         """Code applying hidden layer ``layer``'s activation to the expression ``z``."""
         row = self.net.hidden[layer - 1]
-        if row.name == "identity":
-            return z
-        if row.name in ("relu", "leaky_relu", "sigmoid", "softplus"):
-            self.helpers.add(row.name)
-            return f"{row.name}({z})"
-        if row.name == "tanh":
-            return f"np.tanh({z})"
-        return f"{self.custom_activation(row)}({z})"
+        symbol = sp.Symbol(z, real=True)
+        expr = row.sympy(symbol)
+        if not row.expression and (expr == symbol or expr.args == (symbol,)):  # z itself, or one call
+            return _ExpressionPrinter(self).doprint(expr)
+        return f"{self.custom_activation(row)}({z})"  # a function of its own in the module, with f(x)
 
     def custom_activation(self, row):
         """A function for a user-defined activation, printed from its SymPy form."""
@@ -511,15 +527,16 @@ class _Writer:
         lines.append("    }")
         return "\n".join(lines) + "\n"
 
+    def note(self, line):
+        """Record the helper functions a line of code calls."""
+        for name in _HELPERS:
+            if re.search(rf"(?<![\w.]){name}\(", line):
+                self.helpers.add(name)
+
     def output(self, z):
-        name = self.net.output.name
-        if name == "softmax":
-            self.helpers.add("softmax")
-            return f"softmax({z}, axis={self._axis})"
-        if name == "sigmoid":
-            self.helpers.add("sigmoid")
-            return f"sigmoid({z})"
-        return z
+        code = self.net.output.code.format(z=z, axis=self._axis)  # the output row's column
+        self.note(code)
+        return code
 
     @property
     def _axis(self):
@@ -533,25 +550,14 @@ class _Writer:
                  + (f', {net.reduction} over the rows."""' if net.batch else '."""'),
                  f"    v = forward({self.args})",
                  f'    z{L}, a{L} = v["z{L}"], v["a{L}"]']
-        pair = (net.output.name, net.loss_row.name)
-        if pair == ("softmax", "cross_entropy"):  # -sum y log softmax(z) = sum y (logsumexp(z) - z)
-            self.helpers.add("logsumexp")
-            per = f"np.sum(y * (logsumexp(z{L}, axis={axis}) - z{L}), axis={axis})"
-        elif pair == ("sigmoid", "binary_cross_entropy"):  # softplus(z) - y z, averaged over units
-            self.helpers.add("softplus")
-            per = f"np.mean(softplus(z{L}) - y * z{L}, axis={axis})"
-        elif pair == ("sigmoid", "cross_entropy"):  # -y log sigmoid(z) = y softplus(-z)
-            self.helpers.add("softplus")
-            per = f"np.sum(y * softplus(-z{L}), axis={axis})"
-        elif net.loss_row.name == "cross_entropy":
-            per = f"-np.sum(y * np.log(a{L}), axis={axis})"
-        elif net.loss_row.name == "binary_cross_entropy":
-            per = f"-np.mean(y * np.log(a{L}) + (1 - y) * np.log(1 - a{L}), axis={axis})"
-        elif net.loss_row.name == "mse":
-            per = f"np.mean((a{L} - y) ** 2, axis={axis})"
-        else:  # a registry row this writer does not know: never a silent MSE
+        if net.fused and net.fused.code:  # the output/loss pair's stable form in the logits
+            per = net.fused.code.format(z=f"z{L}", axis=axis)
+        elif net.loss_row.code:
+            per = net.loss_row.code.format(a=f"a{L}", axis=axis)
+        else:  # a row without NumPy source: never a silent MSE
             raise SymbpError(f"compile: the MLP writer has no NumPy form of loss {net.loss_row.name!r}; "
                              "build the network with symbp.network, whose writer prints any loss row")
+        self.note(per)
         reduce = "np.mean" if net.batch and net.reduction == "mean" else "np.sum"
         lines.append(f"    return float({reduce}({per}))")
         return "\n".join(lines) + "\n"
@@ -589,12 +595,6 @@ class _NetworkWriter(_Writer):
     def show(self, expr) -> str:
         """A SymPy expression (an entry-wise activation applied to a name) as NumPy code."""
         return _ExpressionPrinter(self).doprint(expr)
-
-    def note(self, line):
-        """Record the helper functions a line of code calls."""
-        for name in _HELPERS:
-            if re.search(rf"(?<![\w.]){name}\(", line):
-                self.helpers.add(name)
 
     def header(self, trees, notes):
         text = super().header(trees, notes)
@@ -698,11 +698,11 @@ class _Formula:
         inner = [self.code(a) for a in node.args]
         if self.formula:
             return self.formula_call(node, inner), _ATOM
-        if op == "func":
-            name = _FUNCTION_CODE[node.value]
-            if not name.startswith("np."):
+        if op == "func":  # a helper of the module where it has one (stable forms), else NumPy's own
+            if node.value in _HELPERS:
                 self.use(node.value)
-            return f"{name}({inner[0]})", _ATOM
+                return f"{node.value}({inner[0]})", _ATOM
+            return f"np.{node.value}({inner[0]})", _ATOM
         if op == "softmax":
             self.use("softmax")
             return f"softmax({inner[0]}, axis={node.value})", _ATOM
