@@ -249,10 +249,11 @@ def loss_function(net, backend: str = "jax"):
     ``code`` columns (and the loss rows), with no claim in it: what a framework's autodiff
     differentiates in the numeric checks, independently of the derivation and of any backward.
 
-    >>> import symbp
+    >>> import numpy as np, symbp
     >>> net = symbp.MLP([3, 2], output="identity", loss="mse")
-    >>> float(loss_function(net.network, "numpy")(x=[[1.0], [0.0], [2.0]], y=[[0.0], [1.0]],
-    ...                                           W1=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], b1=[[0.0], [0.0]]))
+    >>> loss = loss_function(net.network, "numpy")
+    >>> float(loss(x=np.array([[1.0], [0.0], [2.0]]), y=np.array([[0.0], [1.0]]),
+    ...            W1=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), b1=np.zeros((2, 1))))
     1.0
     """
     framework = _backend(backend)
