@@ -178,48 +178,87 @@ class TorchContext:
         self.materialize_grads = value
 
 
-def _grads_answer(grads, params, who):
-    """``{name: gradient}`` from the gradients returned for ``x, y, *params`` (``None`` left out), or
-    the reason they cannot be read (a string)."""
+def _grads_answer(grads, inputs, params, who):
+    """``{name: gradient}`` from the gradients returned for ``inputs`` (``x, y, *params``, or ``x,
+    *params`` for a layer; ``None`` left out), or the reason they cannot be read (a string)."""
     if not isinstance(grads, (tuple, list)):
         grads = (grads,)
-    if len(grads) != len(params) + 2:
+    if len(grads) != len(inputs):
+        data = [n for n in inputs if n not in params]
         return Refusal(f"{who} returned {len(grads)} gradient{'s' if len(grads) != 1 else ''}; expected "
-                       f"{len(params) + 2}, one per input (x, y, {', '.join(params)}; None for x and y)")
-    return {name: g for name, g in zip(params, grads[2:]) if g is not None}
+                       f"{len(inputs)}, one per input ({', '.join(inputs)}; None for {' and '.join(data)})")
+    return {name: g for name, g in zip(inputs, grads) if g is not None and name in params}
 
 
-def framework_backward(kind, obj, params, dtype="float64"):
+def _positional(function) -> int:
+    """How many positional parameters ``function`` takes (-1 when it cannot be told)."""
+    import inspect
+
+    try:
+        kinds = [p.kind for p in inspect.signature(function).parameters.values()]
+    except (TypeError, ValueError):
+        return -1
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return -1
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def framework_backward(kind, obj, params, dtype="float64", upstream=False):
     """``obj`` (a torch Function subclass or a jax custom_vjp function) as ``backward(values) ->
-    {name: gradient, "L": loss}``, the network's input, target and parameters given in ``dtype``."""
+    {name: gradient, "L": loss}``, the network's input, target and parameters given in ``dtype``.
+
+    ``upstream``: the network is judged as a layer on its own (its loss is ``sum(y * out)``, so ``y``
+    is the upstream gradient dL/d(out)); code whose forward takes ``x, *params`` (no ``y``) is then
+    called as a layer: forward gives the layer's output, and backward gets ``y`` as its upstream
+    gradient; symbp computes the loss ``sum(y * out)`` from the output, to check the forward."""
     framework = load_framework(kind)
-    order = ("x", "y", *params)
+    full = ("x", "y", *params)
     if kind == "torch":
         torch = framework
         own = obj.setup_context is not torch.autograd.Function.setup_context  # forward without ctx
+        layer = upstream and _positional(obj.forward) == len(params) + 1 + (not own)
+        order = ("x", *params) if layer else full
 
         def backward(values):
             args = [torch.tensor(values[n], dtype=getattr(torch, dtype)) for n in order]
-            ctx = TorchContext(len(args))
+            ctx = TorchContext(len(args) + layer)
             with torch.no_grad():
                 if own:
-                    loss = obj.forward(*args)
-                    obj.setup_context(ctx, tuple(args), loss)
+                    out = obj.forward(*args)
+                    obj.setup_context(ctx, tuple(args), out)
                 else:
-                    loss = obj.forward(ctx, *args)
-                seed = torch.ones_like(loss) if isinstance(loss, torch.Tensor) else 1.0
-                answer = _grads_answer(obj.backward(ctx, seed), params, "backward")
+                    out = obj.forward(ctx, *args)
+                if layer:
+                    seed = torch.tensor(values["y"], dtype=getattr(torch, dtype))
+                    loss = (seed * out).sum() if isinstance(out, torch.Tensor) and out.shape == seed.shape else out
+                else:
+                    seed = torch.ones_like(out) if isinstance(out, torch.Tensor) else 1.0
+                    loss = out
+                answer = _grads_answer(obj.backward(ctx, seed), order, params, "backward")
             return answer if isinstance(answer, str) else dict(answer, L=loss)
 
         return backward
     import jax.numpy as jnp
 
+    layer = upstream and _positional(getattr(obj, "fun", obj)) == len(params) + 1
+    order = ("x", *params) if layer else full
+
     def backward(values):
         args = [jnp.asarray(values[n], dtype=dtype) for n in order]
-        loss = obj(*args)
+        primal = obj(*args)
         out, residuals = obj.fwd(*args)
-        answer = _grads_answer(obj.bwd(residuals, jnp.ones_like(out)), params, "bwd")
-        return answer if isinstance(answer, str) else dict(answer, **{"L": loss, "L.fwd": out})
+        if layer:
+            y = jnp.asarray(values["y"], dtype=dtype)
+            seed = y
+
+            def scalar(o):
+                return (y * o).sum() if getattr(o, "shape", None) == y.shape else o
+
+            primal, loss = scalar(primal), scalar(out)
+        else:
+            seed, loss = jnp.ones_like(out), out
+        answer = _grads_answer(obj.bwd(residuals, seed), order, params, "bwd")
+        return answer if isinstance(answer, str) else dict(answer, **{"L": primal, "L.fwd": loss})
 
     return backward
 
@@ -288,7 +327,8 @@ def main():
         send("notkind", wrong)
         leave()
     if kind != "numpy":
-        function = framework_backward(kind, function, request["params"], request.get("dtype", "float64"))
+        function = framework_backward(kind, function, request["params"], request.get("dtype", "float64"),
+                                      request.get("upstream", False))
     send("imported")
     for k, point in enumerate(request["points"]):
         values = {key: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()

@@ -24,6 +24,8 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     [code]                   # optional
     path = "backward.py"     # relative to the spec file
     function = "backward"
+    kind = "numpy"           # or "torch" (a torch.autograd.Function), "jax" (a jax.custom_vjp function)
+    dtype = "float64"        # or "float32": the dtype the inputs are given in
 
     [limits]                 # for [code], run in a child process (see symbp.usercode)
     seconds = 60             # wall-clock time for the module's import and every call

@@ -106,16 +106,18 @@ def require(kind: str):
                          f"pip install 'symbp[{kind}]'")
 
 
-def run(code, points: list, params=()) -> Run:
+def run(code, points: list, params=(), upstream=False) -> Run:
     """Run ``code`` (a :class:`CodeFile` or a callable ``backward(values) -> dict``) at each point;
-    ``params`` (the network's parameters, in order) are the inputs of framework code after ``x, y``."""
+    ``params`` (the network's parameters, in order) are the inputs of framework code after ``x, y``;
+    ``upstream``: the network is one layer judged on its own (``y`` its upstream gradient), so framework
+    code may be a layer (see :func:`symbp._usercode_child.framework_backward`)."""
     if isinstance(code, CodeFile):
         require(code.kind)
-        return run_file(code, points, params)
+        return run_file(code, points, params, upstream)
     kind = child.kind_of(code)
     if kind != "numpy":
         label = getattr(code, "__name__", None) or type(code).__name__
-        wrapped = child.framework_backward(kind, code, tuple(params))
+        wrapped = child.framework_backward(kind, code, tuple(params), upstream=upstream)
         wrapped.__name__ = label
         return call(wrapped, points, base=_source_dir(getattr(code, "backward", None) or getattr(code, "bwd", None)))
     return call(code, points)
@@ -187,12 +189,12 @@ def _decode(answer):
     return out
 
 
-def _request(code: CodeFile, points, params=()) -> bytes:
+def _request(code: CodeFile, points, params=(), upstream=False) -> bytes:
     import numpy as np
 
     arrays = [{name: np.ascontiguousarray(v, dtype=float) for name, v in point.items()} for point in points]
     return pickle.dumps({"path": str(code.path.resolve()), "function": code.function, "memory_mb": code.memory_mb,
-                         "kind": code.kind, "dtype": code.dtype, "params": list(params),
+                         "kind": code.kind, "dtype": code.dtype, "params": list(params), "upstream": bool(upstream),
                          "points": [{n: (a.dtype.str, a.shape, a.tobytes()) for n, a in p.items()}
                                     for p in arrays]}, protocol=4)
 
@@ -219,7 +221,7 @@ def _signal_name(number: int) -> str:
         return "unknown"
 
 
-def run_file(code: CodeFile, points: list, params=()) -> Run:
+def run_file(code: CodeFile, points: list, params=(), upstream=False) -> Run:
     """Run a :class:`CodeFile` at each point in a fresh child process, under its limits."""
     env = dict(os.environ)
     popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -227,7 +229,7 @@ def run_file(code: CodeFile, points: list, params=()) -> Run:
         popen["start_new_session"] = True  # its own process group: stopped as one; Ctrl-C reaches only us
     proc = subprocess.Popen([sys.executable, "-c", _source()], **popen)
     try:
-        return _talk(proc, code, points, params)
+        return _talk(proc, code, points, params, upstream)
     finally:
         _stop(proc)
         proc.stdout.close()
@@ -271,11 +273,11 @@ class _Channel:
             self.buffer += chunk
 
 
-def _talk(proc, code: CodeFile, points, params=()) -> Run:
+def _talk(proc, code: CodeFile, points, params=(), upstream=False) -> Run:
     label = code.label
     out = Run(label)
     try:
-        proc.stdin.write(_request(code, points, params))
+        proc.stdin.write(_request(code, points, params, upstream))
         proc.stdin.close()
     except (BrokenPipeError, OSError):
         pass

@@ -1752,7 +1752,7 @@ def _judge_code(net, grads, code, seed, tol=_Tolerance()):
     points, side = _code_points(net, grads, seed)
     framework = code.kind != "numpy" if isinstance(code, usercode.CodeFile) else \
         usercode.child.kind_of(code) != "numpy"
-    run = usercode.run(code, [values for values, _, _ in points], params=net.params)
+    run = usercode.run(code, [values for values, _, _ in points], params=net.params, upstream=_upstream(net))
     label = run.label
     if run.failure is not None:
         general = run.failed_at is not None and points[run.failed_at][2]
@@ -1791,6 +1791,16 @@ def _judge_code(net, grads, code, seed, tol=_Tolerance()):
     if framework:
         results.append(_judge_forward(net, label, losses, [values for values, _, _ in points], tol))
     return results
+
+
+def _upstream(net) -> bool:
+    """Whether ``net`` judges a layer on its own: a network of layers whose loss is ``sum(y * out)``
+    (the loss ``a*y`` summed over units and examples), so that ``y`` is the upstream gradient."""
+    from .layers import Loss
+
+    row = net.loss_row
+    return isinstance(net, Network) and isinstance(row, Loss) and (net.batch is None or net.reduction == "sum") \
+        and sp.expand(row.expression - row.a * row.y) == 0
 
 
 def _judge_forward(net, label, losses, points, tol):

@@ -292,3 +292,85 @@ def test_cli_verify_a_torch_spec(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].endswith("code.dtype: expected one of float64, float32, got 'float16'")
+
+
+# --------------------------------------------------------------------------- a layer judged on its own
+
+LAYER = symbp.network([{"op": "layernorm", "name": "h", "gamma": "g", "beta": "c"}], input=4, batch=3,
+                      loss="a*y", reduction="sum")  # L = sum(y * h): y is the upstream gradient dL/dh
+
+TORCH_LAYER = '''
+import torch
+
+
+class LayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g, c):
+        mu = x.mean(1, keepdim=True)
+        s = torch.sqrt(x.var(1, keepdim=True, correction=0) + 1e-5)
+        xhat = (x - mu) / s
+        ctx.save_for_backward(xhat, s, g)
+        return xhat * g.T + c.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, s, g = ctx.saved_tensors
+        dxhat = grad * g.T
+        dx = (dxhat - dxhat.mean(1, keepdim=True) - xhat * (dxhat * xhat).mean(1, keepdim=True)) / s
+        return dx, {dg}, grad.sum(0, keepdim=True).T
+'''
+
+JAX_LAYER = '''
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def layernorm(x, g, c):
+    return fwd(x, g, c)[0]
+
+
+def fwd(x, g, c):
+    mu = x.mean(1, keepdims=True)
+    s = jnp.sqrt(x.var(1, keepdims=True) + 1e-5)
+    xhat = (x - mu) / s
+    return xhat * g.T + c.T, (xhat, s, g)
+
+
+def bwd(saved, grad):
+    xhat, s, g = saved
+    return None, {dg}, grad.sum(0, keepdims=True).T
+
+
+layernorm.defvjp(fwd, bwd)
+'''
+
+
+@pytest.mark.parametrize("kind", ["torch", "jax"])
+def test_a_layer_on_its_own_with_the_upstream_gradient_as_input(tmp_path, kind):
+    """forward(ctx, x, *params) -> the layer's output, backward(ctx, upstream): judged at y = dL/dh."""
+    template, function = (TORCH_LAYER, "LayerNorm") if kind == "torch" else (JAX_LAYER, "layernorm")
+    path = tmp_path / "layer.py"
+    path.write_text(template.format(dg="(grad * xhat).sum(0, keepdim=True).T" if kind == "torch"
+                                    else "(grad * xhat).sum(0, keepdims=True).T"))
+    results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
+    assert [(t, r.verdict) for t, r in results.items()] == [("g", "holds"), ("c", "holds"), ("L", "holds")]
+    path.write_text(template.format(dg="(grad * xhat).sum(0)" if kind == "torch" else "(grad * xhat).sum(0)[None, :]"))
+    results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
+    expected = ("holds", None) if kind == "torch" else ("fails", "transposed")  # a 1-D column is read as a column
+    assert (results["g"].verdict, results["g"].diagnosis) == expected
+    path.write_text(template.format(dg="(xhat).sum(0, keepdim=True).T" if kind == "torch"
+                                    else "(xhat).sum(0, keepdims=True).T"))
+    results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
+    assert results["g"].verdict == "fails" and results["c"].verdict == "holds"
+
+
+def test_layer_code_needs_a_layer_network(tmp_path):
+    """A layer-style Function against a whole network (a loss other than sum(y * out)) is called with
+    the network's inputs, fails, and is never judged to hold."""
+    path = tmp_path / "layer.py"
+    path.write_text(TORCH_LAYER.format(dg="(grad * xhat).sum(0, keepdim=True).T"))
+    net = symbp.network([{"op": "layernorm", "name": "h", "gamma": "g", "beta": "c"}], input=4, batch=3, loss="mse")
+    results = {r.target: r for r in symbp.verify(net, CodeFile(path, "LayerNorm", kind="torch")).results}
+    assert results["g"].verdict == "error"
+    assert "TypeError" in results["g"].detail
