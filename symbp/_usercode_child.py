@@ -18,6 +18,14 @@ Frames are an 8-byte length and a pickle of builtins only (tuples, dicts, string
 the parent unpickles them with no class lookups at all, so an answer cannot run code in the parent.
 Arrays travel as ``(dtype.str, shape, bytes)`` and only numeric dtypes are sent.
 
+Framework code (``kind = "torch"`` or ``"jax"``): the framework is imported before ``ready`` (its
+start-up is not the user's time), and :func:`framework_backward` wraps the user's object as a
+``backward(values) -> {name: array}``: for a ``torch.autograd.Function`` subclass it calls ``forward(ctx,
+x, y, *params)`` and then ``backward(ctx, 1)`` itself (torch's engine would refuse a wrongly shaped
+gradient before symbp could judge it); for a ``jax.custom_vjp`` function it calls the function, its
+``fwd`` and its ``bwd`` with 64-bit enabled. The loss the forward returned travels as ``"L"`` (and the
+``fwd`` rule's as ``"L.fwd"``), to be checked against the network's own loss.
+
 The helpers :func:`describe` and :func:`plain` are also used in-process for Python callables.
 """
 
@@ -83,6 +91,11 @@ def plain(value):
     """A returned gradient as a NumPy array of numbers, or the reason it is not one (a string)."""
     import numpy as np
 
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor (maybe requiring grad)
+        try:
+            value = value.detach().cpu().numpy()
+        except Exception as exc:  # noqa: BLE001 - the user's value: anything may happen
+            return f"not an array of numbers ({type(exc).__name__}: {_safe_text(exc)})"
     try:
         array = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - the user's value: anything may happen
@@ -92,8 +105,14 @@ def plain(value):
     return array
 
 
+class Refusal(str):
+    """Why framework code's answer cannot be read (said by symbp's wrapper, not returned by the user)."""
+
+
 def plain_answer(out):
     """A backward's answer as ``{name: array or reason}``, or a string when it is not a dict."""
+    if isinstance(out, Refusal):
+        return str(out)
     if not isinstance(out, dict):
         return f"returned {type(out).__name__}, expected a dict {{name: array}}"
     return {str(name): plain(value) for name, value in out.items()}
@@ -155,6 +174,151 @@ def confine(work: str) -> bool:
     return done
 
 
+# --------------------------------------------------------------------------- framework code
+
+FRAMEWORKS = {"torch": "PyTorch", "jax": "JAX"}  # kind -> the framework's name (the extra is the kind)
+
+
+def load_framework(kind):
+    """Import the framework of ``kind`` (JAX with 64-bit enabled); None for NumPy code."""
+    if kind == "torch":
+        import torch
+
+        return torch
+    if kind == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        return jax
+    return None
+
+
+def kind_of(obj):
+    """``"torch"`` for a ``torch.autograd.Function`` subclass, ``"jax"`` for a ``jax.custom_vjp``
+    function, else ``"numpy"`` (a plain function, whatever ops it uses)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, type) and issubclass(obj, torch.autograd.Function):
+        return "torch"
+    if "jax" in sys.modules and type(obj).__name__ == "custom_vjp" and type(obj).__module__.startswith("jax"):
+        return "jax"
+    return "numpy"
+
+
+def not_of_kind(obj, kind, name):
+    """Why ``obj`` cannot be judged as ``kind`` code (a sentence), or None when it can."""
+    if kind == "numpy" or kind_of(obj) == kind:
+        return None
+    if kind == "torch":
+        return "is not a torch.autograd.Function subclass (kind = \"torch\")"
+    return "is not a jax.custom_vjp function with its fwd and bwd defined (kind = \"jax\")"
+
+
+class TorchContext:
+    """What torch gives ``forward`` and ``backward`` as ``ctx``: saved tensors and any attribute."""
+
+    def __init__(self, inputs):
+        self.saved_tensors = ()
+        self.needs_input_grad = (False, False) + (True,) * (inputs - 2)
+        self.materialize_grads = True
+
+    def save_for_backward(self, *tensors):
+        self.saved_tensors = tensors
+
+    def mark_non_differentiable(self, *args):
+        pass
+
+    def mark_dirty(self, *args):
+        pass
+
+    def set_materialize_grads(self, value):
+        self.materialize_grads = value
+
+
+def _grads_answer(grads, inputs, params, who):
+    """``{name: gradient}`` from the gradients returned for ``inputs`` (``x, y, *params``, or ``x,
+    *params`` for a layer; ``None`` left out), or the reason they cannot be read (a string)."""
+    if not isinstance(grads, (tuple, list)):
+        grads = (grads,)
+    if len(grads) != len(inputs):
+        data = [n for n in inputs if n not in params]
+        return Refusal(f"{who} returned {len(grads)} gradient{'s' if len(grads) != 1 else ''}; expected "
+                       f"{len(inputs)}, one per input ({', '.join(inputs)}; None for {' and '.join(data)})")
+    return {name: g for name, g in zip(inputs, grads) if g is not None and name in params}
+
+
+def _positional(function) -> int:
+    """How many positional parameters ``function`` takes (-1 when it cannot be told)."""
+    import inspect
+
+    try:
+        kinds = [p.kind for p in inspect.signature(function).parameters.values()]
+    except (TypeError, ValueError):
+        return -1
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return -1
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def framework_backward(kind, obj, params, dtype="float64", upstream=False):
+    """``obj`` (a torch Function subclass or a jax custom_vjp function) as ``backward(values) ->
+    {name: gradient, "L": loss}``, the network's input, target and parameters given in ``dtype``.
+
+    ``upstream``: the network is judged as a layer on its own (its loss is ``sum(y * out)``, so ``y``
+    is the upstream gradient dL/d(out)); code whose forward takes ``x, *params`` (no ``y``) is then
+    called as a layer: forward gives the layer's output, and backward gets ``y`` as its upstream
+    gradient; symbp computes the loss ``sum(y * out)`` from the output, to check the forward."""
+    framework = load_framework(kind)
+    full = ("x", "y", *params)
+    if kind == "torch":
+        torch = framework
+        own = obj.setup_context is not torch.autograd.Function.setup_context  # forward without ctx
+        layer = upstream and _positional(obj.forward) == len(params) + 1 + (not own)
+        order = ("x", *params) if layer else full
+
+        def backward(values):
+            args = [torch.tensor(values[n], dtype=getattr(torch, dtype)) for n in order]
+            ctx = TorchContext(len(args) + layer)
+            with torch.no_grad():
+                if own:
+                    out = obj.forward(*args)
+                    obj.setup_context(ctx, tuple(args), out)
+                else:
+                    out = obj.forward(ctx, *args)
+                if layer:
+                    seed = torch.tensor(values["y"], dtype=getattr(torch, dtype))
+                    loss = (seed * out).sum() if isinstance(out, torch.Tensor) and out.shape == seed.shape else out
+                else:
+                    seed = torch.ones_like(out) if isinstance(out, torch.Tensor) else 1.0
+                    loss = out
+                answer = _grads_answer(obj.backward(ctx, seed), order, params, "backward")
+            return answer if isinstance(answer, str) else dict(answer, L=loss)
+
+        return backward
+    import jax.numpy as jnp
+
+    layer = upstream and _positional(getattr(obj, "fun", obj)) == len(params) + 1
+    order = ("x", *params) if layer else full
+
+    def backward(values):
+        args = [jnp.asarray(values[n], dtype=dtype) for n in order]
+        primal = obj(*args)
+        out, residuals = obj.fwd(*args)
+        if layer:
+            y = jnp.asarray(values["y"], dtype=dtype)
+            seed = y
+
+            def scalar(o):
+                return (y * o).sum() if getattr(o, "shape", None) == y.shape else o
+
+            primal, loss = scalar(primal), scalar(out)
+        else:
+            seed, loss = jnp.ones_like(out), out
+        answer = _grads_answer(obj.bwd(residuals, seed), order, params, "bwd")
+        return answer if isinstance(answer, str) else dict(answer, **{"L": primal, "L.fwd": loss})
+
+    return backward
+
+
 # --------------------------------------------------------------------------- the child's program
 
 
@@ -181,6 +345,8 @@ def main():
     request = pickle.load(sys.stdin.buffer)
     import numpy as np
 
+    kind = request.get("kind", "numpy")
+    load_framework(kind)  # before ready: importing the framework is not the user's time
     send("ready")
     memory_mb = request["memory_mb"]
     try:
@@ -214,10 +380,19 @@ def main():
     if not callable(function):
         send("nofunction", [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")])
         leave()
+    wrong = not_of_kind(function, kind, name)
+    if wrong:
+        send("notkind", wrong)
+        leave()
+    if kind != "numpy":
+        function = framework_backward(kind, function, request["params"], request.get("dtype", "float64"),
+                                      request.get("upstream", False))
     send("imported")
     for k, point in enumerate(request["points"]):
         values = {key: np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy()
                   for key, (dtype, shape, data) in point.items()}
+        if kind == "numpy" and request.get("dtype", "float64") != "float64":
+            values = {key: value.astype(request["dtype"]) for key, value in values.items()}
         try:
             answer = _encode(plain_answer(function(values)))
         except BaseException as exc:  # noqa: BLE001 - the user's function: every way out is an answer

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import importlib.util
 import linecache
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -39,11 +41,6 @@ from .verify import verify
 _ADD, _MUL, _UNARY, _POW, _ATOM = 1, 2, 3, 4, 5
 _BINARY = {"add": ("+", _ADD), "sub": ("-", _ADD), "mul": ("*", _MUL), "div": ("/", _MUL),
            "matmul": ("@", _MUL)}
-
-#: Element-wise functions of the formula language -> the name they are called by in generated code.
-_FUNCTION_CODE = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh", "relu": "relu", "step": "step",
-                  "leaky_relu": "leaky_relu", "sigmoid": "sigmoid", "softplus": "softplus", "cosh": "np.cosh",
-                  "erf": "erf"}
 
 #: Helper functions the generated module defines when it uses them (stable forms, one each).
 _HELPERS = {
@@ -84,6 +81,231 @@ _HELPERS = {
 }
 
 
+# --------------------------------------------------------------------------- backends
+#
+# The module is written once, in NumPy (every op's ``code`` column and every claim tree print NumPy);
+# a framework backend is a translation of that text by the table below: each NumPy name the writer
+# can emit maps to the framework's spelling (a name, or a helper the module defines), and any other
+# NumPy name is refused (never silently passed through). The helpers are each backend's stable forms.
+
+_TORCH_HELPERS = {
+    "relu": '''def relu(z):
+    return torch.relu(z)
+''',
+    "step": '''def step(z):
+    """The derivative of relu, with step(0) = 0 (as PyTorch): Heaviside(z, 0)."""
+    return (z > 0).to(z.dtype)
+''',
+    "leaky_relu": '''def leaky_relu(z):
+    """Slope 0.01 below zero (PyTorch's default)."""
+    return torch.where(z > 0, z, 0.01 * z)
+''',
+    "sigmoid": '''def sigmoid(z):
+    return torch.sigmoid(z)
+''',
+    "erf": '''def erf(z):
+    return torch.erf(z)
+''',
+    "softplus": '''def softplus(z):
+    """log(1 + exp(z)), without overflow (and with no threshold, unlike torch.nn.functional.softplus)."""
+    return torch.logaddexp(torch.zeros_like(z), z)
+''',
+    "softmax": '''def softmax(z, axis):
+    """Softmax along an axis (1: each row is an example; 0: each column)."""
+    return torch.softmax(z, dim=axis)
+''',
+    "logsumexp": '''def logsumexp(z, axis):
+    """log(sum(exp(z))) along an axis, kept as a row or a column."""
+    return torch.logsumexp(z, dim=axis, keepdim=True)
+''',
+    "reduce_sum": '''def reduce_sum(z, axis=None, keepdims=False):
+    """NumPy's sum: over one axis, or over every entry when axis is None."""
+    return torch.sum(z, dim=tuple(range(z.dim())) if axis is None else axis, keepdim=keepdims)
+''',
+    "reduce_mean": '''def reduce_mean(z, axis=None, keepdims=False):
+    """NumPy's mean: over one axis, or over every entry when axis is None."""
+    return torch.mean(z, dim=tuple(range(z.dim())) if axis is None else axis, keepdim=keepdims)
+''',
+    "reduce_var": '''def reduce_var(z, axis=None, keepdims=False):
+    """NumPy's var: biased (divided by the count), over one axis or over every entry."""
+    return torch.var(z, dim=tuple(range(z.dim())) if axis is None else axis, keepdim=keepdims, correction=0)
+''',
+    "sqrt": '''def sqrt(z):
+    """The square root of a tensor, or of a number (a width, as in sqrt(dk))."""
+    return torch.sqrt(z) if isinstance(z, torch.Tensor) else math.sqrt(z)
+''',
+    "tri": '''def tri(n, dtype=bool):
+    """The lower triangle, diagonal included, of an n x n matrix (NumPy's tri)."""
+    return torch.ones((n, n), dtype=torch.bool).tril()
+''',
+    "outer": '''def outer(u, v):
+    """NumPy's outer: of the entries of u and of v, flattened."""
+    return torch.outer(u.ravel(), v.ravel())
+''',
+}
+
+_JAX_HELPERS = {
+    "relu": '''def relu(z):
+    return jnp.maximum(z, 0.0)
+''',
+    "step": '''def step(z):
+    """The derivative of relu, with step(0) = 0 (as PyTorch): Heaviside(z, 0)."""
+    return (z > 0).astype(z.dtype)
+''',
+    "leaky_relu": '''def leaky_relu(z):
+    """Slope 0.01 below zero (PyTorch's default)."""
+    return jnp.where(z > 0, z, 0.01 * z)
+''',
+    "sigmoid": '''def sigmoid(z):
+    return jax.nn.sigmoid(z)
+''',
+    "erf": '''def erf(z):
+    return jax.scipy.special.erf(z)
+''',
+    "softplus": '''def softplus(z):
+    """log(1 + exp(z)), computed without overflow."""
+    return jnp.logaddexp(0.0, z)
+''',
+    "softmax": '''def softmax(z, axis):
+    """Softmax along an axis (1: each row is an example; 0: each column)."""
+    return jax.nn.softmax(z, axis=axis)
+''',
+    "logsumexp": '''def logsumexp(z, axis):
+    """log(sum(exp(z))) along an axis, kept as a row or a column."""
+    return jax.nn.logsumexp(z, axis=axis, keepdims=True)
+''',
+}
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """One framework: how its module starts, its helpers, and each NumPy name the writer emits in the
+    framework's spelling (a helper's name where the framework's own call differs from NumPy's)."""
+
+    name: str
+    imports: str
+    helpers: Mapping[str, str]
+    names: Mapping[str, str]
+    arrays: str  # what the module takes and returns, for its docstring
+    module: str = ""  # the package that must be installed ("" for NumPy)
+    framework: str = ""
+
+
+_SAME = ("exp", "log", "tanh", "cosh", "abs", "where", "maximum", "minimum", "diag", "power", "expm1", "log1p")
+
+#: The backends of :func:`compile`: NumPy (the writer's own text) and its translations.
+BACKENDS = {
+    "numpy": _Backend("numpy", "import numpy as np\n", _HELPERS, {}, "NumPy arrays of float64"),
+    "torch": _Backend(
+        "torch", "import math\n\nimport torch\n", _TORCH_HELPERS,
+        dict({n: f"torch.{n}" for n in _SAME}, sum="reduce_sum", mean="reduce_mean", var="reduce_var",
+             sqrt="sqrt", tri="tri", outer="outer", pi="math.pi", inf="math.inf", ones="torch.ones"),
+        "torch tensors (or NumPy arrays) of float64 or float32", "torch", "PyTorch"),
+    "jax": _Backend(
+        "jax", "import jax\nimport jax.numpy as jnp\nimport jax.scipy.special\n\n"
+               'jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64, float32 ones float32\n',
+        _JAX_HELPERS,
+        {n: f"jnp.{n}" for n in _SAME + ("sum", "mean", "var", "sqrt", "tri", "outer", "pi", "inf", "ones")},
+        "JAX arrays (or NumPy arrays) of float64 or float32", "jax", "JAX"),
+}
+
+
+def _backend(name) -> _Backend:
+    """The backend called ``name``; a missing framework is one line naming the extra to install."""
+    if name not in BACKENDS:
+        raise SymbpError(f"compile: unknown backend {name!r}{closest(str(name), BACKENDS)}; "
+                         f"backends: {', '.join(BACKENDS)}")
+    backend = BACKENDS[name]
+    if backend.module and importlib.util.find_spec(backend.module) is None:
+        raise SymbpError(f"compile: backend {name!r} needs {backend.framework}, which is not installed: "
+                         f"pip install 'symbp[{name}]'")
+    return backend
+
+
+def _lower(text: str, backend: _Backend, helpers: set) -> str:
+    """The writer's NumPy code in ``backend``'s spelling, adding the helpers it now calls to ``helpers``."""
+    if backend.name == "numpy":
+        return text
+    # a constant of ones takes the input's dtype (float32 in, float32 out)
+    text = re.sub(r"np\.ones\(\(([^()]*)\)\)", r"np.ones((\1), dtype=x.dtype)", text)
+    if backend.name == "torch":
+        text = text.replace(".astype(", ".to(")
+
+    def spell(match):
+        numpy_name = match.group(1)
+        if numpy_name not in backend.names:
+            raise SymbpError(f"compile: backend {backend.name!r} has no lowering of np.{numpy_name}")
+        spelt = backend.names[numpy_name]
+        if spelt in backend.helpers:
+            helpers.add(spelt)
+        return spelt
+
+    text = re.sub(r"(?<![\w.])np\.(\w+)", spell, text)
+    return re.sub(r"return float\((.*)\)$", r"return \1", text, flags=re.M)  # the framework's scalar
+
+
+def loss_function(net, backend: str = "jax"):
+    """The network's loss ``loss(x, y, [masks,] params...)`` written in ``backend`` from the op table's
+    ``code`` columns (and the loss rows), with no claim in it: what a framework's autodiff
+    differentiates in the numeric checks, independently of the derivation and of any backward.
+
+    >>> import numpy as np, symbp
+    >>> net = symbp.MLP([3, 2], output="identity", loss="mse")
+    >>> loss = loss_function(net.network, "numpy")
+    >>> float(loss(x=np.array([[1.0], [0.0], [2.0]]), y=np.array([[0.0], [1.0]]),
+    ...            W1=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), b1=np.zeros((2, 1))))
+    1.0
+    """
+    framework = _backend(backend)
+    writer = _NetworkWriter(net) if isinstance(net, Network) else _Writer(net)
+    forward, loss = writer.forward(), writer.loss()
+    helpers = set(writer.helpers)
+    body = [_lower(code, framework, helpers) for _, code in writer.custom.values()]
+    body += [_lower(part, framework, helpers) for part in (forward, loss)]
+    imports = "import math\n\nimport numpy as np\n" if framework.name == "numpy" else framework.imports
+    parts = [f'"""The loss of {_comment_safe(net.describe())} (symbp.codegen.loss_function)."""\n\n' + imports]
+    parts += [framework.helpers[name] for name in framework.helpers if name in helpers] + body
+    source = "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
+    return _load(source, net)["loss"]
+
+
+def _tensors(net, values, backend):
+    """``values`` as the framework's tensors, shaped as the network expects (checked as NumPy arrays
+    are): a floating tensor or array keeps its dtype (float32 stays float32), anything else is float64."""
+    names = net.inputs + net.params
+    for name in values:
+        if name not in names:
+            raise SymbpError(f"unknown argument '{name}'{closest(name, names)}; expected {', '.join(names)}")
+    if backend == "torch":
+        import torch
+
+        def convert(value):
+            t = torch.as_tensor(value)
+            return t if t.is_floating_point() else t.to(torch.float64)
+    else:
+        import jax.numpy as jnp
+
+        def convert(value):
+            a = jnp.asarray(value)
+            return a if jnp.issubdtype(a.dtype, jnp.floating) else a.astype(jnp.float64)
+    out = {}
+    for name in names:
+        if name not in values:
+            raise SymbpError(f"missing value for '{name}' (expected shape {_shape_text(net, name)})")
+        array = convert(values[name])
+        expected = net.shape(name)
+        if array.ndim == 1 and expected[1] == 1 and not (net.batch and name in net.inputs):
+            array = array.reshape(-1, 1)
+        shape = tuple(array.shape)
+        fits = len(shape) == 2 and shape[1] == expected[1] if net.batch and name in net.inputs else shape == expected
+        if not fits:
+            raise SymbpError(f"{name}: expected shape {_shape_text(net, name)}, got {shape}")
+        out[name] = array
+    if net.batch and out["x"].shape[0] != out["y"].shape[0]:
+        raise SymbpError(f"x has {out['x'].shape[0]} rows but y has {out['y'].shape[0]}: one target row per example")
+    return out
+
+
 class CompiledGradients:
     """The compiled backward pass: ``fast(x=..., y=..., W1=..., ...) -> {name: ndarray}``.
 
@@ -92,19 +314,22 @@ class CompiledGradients:
     order they are computed; ``claims`` each target's claim as compiled; ``report`` the verification.
     """
 
-    def __init__(self, net, names, claims, source, report, namespace):
+    def __init__(self, net, names, claims, source, report, namespace, backend="numpy"):
         self.net, self.names, self.claims, self.source, self.report = net, names, claims, source, report
+        self.backend = backend  # "numpy", "torch" or "jax": what the module is written in
         self._namespace = namespace
         self.forward, self.backward, self.loss = (namespace[f] for f in ("forward", "backward", "loss"))
 
     def __call__(self, **values):
-        return self.backward(**_arrays(self.net, values))
+        if self.backend == "numpy":
+            return self.backward(**_arrays(self.net, values))
+        return self.backward(**_tensors(self.net, values, self.backend))
 
     def __repr__(self):
         return f"CompiledGradients({self.net!r}, names={self.names})"
 
 
-def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # noqa: A001 - the API name
+def compile(net: MLP, claims: Mapping, *, report=None, backend: str = "numpy") -> CompiledGradients:  # noqa: A001
     """Matrix-level NumPy code for the backward pass described by ``claims``, once they are verified.
 
     ``claims`` maps targets (``"W3"``, ``"z2"``) to formulas for dL/d<target> (denominator layout,
@@ -131,6 +356,7 @@ def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # 
     """
     if not isinstance(net, (MLP, Network)):
         raise SymbpError(f"compile: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
+    framework = _backend(backend)
     if not isinstance(claims, Mapping) or not claims:
         raise SymbpError("compile: claims must be a non-empty mapping of target -> formula, "
                          "e.g. symbp.textbook(net)")
@@ -145,8 +371,10 @@ def compile(net: MLP, claims: Mapping, *, report=None) -> CompiledGradients:  # 
     trees = {target: parse(claim, net, what=f"claim for {target}") for target, claim in claims.items()}
     order = _order(net, trees)
     report = _verified(net, claims, report)
-    source = _generate(net, {t: trees[t] for t in order}, assumptions=getattr(report, "assumptions", ()))
-    return CompiledGradients(net, order, {t: claims[t] for t in order}, source, report, _load(source, net))
+    source = _generate(net, {t: trees[t] for t in order}, assumptions=getattr(report, "assumptions", ()),
+                       backend=framework.name)
+    return CompiledGradients(net, order, {t: claims[t] for t in order}, source, report, _load(source, net),
+                             backend=framework.name)
 
 
 def _verified(net, claims, report):
@@ -201,20 +429,28 @@ def _order(net, trees):
 # --------------------------------------------------------------------------- generation
 
 
-def _generate(net: MLP, trees: Mapping, *, assumptions=()) -> str:
-    """The source of the standalone module for ``trees`` (target -> formula tree, in computing order).
+def _generate(net: MLP, trees: Mapping, *, assumptions=(), backend: str = "numpy") -> str:
+    """The source of the standalone module for ``trees`` (target -> formula tree, in computing order),
+    for ``backend`` (``"numpy"``, ``"torch"``, ``"jax"``: see :data:`BACKENDS`).
 
     This writes code only; :func:`compile` is the entry point, which verifies the claims first.
     """
+    framework = _backend(backend)
     writer = _NetworkWriter(net) if isinstance(net, Network) else _Writer(net)
     backward = writer.backward(trees)
     forward = writer.forward()
     loss = writer.loss()
-    imports = "import math\n\nimport numpy as np\n" if "erf" in writer.helpers else "import numpy as np\n"
-    parts = [writer.header(trees, assumptions) + "\n" + imports]
-    parts += [_HELPERS[name] for name in _HELPERS if name in writer.helpers]
-    parts += [code for _, code in writer.custom.values()]
-    parts += [forward, loss, backward]
+    helpers = set(writer.helpers)
+    body = [_lower(code, framework, helpers) for _, code in writer.custom.values()]
+    body += [_lower(part, framework, helpers) for part in (forward, loss, backward)]
+    if framework.name == "numpy":
+        imports = "import math\n\nimport numpy as np\n" if "erf" in writer.helpers else "import numpy as np\n"
+    else:
+        imports = framework.imports
+    header = writer.header(trees, assumptions).replace("NumPy arrays of float64", framework.arrays)
+    parts = [header + "\n" + imports]
+    parts += [framework.helpers[name] for name in framework.helpers if name in helpers]
+    parts += body
     return "\n\n\n".join(p.rstrip("\n") for p in parts) + "\n"
 
 
@@ -235,14 +471,11 @@ class _Writer:
     def activation(self, layer, z):
         """Code applying hidden layer ``layer``'s activation to the expression ``z``."""
         row = self.net.hidden[layer - 1]
-        if row.name == "identity":
-            return z
-        if row.name in ("relu", "leaky_relu", "sigmoid", "softplus"):
-            self.helpers.add(row.name)
-            return f"{row.name}({z})"
-        if row.name == "tanh":
-            return f"np.tanh({z})"
-        return f"{self.custom_activation(row)}({z})"
+        symbol = sp.Symbol(z, real=True)
+        expr = row.sympy(symbol)
+        if not row.expression and (expr == symbol or expr.args == (symbol,)):  # z itself, or one call
+            return _ExpressionPrinter(self).doprint(expr)
+        return f"{self.custom_activation(row)}({z})"  # a function of its own in the module, with f(x)
 
     def custom_activation(self, row):
         """A function for a user-defined activation, printed from its SymPy form."""
@@ -295,15 +528,16 @@ class _Writer:
         lines.append("    }")
         return "\n".join(lines) + "\n"
 
+    def note(self, line):
+        """Record the helper functions a line of code calls."""
+        for name in _HELPERS:
+            if re.search(rf"(?<![\w.]){name}\(", line):
+                self.helpers.add(name)
+
     def output(self, z):
-        name = self.net.output.name
-        if name == "softmax":
-            self.helpers.add("softmax")
-            return f"softmax({z}, axis={self._axis})"
-        if name == "sigmoid":
-            self.helpers.add("sigmoid")
-            return f"sigmoid({z})"
-        return z
+        code = self.net.output.code.format(z=z, axis=self._axis)  # the output row's column
+        self.note(code)
+        return code
 
     @property
     def _axis(self):
@@ -317,25 +551,14 @@ class _Writer:
                  + (f', {net.reduction} over the rows."""' if net.batch else '."""'),
                  f"    v = forward({self.args})",
                  f'    z{L}, a{L} = v["z{L}"], v["a{L}"]']
-        pair = (net.output.name, net.loss_row.name)
-        if pair == ("softmax", "cross_entropy"):  # -sum y log softmax(z) = sum y (logsumexp(z) - z)
-            self.helpers.add("logsumexp")
-            per = f"np.sum(y * (logsumexp(z{L}, axis={axis}) - z{L}), axis={axis})"
-        elif pair == ("sigmoid", "binary_cross_entropy"):  # softplus(z) - y z, averaged over units
-            self.helpers.add("softplus")
-            per = f"np.mean(softplus(z{L}) - y * z{L}, axis={axis})"
-        elif pair == ("sigmoid", "cross_entropy"):  # -y log sigmoid(z) = y softplus(-z)
-            self.helpers.add("softplus")
-            per = f"np.sum(y * softplus(-z{L}), axis={axis})"
-        elif net.loss_row.name == "cross_entropy":
-            per = f"-np.sum(y * np.log(a{L}), axis={axis})"
-        elif net.loss_row.name == "binary_cross_entropy":
-            per = f"-np.mean(y * np.log(a{L}) + (1 - y) * np.log(1 - a{L}), axis={axis})"
-        elif net.loss_row.name == "mse":
-            per = f"np.mean((a{L} - y) ** 2, axis={axis})"
-        else:  # a registry row this writer does not know: never a silent MSE
+        if net.fused and net.fused.code:  # the output/loss pair's stable form in the logits
+            per = net.fused.code.format(z=f"z{L}", axis=axis)
+        elif net.loss_row.code:
+            per = net.loss_row.code.format(a=f"a{L}", axis=axis)
+        else:  # a row without NumPy source: never a silent MSE
             raise SymbpError(f"compile: the MLP writer has no NumPy form of loss {net.loss_row.name!r}; "
                              "build the network with symbp.network, whose writer prints any loss row")
+        self.note(per)
         reduce = "np.mean" if net.batch and net.reduction == "mean" else "np.sum"
         lines.append(f"    return float({reduce}({per}))")
         return "\n".join(lines) + "\n"
@@ -373,12 +596,6 @@ class _NetworkWriter(_Writer):
     def show(self, expr) -> str:
         """A SymPy expression (an entry-wise activation applied to a name) as NumPy code."""
         return _ExpressionPrinter(self).doprint(expr)
-
-    def note(self, line):
-        """Record the helper functions a line of code calls."""
-        for name in _HELPERS:
-            if re.search(rf"(?<![\w.]){name}\(", line):
-                self.helpers.add(name)
 
     def header(self, trees, notes):
         text = super().header(trees, notes)
@@ -482,11 +699,11 @@ class _Formula:
         inner = [self.code(a) for a in node.args]
         if self.formula:
             return self.formula_call(node, inner), _ATOM
-        if op == "func":
-            name = _FUNCTION_CODE[node.value]
-            if not name.startswith("np."):
+        if op == "func":  # a helper of the module where it has one (stable forms), else NumPy's own
+            if node.value in _HELPERS:
                 self.use(node.value)
-            return f"{name}({inner[0]})", _ATOM
+                return f"{node.value}({inner[0]})", _ATOM
+            return f"np.{node.value}({inner[0]})", _ATOM
         if op == "softmax":
             self.use("softmax")
             return f"softmax({inner[0]}, axis={node.value})", _ATOM

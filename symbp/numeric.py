@@ -151,9 +151,10 @@ def _clearing_shift(column, kinks, margin):
 def _random_target(net, rng):
     shape = net.shape("y")
     rows = shape if net.batch else shape[::-1]
-    if net.loss_row.name == "cross_entropy":
+    kind = getattr(net.loss_row, "target", "normal")  # the loss row's column (a custom loss: normal)
+    if kind == "simplex":
         y = rng.dirichlet(np.ones(rows[1]), size=rows[0])
-    elif net.loss_row.name == "binary_cross_entropy":
+    elif kind == "unit":
         y = rng.uniform(0.05, 0.95, size=rows)
     else:
         y = rng.normal(size=rows)
@@ -778,6 +779,33 @@ def torch_gradients(net: Network, values: dict) -> dict:
     return grads
 
 
+def jax_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("jax") is not None
+
+
+def jax_gradients(net: Network, values: dict) -> dict:
+    """dL/dV for every parameter by JAX autodiff (``jax.grad``, float64) of the network's loss written
+    from the op table's ``code`` columns (:func:`symbp.codegen.loss_function`): a forward source of its
+    own (not the rows' ``numpy`` or ``torch`` forms) and a derivative engine of its own. Parameters
+    only: JAX differentiates a function's arguments, not its intermediate values. A
+    :class:`SymbpError` when JAX is missing or an op has no code."""
+    if not jax_available():
+        raise SymbpError("jax is not installed: pip install 'symbp[jax]'")
+    from .codegen import loss_function
+
+    loss = loss_function(net, "jax")  # the generated module enables jax's 64-bit mode
+    import jax
+    import jax.numpy as jnp
+
+    values = check_values(net, values)
+    fixed = {name: jnp.asarray(np.asarray(values[name], dtype=float)) for name in net.inputs}
+    params = {name: jnp.asarray(np.asarray(values[name], dtype=float)) for name in net.params}
+    grads = jax.grad(lambda p: loss(**fixed, **p))(params)
+    return {name: np.asarray(g, dtype=float) for name, g in grads.items()}
+
+
 @dataclass
 class NetworkCheck:
     """The lambdified gradients of a network at a random point against the reference engines.
@@ -793,6 +821,8 @@ class NetworkCheck:
     kink_crossings: int
     torch: float | None
     torch_skipped: str = ""
+    jax: float | None = None  # against JAX autodiff (parameters only), or None with jax_skipped saying why
+    jax_skipped: str = ""
 
     @property
     def worst(self) -> float:
@@ -828,4 +858,9 @@ def check_network(net: Network, grads: Gradients, seed=0, *, values=None, fn=Non
         torch_error = max_abs_error(got, torch_gradients(net, values))
     except SymbpError as error:
         skipped = str(error)
-    return NetworkCheck(values, got, fd_error, crossings, torch_error, skipped)
+    jax_error, jax_skipped = None, ""
+    try:
+        jax_error = max_abs_error(got, jax_gradients(net, values), names=[n for n in net.params if n in got])
+    except SymbpError as error:
+        jax_skipped = str(error)
+    return NetworkCheck(values, got, fd_error, crossings, torch_error, skipped, jax_error, jax_skipped)

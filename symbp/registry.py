@@ -126,6 +126,8 @@ class Output:
     numpy: Callable[[np.ndarray], np.ndarray]  # rows are examples
     numpy_vjp: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (a, dL/da) -> dL/dz
     in_unit_interval: bool  # every output lies in (0, 1): a log of it is defined
+    # NumPy source of symbp.compile's MLP writer: the output of logits {z}, {axis} that of the units
+    code: str = "{z}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,12 @@ class Loss:
     numpy_grad: Callable[[np.ndarray, np.ndarray], np.ndarray]  # d loss / d a, per row
     needs_unit_interval: bool  # takes logs of the outputs
     backward: str = ""  # d loss / d a per example, in the claim language (a, y; n the output width)
+    # NumPy source of the per-example loss for symbp.compile's MLP writer, in the outputs {a} and y
+    # ({axis} that of the units); "" when it has none
+    code: str = ""
+    # random targets of the numeric checks: "simplex" (rows summing to 1), "unit" (in (0.05, 0.95)),
+    # "normal" (N(0, 1)): what the loss is usually given
+    target: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,9 @@ class Fused:
     numpy_dz: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (z, a, y) -> d loss / d z
     side_condition: str | None = None  # under which the textbook simplification holds
     simplified: str | None = None  # that simplification, in the formula language, per example
+    # NumPy source of the per-example loss in the logits {z} and y (stable form) for symbp.compile's
+    # MLP writer; {axis} is that of the units
+    code: str = ""
 
 
 def _activation(name, latex, sym, fn, dfn, kinks=(), note="", textbook=None):
@@ -205,9 +216,9 @@ OUTPUTS: Mapping[str, Output] = {
     row.name: row
     for row in [
         Output("softmax", r"\operatorname{softmax}", _softmax_sym, np_softmax,
-               lambda a, g: a * (g - (a * g).sum(axis=1, keepdims=True)), True),
+               lambda a, g: a * (g - (a * g).sum(axis=1, keepdims=True)), True, "softmax({z}, axis={axis})"),
         Output("sigmoid", r"\sigma", lambda z: [F.sigmoid(v) for v in z], np_sigmoid,
-               lambda a, g: g * a * (1 - a), True),
+               lambda a, g: g * a * (1 - a), True, "sigmoid({z})"),
         Output("identity", r"\operatorname{id}", lambda z: list(z), lambda z: z + 0.0,
                lambda a, g: g, False),
     ]
@@ -232,17 +243,20 @@ LOSSES: Mapping[str, Loss] = {
         Loss("cross_entropy", r"-\sum_{k} y_{k} \log a_{k}",
              lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a)).sum(axis=1),
-             lambda a, y: -_target_ratio(y, a), True, "-y / a"),
+             lambda a, y: -_target_ratio(y, a), True, "-y / a",
+             "-np.sum(y * np.log({a}), axis={axis})", "simplex"),
         Loss("binary_cross_entropy",
              r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
              lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
              lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True,
-             "(-(y / a) + (1 - y) / (1 - a)) / n"),
+             "(-(y / a) + (1 - y) / (1 - a)) / n",
+             "-np.mean(y * np.log({a}) + (1 - y) * np.log(1 - {a}), axis={axis})", "unit"),
         Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
              lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
              lambda a, y: ((a - y) ** 2).mean(axis=1),
-             lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n"),
+             lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n",
+             "np.mean(({a} - y) ** 2, axis={axis})"),
     ]
 }
 
@@ -261,18 +275,21 @@ FUSED: Mapping[tuple, Fused] = {
               lambda z, y: y.sum(axis=1) * np_logsumexp(z) - (y * z).sum(axis=1),
               lambda z, a, y: a * y.sum(axis=1, keepdims=True) - y,
               side_condition="every target row sums to 1",
-              simplified="a - y"),
+              simplified="a - y",  # -sum y log softmax(z) = sum y (logsumexp(z) - z):
+              code="np.sum(y * (logsumexp({z}, axis={axis}) - {z}), axis={axis})"),
         Fused("sigmoid", "binary_cross_entropy",
               r"\frac{1}{n} \sum_{k} \bigl( \operatorname{softplus}(z_{k}) - y_{k} z_{k} \bigr)",
               lambda z, y: _mean([F.softplus(zk) - yk * zk for zk, yk in zip(z, y)]),
               lambda z, y: (np_softplus(z) - y * z).mean(axis=1),
               lambda z, a, y: (a - y) / z.shape[1],
-              simplified="(a - y) / n"),
+              simplified="(a - y) / n",
+              code="np.mean(softplus({z}) - y * {z}, axis={axis})"),
         Fused("sigmoid", "cross_entropy",
               r"\sum_{k} y_{k} \operatorname{softplus}(-z_{k})",
               lambda z, y: sp.Add(*[yk * F.softplus(-zk) for zk, yk in zip(z, y)]),
               lambda z, y: (y * np_softplus(-z)).sum(axis=1),
-              lambda z, a, y: -y * (1 - a)),
+              lambda z, a, y: -y * (1 - a),
+              code="np.sum(y * softplus(-{z}), axis={axis})"),  # -y log sigmoid(z) = y softplus(-z)
     ]
 }
 

@@ -24,6 +24,8 @@ entry is parsed by the formula parser at load time, so a bad formula is reported
     [code]                   # optional
     path = "backward.py"     # relative to the spec file
     function = "backward"
+    kind = "numpy"           # or "torch" (a torch.autograd.Function), "jax" (a jax.custom_vjp function)
+    dtype = "float64"        # or "float32": the dtype the inputs are given in
 
     [limits]                 # for [code], run in a child process (see symbp.usercode)
     seconds = 60             # wall-clock time for the module's import and every call
@@ -72,7 +74,7 @@ from . import cost
 from .errors import SymbpError, closest
 from .layers import Network, network
 from .network import MLP
-from .usercode import MEMORY_MB, SECONDS, CodeFile, check_limit
+from .usercode import DTYPES, KINDS, MEMORY_MB, SECONDS, CodeFile, check_limit
 
 TABLES = ("model", "layers", "claims", "code", "limits", "values", "claimed_values", "example", "rubric")
 MODEL_FIELDS = ("sizes", "hidden", "output", "loss", "bias", "batch", "reduction", "residual")
@@ -107,7 +109,7 @@ def _written(text: str) -> float:
     written = Written(plain)
     written.text = plain.lstrip("+")
     return written
-CODE_FIELDS = ("path", "function")
+CODE_FIELDS = ("path", "function", "kind", "dtype")
 LIMIT_FIELDS = ("seconds", "memory_mb")
 
 
@@ -144,7 +146,8 @@ class Spec:
         """The ``[code]`` function as a :class:`~symbp.usercode.CodeFile`: run in a child process
         under ``[limits]`` when verified (what ``symbp verify`` does)."""
         file, _ = self._code_file()
-        return CodeFile(file, self.code["function"], self.limits["seconds"], self.limits["memory_mb"])
+        return CodeFile(file, self.code["function"], self.limits["seconds"], self.limits["memory_mb"],
+                        self.code.get("kind", "numpy"), self.code.get("dtype", "float64"))
 
     def function(self):
         """The ``[code]`` function, imported into this process from its file (the user's own code,
@@ -368,7 +371,12 @@ def _code(table):
     function = table.get("function", "backward")
     if not isinstance(function, str) or not function.isidentifier():
         raise SymbpError(f"code.function: expected a function name, got {function!r}")
-    return {"path": table["path"], "function": function}
+    kind, dtype = table.get("kind", "numpy"), table.get("dtype", "float64")
+    if kind not in KINDS:
+        raise SymbpError(f"code.kind: expected one of {', '.join(KINDS)}, got {kind!r}{closest(str(kind), KINDS)}")
+    if dtype not in DTYPES:
+        raise SymbpError(f"code.dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return {"path": table["path"], "function": function, "kind": kind, "dtype": dtype}
 
 
 def _limits(table):

@@ -17,12 +17,20 @@ How it works:
   apart from the person at the keyboard pressing Ctrl-C. It has no time or memory limit, and
   ``os._exit`` ends the calling process: pass a :class:`CodeFile` for code you want bounded.
 
+Framework code: a :class:`CodeFile` of ``kind = "torch"`` names a ``torch.autograd.Function``
+subclass, of ``kind = "jax"`` a ``jax.custom_vjp`` function; the child imports the framework (before
+the time limit starts) and calls its forward and backward itself (see :mod:`symbp._usercode_child`).
+A missing framework is a :class:`SymbpError` naming the extra to install, before any process starts.
+A Function subclass or custom_vjp function passed as a Python callable is recognised and run the
+same way, in-process.
+
 This bounds mistakes, not malice: the child runs with the user's rights, files and network. It is
 no sandbox; run untrusted code in a container.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import os
@@ -41,6 +49,8 @@ from .errors import SymbpError, closest
 
 SECONDS = 60
 MEMORY_MB = 4096
+KINDS = ("numpy", "torch", "jax")
+DTYPES = ("float64", "float32")
 STARTUP_SECONDS = 60  # for the child to import NumPy and say it is ready (not the user's time)
 
 
@@ -60,9 +70,16 @@ class CodeFile:
     cwd: Path | None = None  # the child's working directory (and HOME, TMPDIR); None: the caller's
     quiet: bool = False  # discard what the code prints (symbp grade); False: it goes to our stderr
     confine: bool = False  # Landlock (Linux): read only Python and sys.path, write only cwd (see _usercode_child)
+    kind: str = "numpy"  # "torch": a torch.autograd.Function subclass; "jax": a jax.custom_vjp function
+    dtype: str = "float64"  # the dtype the inputs are given in ("float32" to judge a float32 pass)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
+        if self.kind not in KINDS:
+            raise SymbpError(f"code.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}"
+                             f"{closest(str(self.kind), KINDS)}")
+        if self.dtype not in DTYPES:
+            raise SymbpError(f"code.dtype: expected one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     @property
     def label(self) -> str:
@@ -82,10 +99,30 @@ class Run:
     failed_at: int | None = None
 
 
-def run(code, points: list) -> Run:
-    """Run ``code`` (a :class:`CodeFile` or a callable ``backward(values) -> dict``) at each point."""
+def require(kind: str):
+    """Refuse, in one line naming the extra, framework code whose framework is not installed.
+
+    >>> require("numpy")
+    """
+    if kind in child.FRAMEWORKS and importlib.util.find_spec(kind) is None:
+        raise SymbpError(f"code.kind = {kind!r} needs {child.FRAMEWORKS[kind]}, which is not installed: "
+                         f"pip install 'symbp[{kind}]'")
+
+
+def run(code, points: list, params=(), upstream=False) -> Run:
+    """Run ``code`` (a :class:`CodeFile` or a callable ``backward(values) -> dict``) at each point;
+    ``params`` (the network's parameters, in order) are the inputs of framework code after ``x, y``;
+    ``upstream``: the network is one layer judged on its own (``y`` its upstream gradient), so framework
+    code may be a layer (see :func:`symbp._usercode_child.framework_backward`)."""
     if isinstance(code, CodeFile):
-        return run_file(code, points)
+        require(code.kind)
+        return run_file(code, points, params, upstream)
+    kind = child.kind_of(code)
+    if kind != "numpy":
+        label = getattr(code, "__name__", None) or type(code).__name__
+        wrapped = child.framework_backward(kind, code, tuple(params), upstream=upstream)
+        wrapped.__name__ = label
+        return call(wrapped, points, base=_source_dir(getattr(code, "backward", None) or getattr(code, "bwd", None)))
     return call(code, points)
 
 
@@ -93,12 +130,13 @@ def run(code, points: list) -> Run:
 
 
 def _source_dir(function) -> str:
+    function = getattr(function, "__func__", function)
     target = getattr(function, "__code__", None) or getattr(getattr(function, "__call__", None), "__code__", None)
     filename = target.co_filename if target is not None else ""
     return os.path.dirname(os.path.realpath(filename)) if filename and not filename.startswith("<") else os.getcwd()
 
 
-def call(function, points: list) -> Run:
+def call(function, points: list, base=None) -> Run:
     """Call a Python callable at each point, in this process.
 
     >>> import numpy as np
@@ -110,7 +148,7 @@ def call(function, points: list) -> Run:
     """
     label = getattr(function, "__name__", None) or type(function).__name__
     out = Run(label)
-    base = _source_dir(function)
+    base = base or _source_dir(function)
     for k, values in enumerate(points):
         try:
             answer = child.plain_answer(function({name: array.copy() for name, array in values.items()}))
@@ -154,12 +192,13 @@ def _decode(answer):
     return out
 
 
-def _request(code: CodeFile, points) -> bytes:
+def _request(code: CodeFile, points, params=(), upstream=False) -> bytes:
     import numpy as np
 
     arrays = [{name: np.ascontiguousarray(v, dtype=float) for name, v in point.items()} for point in points]
     return pickle.dumps({"path": str(code.path.resolve()), "function": code.function, "memory_mb": code.memory_mb,
                          "confine": code.confine,
+                         "kind": code.kind, "dtype": code.dtype, "params": list(params), "upstream": bool(upstream),
                          "points": [{n: (a.dtype.str, a.shape, a.tobytes()) for n, a in p.items()}
                                     for p in arrays]}, protocol=4)
 
@@ -186,7 +225,7 @@ def _signal_name(number: int) -> str:
         return "unknown"
 
 
-def run_file(code: CodeFile, points: list) -> Run:
+def run_file(code: CodeFile, points: list, params=(), upstream=False) -> Run:
     """Run a :class:`CodeFile` at each point in a fresh child process, under its limits."""
     env = dict(os.environ)
     popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -199,7 +238,7 @@ def run_file(code: CodeFile, points: list) -> Run:
         popen["start_new_session"] = True  # its own process group: stopped as one; Ctrl-C reaches only us
     proc = subprocess.Popen([sys.executable, "-c", _source()], **popen)
     try:
-        return _talk(proc, code, points)
+        return _talk(proc, code, points, params, upstream)
     finally:
         _stop(proc)
         proc.stdout.close()
@@ -243,11 +282,11 @@ class _Channel:
             self.buffer += chunk
 
 
-def _talk(proc, code: CodeFile, points) -> Run:
+def _talk(proc, code: CodeFile, points, params=(), upstream=False) -> Run:
     label = code.label
     out = Run(label)
     try:
-        proc.stdin.write(_request(code, points))
+        proc.stdin.write(_request(code, points, params, upstream))
         proc.stdin.close()
     except (BrokenPipeError, OSError):
         pass
@@ -281,6 +320,8 @@ def _talk(proc, code: CodeFile, points) -> Run:
         if kind == "nofunction" and len(frame) == 2 and isinstance(frame[1], list):
             raise SymbpError(f"code.function: '{code.path.name}' defines no function '{code.function}'"
                              f"{closest(code.function, [str(k) for k in frame[1]])}")
+        if kind == "notkind" and len(frame) == 2 and isinstance(frame[1], str):
+            raise SymbpError(f"code.function: '{code.function}' in {code.path.name} {frame[1]}")
         if kind == "failed" and len(frame) == 3 and isinstance(frame[2], str):
             out.failure, out.failed_at = f"{who} {frame[2]}", frame[1]
             return out

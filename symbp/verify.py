@@ -162,7 +162,8 @@ class Result:
 
     def line(self, width: int = 4) -> str:
         """One line for people: target, verdict, method, diagnosis (1-based element)."""
-        text = f"dL/d{self.target:<{width}}  {self.verdict:<5}  {self.method or '-':<12}"
+        head = "L" if self.target == "L" else f"dL/d{self.target}"  # L: the loss a framework forward returned
+        text = f"{head:<{width + 4}}  {self.verdict:<5}  {self.method or '-':<12}"
         if self.diagnosis:
             text += f"  {self.diagnosis}"
         return (text + (f"  {self.detail}" if self.detail else "")).rstrip()
@@ -1749,13 +1750,16 @@ def _judge_code(net, grads, code, seed, tol=_Tolerance()):
     from . import usercode
 
     points, side = _code_points(net, grads, seed)
-    run = usercode.run(code, [values for values, _, _ in points])
+    framework = code.kind != "numpy" if isinstance(code, usercode.CodeFile) else \
+        usercode.child.kind_of(code) != "numpy"
+    run = usercode.run(code, [values for values, _, _ in points], params=net.params, upstream=_upstream(net))
     label = run.label
     if run.failure is not None:
         general = run.failed_at is not None and points[run.failed_at][2]
         detail = run.failure + (" (at a point whose target rows do not sum to 1)" if general else "")
         names = list(net.params) + [n for o in run.outputs for n in o if n in grads and n not in net.params]
         return [Result(name, label, "error", "numeric", detail=detail) for name in dict.fromkeys(names)]
+    losses = [{n: o.pop(n) for n in list(o) if n in ("L", "L.fwd")} for o in run.outputs] if framework else []
     names = list(run.outputs[0])
     unit = [k for k, (_, _, general) in enumerate(points) if not general]
     general = [k for k, (_, _, general) in enumerate(points) if general]
@@ -1784,7 +1788,47 @@ def _judge_code(net, grads, code, seed, tol=_Tolerance()):
     for name in net.params:
         if name not in names:
             results.append(Result(name, label, "error", "numeric", detail=f"{label} returned no gradient for {name}"))
+    if framework:
+        results.append(_judge_forward(net, label, losses, [values for values, _, _ in points], tol))
     return results
+
+
+def _upstream(net) -> bool:
+    """Whether ``net`` judges a layer on its own: a network of layers whose loss is ``sum(y * out)``
+    (the loss ``a*y`` summed over units and examples), so that ``y`` is the upstream gradient."""
+    from .layers import Loss
+
+    row = net.loss_row
+    return isinstance(net, Network) and isinstance(row, Loss) and (net.batch is None or net.reduction == "sum") \
+        and sp.expand(row.expression - row.a * row.y) == 0
+
+
+def _judge_forward(net, label, losses, points, tol):
+    """The loss framework code's forward returned (``"L"``; JAX's ``fwd`` rule: ``"L.fwd"``) against the
+    network's own loss from the independent NumPy forward, at every point: one result, target ``L``."""
+    from .numeric import forward_pass, network_forward
+
+    run_forward = network_forward if isinstance(net, Network) else forward_pass
+    for k, (loss, values) in enumerate(zip(losses, points)):
+        truth = np.array([[float(run_forward(net, values)["L"])]])
+        for key, who in (("L", "forward"), ("L.fwd", "fwd")):
+            if key not in loss:
+                continue
+            got = loss[key]
+            if isinstance(got, str) or got.size != 1 or got.dtype.kind not in "biuf":
+                what = got if isinstance(got, str) else f"shape {got.shape}, dtype {got.dtype}"
+                return Result("L", label, "error", "numeric", "shape",
+                              detail=f"{who} returned {what}; expected the scalar loss")
+            got = got.reshape(1, 1) if got.dtype.kind == "f" else got.reshape(1, 1).astype(float)
+            if not tol.close(net, got, truth):
+                expected, shown = _shown(truth[0, 0], got[0, 0])
+                return Result("L", label, "fails", "numeric", "other", element=(0, 0), expected=expected, got=shown,
+                              detail=f"{who} returned the loss {shown}; the network's loss is {expected} "
+                                     f"(at random point {k + 1})")
+    dtype = min((v.dtype for loss in losses for v in loss.values() if not isinstance(v, str)),
+                key=lambda d: np.finfo(d).bits if d.kind == "f" else 64, default=np.dtype(float))
+    return Result("L", label, "holds", "numeric", detail="the forward's loss is the network's: "
+                  + tol.of(net, dtype if dtype.kind == "f" else np.dtype(float))[2])
 
 
 def _shown(truth, got):

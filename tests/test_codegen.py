@@ -384,3 +384,122 @@ def test_compiled_erf_is_the_error_function():
     erf = fast._namespace["erf"]
     z = np.array([[-1.5, 0.0], [0.25, 3.0]])
     np.testing.assert_array_equal(erf(z), [[math.erf(-1.5), 0.0], [math.erf(0.25), math.erf(3.0)]])
+
+
+# --------------------------------------------------------------------------- framework backends
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("case", ["relu-softmax-ce-single", "relu-softmax-ce-batch", "sigmoid-sigmoid-bce-single"])
+def test_backend_of_verified_claims_matches_the_per_element_truth(case, backend):
+    pytest.importorskip(backend)  # the extras: installed by the README's test command
+    kwargs, claims = CASES[case]
+    net = symbp.MLP(**kwargs)
+    fast = symbp.compile(net, claims, backend=backend)
+    assert fast.backend == backend
+    truth = symbp.lambdify(net, symbp.derive(net))
+    values = numeric.random_values(net, 3)
+    got = fast(**values)
+    for name in claims:
+        assert str(got[name].dtype).endswith("float64")
+        np.testing.assert_allclose(np.asarray(got[name]), truth(**values)[name], rtol=1e-11, atol=1e-13, err_msg=name)
+
+
+LARGE = dict(sizes=[32, 24, 16, 10], batch=16)
+
+
+@pytest.fixture(scope="module")
+def large():
+    """The large network, its textbook claims and their verification (once for both backends)."""
+    net = symbp.MLP(**LARGE)
+    claims = symbp.textbook(net)
+    return net, claims, symbp.verify(net, claims)
+
+
+def _autograd(backend, net, values):
+    """dL/dW, dL/db by the framework's own autograd of the network's forward (float64), written here."""
+    names = net.params
+    L = net.L
+    if backend == "torch":
+        import torch
+
+        t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in names) for k, v in values.items()}
+        a = t["x"]
+        for l in range(1, L + 1):
+            z = a @ t[f"W{l}"].T + t[f"b{l}"].T
+            a = torch.relu(z) if l < L else z
+        loss = -(t["y"] * torch.log_softmax(a, dim=1)).sum(1).mean()
+        loss.backward()
+        return {k: t[k].grad.numpy() for k in names}
+    import jax
+    import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)
+
+    def loss(params, x, y):
+        a = x
+        for l in range(1, L + 1):
+            z = a @ params[f"W{l}"].T + params[f"b{l}"].T
+            a = jnp.maximum(z, 0) if l < L else z
+        return -(y * jax.nn.log_softmax(a, axis=1)).sum(1).mean()
+
+    grads = jax.grad(loss)({k: jnp.asarray(values[k]) for k in names}, jnp.asarray(values["x"]), jnp.asarray(values["y"]))
+    return {k: np.asarray(v) for k, v in grads.items()}
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_backend_on_a_large_network_matches_the_frameworks_autograd(backend, large):
+    pytest.importorskip(backend)
+    net, claims, report = large
+    fast = symbp.compile(net, claims, backend=backend, report=report)
+    values = numeric.random_values(net, 0)
+    got, want = fast(**values), _autograd(backend, net, values)
+    for name in net.params:
+        np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=1e-10, atol=1e-14, err_msg=name)
+
+
+def test_torch_backend_takes_tensors_and_keeps_float32():
+    torch = pytest.importorskip("torch")
+    net = symbp.MLP([4, 5, 3], batch=2)
+    fast = symbp.compile(net, {"z2": "(a2 - y) / N", "W2": "dz2.T @ a1", "b2": "sum(dz2, axis=0).T"}, backend="torch")
+    values = numeric.random_values(net, 1)
+    got64 = fast(**values)
+    got32 = fast(**{k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()})
+    assert isinstance(got32["W2"], torch.Tensor) and got32["W2"].dtype == torch.float32
+    assert got32["b2"].shape == (3, 1)
+    np.testing.assert_allclose(got32["W2"].numpy(), got64["W2"].numpy(), rtol=1e-5, atol=1e-6)
+    assert "def backward(x, y, W1, b1, W2, b2):" in fast.source
+    assert "    db2 = reduce_sum(dz2, axis=0, keepdims=True).T" in fast.source.splitlines()
+    with pytest.raises(SymbpError, match=r"^W2: expected shape \(3, 5\), got \(5, 3\)$"):
+        fast(**dict(values, W2=values["W2"].T))
+
+
+def test_jax_backend_runs_under_jit():
+    jax = pytest.importorskip("jax")
+    net = symbp.MLP([4, 5, 3], batch=2)
+    fast = symbp.compile(net, symbp.textbook(net), backend="jax")
+    values = numeric.random_values(net, 2)
+    jitted = jax.jit(fast.backward)(**{k: jax.numpy.asarray(v) for k, v in values.items()})
+    truth = symbp.lambdify(net, symbp.derive(net))(**values)
+    np.testing.assert_allclose(np.asarray(jitted["W1"]), truth["W1"], rtol=1e-11)
+    assert "    db2 = jnp.sum(dz2, axis=0, keepdims=True).T" in fast.source.splitlines()
+
+
+def test_a_missing_or_unknown_backend_is_one_line(monkeypatch):
+    from symbp import codegen
+
+    net = symbp.MLP([3, 2], output="identity", loss="mse")
+    with pytest.raises(SymbpError, match=r"^compile: unknown backend 'tensorflow'"):
+        symbp.compile(net, {"z1": "2 * (a1 - y) / 2"}, backend="tensorflow")
+    real = codegen.importlib.util.find_spec
+    monkeypatch.setattr(codegen.importlib.util, "find_spec", lambda name: None if name == "torch" else real(name))
+    with pytest.raises(SymbpError) as info:
+        symbp.compile(net, {"z1": "2 * (a1 - y) / 2"}, backend="torch")
+    assert str(info.value) == "compile: backend 'torch' needs PyTorch, which is not installed: pip install 'symbp[torch]'"
+
+
+def test_a_numpy_name_without_lowering_is_refused():
+    from symbp import codegen
+
+    with pytest.raises(SymbpError, match=r"^compile: backend 'torch' has no lowering of np.fft$"):
+        codegen._lower("x = np.fft(z)", codegen.BACKENDS["torch"], set())

@@ -185,3 +185,50 @@ def test_a_wrong_numpy_column_fails_the_reference_check():
     object.__setattr__(net.layers[1], "op", wrong)  # the SymPy forward (the derivation) is unchanged
     check = numeric.check_network(net, symbp.derive(net), 0)
     assert check.finite_differences > 1e-2 and check.torch > 1e-2
+
+
+def _framework(backend):
+    return pytest.importorskip(backend)  # the [torch] and [jax] extras: installed by the README's test command
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+@pytest.mark.parametrize("config_id", CONFIGS)
+def test_each_backend_module_matches_the_per_element_truth(config_id, backend, derived):
+    """Every op, in each framework: the generated module's forward, loss and gradients against the
+    lambdified derivation (sympy.diff of each row's forward), returned as the framework's tensors."""
+    _framework(backend)
+    net, grads = derived(config_id)
+    claims = _claims(net)
+    trees = {t: parse(c, net, what=f"claim for {t}") for t, c in claims.items()}
+    order = codegen._order(net, trees)
+    source = codegen._generate(net, {t: trees[t] for t in order}, backend=backend)
+    assert not re.search(r"(?<![\w.])np\.", source) and ("import torch" in source) == (backend == "torch")
+    fast = codegen.CompiledGradients(net, order, claims, source, None, codegen._load(source, net), backend=backend)
+    truth = symbp.lambdify(net, grads)
+    values = numeric.random_values(net, 0)
+    reference = numeric.network_forward(net, values)
+    tensors = codegen._tensors(net, values, backend)
+    assert float(fast.loss(**{k: tensors[k] for k in net.inputs + net.params})) == pytest.approx(reference["L"], rel=1e-12)
+    got, want = fast(**values), truth(**values)
+    assert sorted(got) == sorted(claims)
+    for name in claims:
+        assert type(got[name]).__module__.split(".")[0] in (backend, "jaxlib"), type(got[name])
+        assert str(got[name].dtype).endswith("float64")
+        np.testing.assert_allclose(np.asarray(got[name]), want[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("config_id", CONFIGS)
+def test_jax_autodiff_is_a_fourth_engine(config_id, derived):
+    """JAX's grad of the loss written from the op table's code columns agrees with the derivation (every
+    op), and check_network reports it next to torch and finite differences."""
+    _framework("jax")
+    net, grads = derived(config_id)
+    check = numeric.check_network(net, grads, 0, finite_differences=False)
+    assert check.jax_skipped == ""
+    assert check.jax is not None and check.jax < 1e-10
+    values = numeric.random_values(net, 1)
+    want = symbp.lambdify(net, grads)(**values)
+    got = numeric.jax_gradients(net, values)
+    assert sorted(got) == sorted(net.params)
+    for name in net.params:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-10, atol=1e-12, err_msg=name)

@@ -38,7 +38,7 @@ def test_full_spec_loads():
     assert [a.name for a in spec.net.hidden] == ["relu", "tanh"]
     assert spec.net.batch is None
     assert spec.claims == {"z3": "a3 - y", "W3": "dz3 @ a2.T"}
-    assert spec.code == {"path": "backward.py", "function": "backward"}
+    assert spec.code == {"path": "backward.py", "function": "backward", "kind": "numpy", "dtype": "float64"}
     assert spec.values == {"x": [[1], [0], [2], [-1]]}
     assert spec.claimed_values == {"dz1": [[1], [-2], [2], [-1]]}
 
