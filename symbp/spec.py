@@ -147,7 +147,7 @@ class Spec:
         under ``[limits]`` when verified (what ``symbp verify`` does)."""
         file, _ = self._code_file()
         return CodeFile(file, self.code["function"], self.limits["seconds"], self.limits["memory_mb"],
-                        self.code.get("kind", "numpy"), self.code.get("dtype", "float64"))
+                        kind=self.code.get("kind", "numpy"), dtype=self.code.get("dtype", "float64"))
 
     def function(self):
         """The ``[code]`` function, imported into this process from its file (the user's own code,

@@ -41,7 +41,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from . import _usercode_child as child
@@ -67,6 +67,7 @@ class CodeFile:
     function: str = "backward"
     seconds: float = SECONDS
     memory_mb: int = MEMORY_MB
+    _: KW_ONLY  # the options below are given by name only
     cwd: Path | None = None  # the child's working directory (and HOME, TMPDIR); None: the caller's
     quiet: bool = False  # discard what the code prints (symbp grade); False: it goes to our stderr
     confine: bool = False  # Landlock (Linux): read only Python and sys.path, write only cwd (see _usercode_child)
