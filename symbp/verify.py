@@ -1896,7 +1896,7 @@ def _backprop_without(net, values, skip):
 
 
 def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
-           atol: float | None = None, _general: bool = True) -> Report:
+           atol: float | None = None, sizes: str = "all", _general: bool = True) -> Report:
     """Judge each claim ``{target: formula}`` (or a ``backward(values) -> {name: array}`` callable)
     against the derived gradients of ``net``.
 
@@ -1909,11 +1909,17 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
     max |truth|``: ``rtol`` defaults by dtype (1e-7 for float64; float32 from its epsilon and the
     network's size), ``atol`` to 0; both apply to code claims only.
 
+    ``sizes="all"`` (the default) first tries to prove each formula claim for every size
+    (:mod:`symbp.allsizes`: method ``"all-sizes"``, ``result.sizes == "all"``); a claim it cannot
+    prove is judged at the given sizes (``sizes == "given"``), and one that holds there is judged at
+    other sizes too, failing when it holds only at the given ones. ``sizes="given"`` judges at the
+    given sizes only, as before.
+
     >>> import symbp
     >>> net = symbp.MLP([4, 5, 3, 3])
     >>> report = verify(net, {"z3": "a3 - y", "W3": "a2 @ dz3.T", "z2": "W3.T @ dz3"})
     >>> [(r.target, r.verdict, r.method, r.diagnosis) for r in report.results]
-    [('z3', 'holds', 'symbolic', None), ('W3', 'fails', 'exact-random', 'transposed'), ('z2', 'fails', 'exact-random', 'missing-activation-derivative')]
+    [('z3', 'holds', 'all-sizes', None), ('W3', 'fails', 'exact-random', 'transposed'), ('z2', 'fails', 'exact-random', 'missing-activation-derivative')]
     >>> report.assumptions
     ['every target row sums to 1']
     """
@@ -1921,6 +1927,8 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
         raise SymbpError(f"verify: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     from .usercode import CodeFile
 
+    if sizes not in ("all", "given"):
+        raise SymbpError(f"verify: sizes must be 'all' (prove for every size first) or 'given', got {sizes!r}")
     tol = _Tolerance(_tolerance(rtol, "rtol"), _tolerance(atol, "atol"))
     start = time.perf_counter()
     if grads is not None and (not isinstance(grads, Gradients) or grads.net is not net):
@@ -1956,7 +1964,7 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
                     raise
                 node = exc  # shapes that do not fit: a verdict, with the fix if a transpose gives one
             parsed.append((target, text, node))
-        proofs = allsizes.prove_all(net, parsed)
+        proofs = allsizes.prove_all(net, parsed) if sizes == "all" else {}
         judge = None
         for target, text, node in parsed:
             if (target, text) in proofs and proofs[target, text][0] is not None:
@@ -1972,9 +1980,9 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
                 result = judge.judge_shape(target, text, node)
             else:
                 result = judge.judge(target, text, node)
-            if result.verdict == "holds" and _general:
+            if result.verdict == "holds" and _general and sizes == "all":
                 result = allsizes.general(net, target, text, result, seed) or result
-            if result.sizes == "given":
+            if result.sizes == "given" and result.verdict == "holds" and sizes == "all":
                 why = proofs.get((target, text), (None, ""))[1]
                 note = "judged at the given sizes only" + (f" (not proved for all sizes: {why})" if why else "")
                 result.detail = f"{result.detail}; {note}" if result.detail else note
