@@ -647,7 +647,7 @@ def _twin(net, sizes, batch):
     for layer in net.layers:
         spec = {"op": layer.op, "name": layer.name, **layer.params, **dict(layer.cfg)}
         symbol = world.width[layer.name]
-        if symbol != world.width[layer.inp]:
+        if symbol != world.width[layer.inp] and symbol in value:
             for key, given in layer.cfg.items():
                 if given == layer.n_out and key in layer.op.fields:
                     spec[key] = value[symbol]
@@ -666,7 +666,7 @@ def _size_list(net, world):
         out, seen = [("n0", net.input_width, world.width["x"])], {world.width["x"]}
         for layer in net.layers:
             symbol = world.width[layer.name]
-            if symbol not in seen:
+            if symbol not in seen and layer.op.index is not None:  # an op without an index form keeps its sizes
                 seen.add(symbol)
                 out.append((str(symbol), layer.n_out, symbol))
     if net.batch:
