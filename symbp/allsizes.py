@@ -198,7 +198,15 @@ class World:
         return sp.Sum(body, (e, 1, self.N)) if self.batch else body.xreplace({e: sp.Integer(1)})
 
     def loss_gradient(self, r, c):
-        """``dL/d out[r, c]`` for the last output, by ``sympy.diff`` of the loss in index form."""
+        """``dL/d out[r, c]`` for the last output, by ``sympy.diff`` of the loss in index form (derived
+        once at two placeholder indices, then put at ``r, c``)."""
+        if "loss" not in self.bases:
+            p, q = sp.Symbol("_lr", **POSITIVE), sp.Symbol("_lc", **POSITIVE)
+            self.bases["loss"] = (p, q, self._loss_gradient(p, q if self.batch else sp.Integer(1)))
+        p, q, value = self.bases["loss"]
+        return value.xreplace({p: r, q: c} if self.batch else {p: r})
+
+    def _loss_gradient(self, r, c):
         out, width = self.last.name, self.width[self.last.name]
         e, k = _index("e"), _index("k")
         a, y = self.rows(self.raw(out)), self.rows(self.raw("y"))
@@ -462,9 +470,9 @@ def _inner(expr):
 
 
 def _template(u, sizes):
-    free, seen = [], set()
+    free, seen, symbols = [], set(), u.free_symbols
     for s in sp.preorder_traversal(u):
-        if isinstance(s, sp.Symbol) and s in u.free_symbols and s not in sizes and s not in seen:
+        if isinstance(s, sp.Symbol) and s in symbols and s not in sizes and s not in seen:
             seen.add(s)
             free.append(s)
     return u.xreplace({f: sp.Symbol(f"_p{m}") for m, f in enumerate(free)}), free
