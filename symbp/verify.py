@@ -90,6 +90,7 @@ from fractions import Fraction
 import numpy as np
 import sympy as sp
 
+from . import allsizes
 from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
@@ -102,7 +103,7 @@ from .network import MLP
 from .registry import real_zeros
 
 VERDICTS = ("holds", "fails", "error")
-METHODS = ("symbolic", "exact-random", "numeric")
+METHODS = ("all-sizes", "symbolic", "exact-random", "numeric")
 DIAGNOSES = ("transposed", "scaled", "sign", "missing-activation-derivative", "extra-activation-derivative", "shape",
              "other")
 #: A network of layers also names a failing claim after its row's mistake (``op.mistakes``), e.g.
@@ -149,6 +150,7 @@ class Result:
     got: str | None = None
     detail: str = ""
     assumptions: tuple = ()
+    sizes: str = "given"  # "all": proved (or refuted) for every size (symbp.allsizes); "given": at net's sizes
 
     @property
     def ok(self) -> bool:
@@ -158,7 +160,7 @@ class Result:
         return {"target": self.target, "claim": self.claim, "verdict": self.verdict, "method": self.method,
                 "diagnosis": self.diagnosis, "factor": self.factor,
                 "element": list(self.element) if self.element is not None else None,
-                "expected": self.expected, "got": self.got, "detail": self.detail}
+                "expected": self.expected, "got": self.got, "detail": self.detail, "sizes": self.sizes}
 
     def line(self, width: int = 4) -> str:
         """One line for people: target, verdict, method, diagnosis (1-based element)."""
@@ -1572,15 +1574,15 @@ def textbook(net: MLP | Network) -> dict:
         raise SymbpError(f"textbook: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     L, batch = net.L, net.batch
     mean = " / N" if batch and net.reduction == "mean" else ""
-    aL, n = f"a{L}", net.sizes[-1]
+    aL, n = f"a{L}", f"n{L}"  # the output width by name: the claims hold for every width
     import re
 
     claims = {}
-    # the loss row's and the output op's own backward columns, with the widths as numbers (MLP texts)
-    loss = re.sub(r"\bn\b", str(n), re.sub(r"\ba\b", aL, net.loss_row.backward))
+    # the loss row's and the output op's own backward columns, with the output width by name
+    loss = re.sub(r"\bn\b", n, re.sub(r"\ba\b", aL, net.loss_row.backward))
     claims[aL] = f"{loss}{mean}"
     if net.fused and net.fused.simplified:
-        simplified = re.sub(r"\bn\b", str(n), re.sub(r"\ba\b", aL, net.fused.simplified))
+        simplified = re.sub(r"\bn\b", n, re.sub(r"\ba\b", aL, net.fused.simplified))
         claims[f"z{L}"] = f"({simplified}){mean}" if mean else simplified
     else:
         last = net.network.layers[-1]
@@ -1938,7 +1940,7 @@ def _backprop_without(net, values, skip):
 
 
 def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: int = 0, rtol: float | None = None,
-           atol: float | None = None) -> Report:
+           atol: float | None = None, sizes: str = "all", _general: bool = True) -> Report:
     """Judge each claim ``{target: formula}`` (or a ``backward(values) -> {name: array}`` callable)
     against the derived gradients of ``net``.
 
@@ -1951,11 +1953,17 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
     max |truth|``: ``rtol`` defaults by dtype (1e-7 for float64; float32 from its epsilon and the
     network's size), ``atol`` to 0; both apply to code claims only.
 
+    ``sizes="all"`` (the default) first tries to prove each formula claim for every size
+    (:mod:`symbp.allsizes`: method ``"all-sizes"``, ``result.sizes == "all"``); a claim it cannot
+    prove is judged at the given sizes (``sizes == "given"``), and one that holds there is judged at
+    other sizes too, failing when it holds only at the given ones. ``sizes="given"`` judges at the
+    given sizes only, as before.
+
     >>> import symbp
     >>> net = symbp.MLP([4, 5, 3, 3])
     >>> report = verify(net, {"z3": "a3 - y", "W3": "a2 @ dz3.T", "z2": "W3.T @ dz3"})
     >>> [(r.target, r.verdict, r.method, r.diagnosis) for r in report.results]
-    [('z3', 'holds', 'symbolic', None), ('W3', 'fails', 'exact-random', 'transposed'), ('z2', 'fails', 'exact-random', 'missing-activation-derivative')]
+    [('z3', 'holds', 'all-sizes', None), ('W3', 'fails', 'exact-random', 'transposed'), ('z2', 'fails', 'exact-random', 'missing-activation-derivative')]
     >>> report.assumptions
     ['every target row sums to 1']
     """
@@ -1963,29 +1971,36 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
         raise SymbpError(f"verify: expected a symbp.MLP or a network of layers, got {type(net).__name__}")
     from .usercode import CodeFile
 
+    if sizes not in ("all", "given"):
+        raise SymbpError(f"verify: sizes must be 'all' (prove for every size first) or 'given', got {sizes!r}")
     tol = _Tolerance(_tolerance(rtol, "rtol"), _tolerance(atol, "atol"))
     start = time.perf_counter()
-    if grads is None:
-        grads = derive(net, method="chain")
-    elif not isinstance(grads, Gradients) or grads.net is not net:
+    if grads is not None and (not isinstance(grads, Gradients) or grads.net is not net):
         raise SymbpError("verify: grads must come from symbp.derive of this network")
-    if grads.layout != "denominator":
-        grads = grads.with_layout("denominator")
+    derived = []
+
+    def truth():  # the concrete derivation, built only when a claim is not proved for all sizes
+        if not derived:
+            g = grads if grads is not None else derive(net, method="chain")
+            derived.append(g if g.layout == "denominator" else g.with_layout("denominator"))
+        return derived[0]
+
     results = []
     if callable(claims) or isinstance(claims, CodeFile):
-        results = _judge_code(net, grads, claims, seed, tol)
+        results = _judge_code(net, truth(), claims, seed, tol)
     else:
         if not hasattr(claims, "items"):
             raise SymbpError(f"verify: claims must be a dict {{target: formula}} or a function, got {type(claims).__name__}")
         parsed = []
+        targets = set(net.params) | set(net.intermediates)
         for target, text in claims.items():
             if callable(text) or isinstance(text, CodeFile):
                 parsed.append((target, text, None))
                 continue
             target = str(target)
-            if target not in grads:
-                raise SymbpError(f"claims: no gradient named '{target}'{closest(target, grads)}; "
-                                 f"targets: {', '.join(grads)}")
+            if target not in targets:
+                raise SymbpError(f"claims: no gradient named '{target}'{closest(target, sorted(targets))}; "
+                                 f"targets: {', '.join(n for n in net.params + net.intermediates)}")
             try:
                 node = parse(text, net, what=f"claim for {target}")
             except FormulaError as exc:
@@ -1993,14 +2008,29 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
                     raise
                 node = exc  # shapes that do not fit: a verdict, with the fix if a transpose gives one
             parsed.append((target, text, node))
-        judge = _Judge(net, grads, seed)
+        proofs = allsizes.prove_all(net, parsed) if sizes == "all" else {}
+        judge = None
         for target, text, node in parsed:
+            if (target, text) in proofs and proofs[target, text][0] is not None:
+                used, detail = proofs[target, text]
+                results.append(Result(target, text, "holds", "all-sizes", detail=detail, assumptions=tuple(used),
+                                      sizes="all"))
+                continue
             if node is None:
-                results.extend(_judge_code(net, grads, text, seed, tol))
-            elif isinstance(node, FormulaError):
-                results.append(judge.judge_shape(target, text, node))
+                results.extend(_judge_code(net, truth(), text, seed, tol))
+                continue
+            judge = judge or _Judge(net, truth(), seed)
+            if isinstance(node, FormulaError):
+                result = judge.judge_shape(target, text, node)
             else:
-                results.append(judge.judge(target, text, node))
+                result = judge.judge(target, text, node)
+            if result.verdict == "holds" and _general and sizes == "all":
+                result = allsizes.general(net, target, text, result, seed) or result
+            if result.sizes == "given" and result.verdict == "holds" and sizes == "all":
+                why = proofs.get((target, text), (None, ""))[1]
+                note = "judged at the given sizes only" + (f" (not proved for all sizes: {why})" if why else "")
+                result.detail = f"{result.detail}; {note}" if result.detail else note
+            results.append(result)
     assumptions = []
     for r in results:
         for a in r.assumptions:

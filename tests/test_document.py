@@ -72,8 +72,9 @@ def test_closed_forms_are_the_textbook_claims_typeset_with_shape_checks(seed_con
 def test_marks_say_how_each_gradient_was_established(seed_context):
     marks = {t["name"]: t["mark"] for layer in seed_context["backward"] for t in layer["targets"].values() if t}
     assert set(marks) == {"z3", "W3", "b3", "a2", "z2", "W2", "b2", "a1", "z1", "W1", "b1"}
-    assert all(m["verdict"] == "holds" and m["method"] == "symbolic" for m in marks.values())
-    assert marks["z3"]["detail"] == "assuming every target row sums to 1"
+    assert all(m["verdict"] == "holds" and m["method"] == "all-sizes" for m in marks.values())
+    assert marks["z3"]["detail"] == ("proved for all sizes (n0, n1, n2, n3 symbolic), assuming every target row "
+                                     "sums to 1; a proof for one layer holds at any depth")
     assert all(m["bound"] <= -12 for m in marks.values())
     assert seed_context["checks"]["assumptions"] == ["every target row sums to 1"]
 

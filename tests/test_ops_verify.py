@@ -37,7 +37,8 @@ def test_textbook_claims_hold(cid):
     report = verify(net, claims)
     for r in report.results:
         assert r.verdict == "holds", (cid, r.target, r.claim, r.detail)
-        assert r.method in ("symbolic", "exact-random", "numeric")
+        assert r.method in ("all-sizes", "symbolic", "exact-random", "numeric")
+        assert r.sizes == ("all" if r.method == "all-sizes" else "given")
     # every parameter gets a claim (the op table's backward covers it)
     assert set(net.params) <= set(claims)
 
@@ -218,7 +219,7 @@ def _mid_attention(monkeypatch, digits=40):
 def test_attention_past_the_exact_budget_is_judged_by_floats(monkeypatch):
     net = _mid_attention(monkeypatch)
     claims = textbook(net)
-    report = verify(net, {t: claims[t] for t in ("Wq1", "att1Q", "att1S", "z1")})
+    report = verify(net, {t: claims[t] for t in ("Wq1", "att1Q", "att1S", "z1")}, sizes="given")
     for r in report.results:
         assert r.verdict == "holds", (r.target, r.detail)
     grown = [r for r in report.results if r.method == "numeric"]

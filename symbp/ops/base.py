@@ -93,3 +93,9 @@ class Op:
     # The document partial templates/ops/<partial>.tex.j2; "" is "activation" for an entry-wise op
     # (one partial for them all), else the op's name.
     partial: str = ""
+    #: The forward in index notation, for proofs for all sizes (:mod:`symbp.allsizes`):
+    #: ``(X, P, E, cfg, e, i, n_in) -> SymPy`` the output's entry for example ``e``, feature ``i``
+    #: (symbolic indices), where ``X(e, k)`` and ``E[field](e, k)`` give entries of the input and the
+    #: extra inputs, ``P[role](r, c)`` entries of the parameters, and ``n_in`` is the input's width (a
+    #: symbol); sums are ``sympy.Sum`` over ``(k, 1, n_in)``. None: the op is judged at the given sizes.
+    index: Callable | None = None

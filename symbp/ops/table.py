@@ -66,6 +66,12 @@ def _affine_code(c: Context):
     return [f"{c.out} = {W} @ {c.inp}" + (f" + {b}" if b else "")]
 
 
+def _affine_index(X, P, E, cfg, e, i, n_in):
+    k = sp.Dummy("k", integer=True, positive=True)
+    out = sp.Sum(P["W"](i, k) * X(e, k), (k, 1, n_in))
+    return out + P["b"](i, 1) if "b" in P else out
+
+
 def _float(value) -> str:
     """An exact number as a float literal of generated code: ``1/100000`` as ``1e-05``."""
     return repr(float(value))
@@ -83,7 +89,7 @@ AFFINE = Op(
     _affine_backward, r"\operatorname{affine}", params=("W", "b"), fields={"out": REQUIRED, "bias": True},
     prefix="z", width=lambda cfg, n_in: cfg["out"], param_shape=_affine_shape, check=_positive_width,
     torch=lambda X, P, E, cfg, stage: X @ P["W"].T + (P["b"].T if "b" in P else 0.0),
-    code=lambda c, show: _affine_code(c),
+    code=lambda c, show: _affine_code(c), index=_affine_index,
 )
 
 
@@ -113,7 +119,8 @@ def activation_op(row) -> Op:
 
     return Op(row.name, f"{row.name} entry by entry", forward, numpy, backward, row.latex, prefix="a",
               kinks=tuple(row.kinks), note=row.note, activation=row,
-              torch=_torch_activation(row), code=code)
+              torch=_torch_activation(row), code=code,
+              index=lambda X, P, E, cfg, e, i, n_in: row.sympy(X(e, i)))
 
 
 def skip_activation_op(row) -> Op:
@@ -132,7 +139,8 @@ def skip_activation_op(row) -> Op:
     return replace(plain, summary=f"{row.name} entry by entry, plus a skip connection",
                    forward=lambda X, P, E, cfg, stage: X.applyfunc(row.sympy) + E["from"],
                    numpy=lambda X, P, E, cfg, stage: row.numpy(X) + E["from"], backward=backward,
-                   fields={"from": REQUIRED}, extra=("from",), torch=None)
+                   fields={"from": REQUIRED}, extra=("from",), torch=None,
+                   index=lambda X, P, E, cfg, e, i, n_in: row.sympy(X(e, i)) + E["from"](e, i))
 
 
 def activation_derivative_text(row, z: str, a: str | None) -> str | None:
@@ -182,6 +190,11 @@ def _softmax_forward(X, P, E, cfg, stage):
     return sp.Matrix(rows)
 
 
+def _softmax_index(X, P, E, cfg, e, i, n_in):
+    k = sp.Dummy("k", integer=True, positive=True)
+    return sp.exp(X(e, i)) / sp.Sum(sp.exp(X(e, k)), (k, 1, n_in))
+
+
 def _softmax_backward(c: Context):
     return {c.inp: f"{c.out} * (d{c.out} - sum({c.out} * d{c.out}, axis={c.features}))"}
 
@@ -192,7 +205,7 @@ SOFTMAX = Op(
     prefix="a", torch=lambda X, P, E, cfg, stage: __import__("torch").softmax(X, dim=1),
     mistakes=lambda c: (("softmax-as-entry-wise", {c.inp: f"d{c.out} * {c.out} * (1 - {c.out})"}),),
     note=r"its Jacobian is \operatorname{diag}(a) - a a^{T}, per example",
-    code=lambda c, show: [f"{c.out} = softmax({c.inp}, axis={c.features})"],
+    code=lambda c, show: [f"{c.out} = softmax({c.inp}, axis={c.features})"], index=_softmax_index,
 )
 
 
@@ -404,6 +417,7 @@ DROPOUT = Op(
     mistakes=lambda c: (("dropout-without-the-scale", {c.inp: f"d{c.out} * {c.extra['mask']}"}),),
     note=r"the mask is an input, as x: kept entries are scaled by 1/(1 - p) (as PyTorch in training mode)",
     code=lambda c, show: [f"{c.out} = {c.inp} * {c.extra['mask']} / {_float(1 - c.cfg['p'])}"],
+    index=lambda X, P, E, cfg, e, i, n_in: X(e, i) * E["mask"](e, i) / (1 - _exact(cfg["p"])),
 )
 
 ADD = Op(
@@ -415,6 +429,7 @@ ADD = Op(
     mistakes=lambda c: (("residual-without-the-skip-term", {c.extra["from"]: "0 * " + f"d{c.out}"}),),
     note=r"the skip connection passes the upstream gradient on unchanged: the +1 of ResNet",
     code=lambda c, show: [f"{c.out} = {c.inp} + {c.extra['from']}"],
+    index=lambda X, P, E, cfg, e, i, n_in: X(e, i) + E["from"](e, i),
 )
 
 
