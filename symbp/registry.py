@@ -114,6 +114,7 @@ class Activation:
     # f'(z) as the textbook writes it in the claim language: (with a = f(z), in z alone); empty for a
     # custom activation, whose f' is sympy.diff of its expression (symbp.ops.activation_derivative_text)
     textbook: tuple = ()
+    flow: str = ""  # what f' does to a gradient passing back (prose, LaTeX math), for documents
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ class Loss:
     numpy_grad: Callable[[np.ndarray, np.ndarray], np.ndarray]  # d loss / d a, per row
     needs_unit_interval: bool  # takes logs of the outputs
     backward: str = ""  # d loss / d a per example, in the claim language (a, y; n the output width)
+    units_mean: bool = False  # averaged over the output units: the 1/n of its gradient
+    target: str = "any"  # what a target looks like: "one-hot", "binary" (0/1 entries) or "any"
 
 
 @dataclass(frozen=True)
@@ -153,27 +156,36 @@ class Fused:
     numpy_dz: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (z, a, y) -> d loss / d z
     side_condition: str | None = None  # under which the textbook simplification holds
     simplified: str | None = None  # that simplification, in the formula language, per example
+    partial: str = ""  # the document partial templates/ops/<partial>.tex.j2 explaining the simplification
 
 
-def _activation(name, latex, sym, fn, dfn, kinks=(), note="", textbook=None):
+def _activation(name, latex, sym, fn, dfn, kinks=(), note="", textbook=None, flow=""):
     in_a, in_z = textbook if isinstance(textbook, tuple) else (textbook, textbook)
-    return Activation(name, latex, sym, fn, dfn, tuple(kinks), note, textbook=(in_a, in_z) if in_a else ())
+    return Activation(name, latex, sym, fn, dfn, tuple(kinks), note, textbook=(in_a, in_z) if in_a else (),
+                      flow=flow)
 
 
 ACTIVATIONS: Mapping[str, Activation] = {
     row.name: row
     for row in [
         _activation("relu", r"\operatorname{ReLU}", F.relu, np_relu, np_step, [0.0],
-                    r"\operatorname{ReLU}'(0) = 0 (as PyTorch and micrograd)", textbook="step(z)"),
+                    r"\operatorname{ReLU}'(0) = 0 (as PyTorch and micrograd)", textbook="step(z)",
+                    flow=r"The derivative of $\operatorname{ReLU}$ is $0$ or $1$: active units pass the gradient "
+                         r"unchanged, inactive ones ($z \le 0$) block it (a unit that is never active is ``dead'')."),
         _activation("leaky_relu", r"\operatorname{LeakyReLU}", F.leaky_relu, np_leaky_relu,
                     lambda z: np.where(z > 0, 1.0, 0.01), [0.0],
                     r"slope 0.01 for z \le 0; derivative 0.01 at 0 (as PyTorch)",
-                    textbook="(0.01 + 0.99 * step(z))"),
+                    textbook="(0.01 + 0.99 * step(z))",
+                    flow=r"The derivative of $\operatorname{LeakyReLU}$ is $1$ or $0.01$: inactive units pass "
+                         r"a hundredth of the gradient instead of none."),
         _activation("sigmoid", r"\sigma", F.sigmoid, np_sigmoid,
                     lambda z: np_sigmoid(z) * (1 - np_sigmoid(z)),
-                    textbook=("a * (1 - a)", "sigmoid(z) * (1 - sigmoid(z))")),
+                    textbook=("a * (1 - a)", "sigmoid(z) * (1 - sigmoid(z))"),
+                    flow=r"The derivative of $\sigma$ is at most $\frac{1}{4}$, so each sigmoid layer shrinks "
+                         r"the signal by at least a factor of four unless the weights compensate."),
         _activation("tanh", r"\tanh", sp.tanh, np.tanh, lambda z: 1 - np.tanh(z) ** 2,
-                    textbook=("(1 - a ** 2)", "(1 - tanh(z) ** 2)")),
+                    textbook=("(1 - a ** 2)", "(1 - tanh(z) ** 2)"),
+                    flow=r"The derivative of $\tanh$ is at most $1$, and much smaller once units saturate."),
         _activation("softplus", r"\operatorname{softplus}", F.softplus, np_softplus, np_sigmoid,
                     note=r"\operatorname{softplus}(z) = \log(1 + e^{z})", textbook="sigmoid(z)"),
         _activation("identity", r"\operatorname{id}", lambda z: z, lambda z: z + 0.0,
@@ -232,17 +244,17 @@ LOSSES: Mapping[str, Loss] = {
         Loss("cross_entropy", r"-\sum_{k} y_{k} \log a_{k}",
              lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a)).sum(axis=1),
-             lambda a, y: -_target_ratio(y, a), True, "-y / a"),
+             lambda a, y: -_target_ratio(y, a), True, "-y / a", target="one-hot"),
         Loss("binary_cross_entropy",
              r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
              lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
              lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True,
-             "(-(y / a) + (1 - y) / (1 - a)) / n"),
+             "(-(y / a) + (1 - y) / (1 - a)) / n", units_mean=True, target="binary"),
         Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
              lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
              lambda a, y: ((a - y) ** 2).mean(axis=1),
-             lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n"),
+             lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n", units_mean=True),
     ]
 }
 
@@ -261,13 +273,13 @@ FUSED: Mapping[tuple, Fused] = {
               lambda z, y: y.sum(axis=1) * np_logsumexp(z) - (y * z).sum(axis=1),
               lambda z, a, y: a * y.sum(axis=1, keepdims=True) - y,
               side_condition="every target row sums to 1",
-              simplified="a - y"),
+              simplified="a - y", partial="softmax_cross_entropy"),
         Fused("sigmoid", "binary_cross_entropy",
               r"\frac{1}{n} \sum_{k} \bigl( \operatorname{softplus}(z_{k}) - y_{k} z_{k} \bigr)",
               lambda z, y: _mean([F.softplus(zk) - yk * zk for zk, yk in zip(z, y)]),
               lambda z, y: (np_softplus(z) - y * z).mean(axis=1),
               lambda z, a, y: (a - y) / z.shape[1],
-              simplified="(a - y) / n"),
+              simplified="(a - y) / n", partial="sigmoid_binary_cross_entropy"),
         Fused("sigmoid", "cross_entropy",
               r"\sum_{k} y_{k} \operatorname{softplus}(-z_{k})",
               lambda z, y: sp.Add(*[yk * F.softplus(-zk) for zk, yk in zip(z, y)]),

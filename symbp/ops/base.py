@@ -93,3 +93,7 @@ class Op:
     # The document partial templates/ops/<partial>.tex.j2; "" is "activation" for an entry-wise op
     # (one partial for them all), else the op's name.
     partial: str = ""
+    #: For the output op of an MLP document: ``(expr, z rows, a rows) -> expr`` with the op's functions of
+    #: the logits written in its outputs (None when that does not simplify). None: an entry-wise op's
+    #: ``f(z_k)`` becomes ``a_k`` (see :func:`symbp.document.in_outputs`).
+    in_outputs: Callable | None = None
