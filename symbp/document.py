@@ -45,6 +45,9 @@ DIGITS = 4
 MAX_TERMS = 5
 #: Wider per-element sums are split between their terms over several lines (characters).
 LINE_WIDTH = 46
+#: A closed form wider than this (characters, see :func:`symbp.latex.visible_width`) is displayed
+#: under its layer's table rather than in it.
+CLOSED_WIDTH = 18
 #: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
 MATRIX_WIDTH = 50
 
@@ -330,8 +333,8 @@ def _network(net: MLP, layout: str) -> dict:
         "bias": net.bias,
         "layout": layout,
         "hidden": hidden,
-        "kinks": list(dict.fromkeys(a.note for a in net.hidden if a.kinks and a.note)),
-        "definitions": list(dict.fromkeys(a.note for a in net.hidden if not a.kinks and a.note)),
+        "kinks": _kinks(net),
+        "definitions": _definitions(net),
         "output": {"name": net.output.name, "tex": net.output.latex},
         "loss": {"name": net.loss_row.name, "tex": net.loss_row.latex},
         "fused": None if not net.fused else {
@@ -341,6 +344,50 @@ def _network(net: MLP, layout: str) -> dict:
         },
         "residual": list(net.residual_layers),
     }
+
+
+def _entry_wise_rows(net: MLP) -> list:
+    """The distinct entry-wise activation rows of ``net``: hidden ones, and the output op's when it is
+    entry-wise (its op row's ``activation`` column)."""
+    from .ops import OPS
+
+    rows = list(net.hidden) + [OPS[net.output.name].activation]
+    return list(dict.fromkeys(r for r in rows if r is not None))
+
+
+def _kinks(net: MLP) -> list[dict]:
+    """Each kink of an activation with its convention, ``f'(k)`` by ``sympy.diff`` of the row's form:
+    ``[{"f": "\\operatorname{ReLU}", "at": "0", "value": "0"}]``."""
+    printer = tex.SymbpLatexPrinter()
+    z = sp.Symbol("z", real=True)
+    found = []
+    for row in _entry_wise_rows(net):
+        slope = sp.diff(row.sympy(z), z)
+        for k in row.kinks:
+            at = sp.nsimplify(k)
+            found.append({"f": row.latex, "at": printer.doprint(at), "value": printer.doprint(slope.subs(z, at))})
+    return found
+
+
+def _definitions(net: MLP) -> list[dict]:
+    """The activations a reader may not know, defined: ``{"f": name, "tex": f(z) written out}``: a
+    function of symbp's own (sigmoid, softplus) rewritten in exponentials, a compound one (GELU, SiLU,
+    ELU) as its SymPy form; standard functions (tanh), ReLU (see the kinks), the identity and custom
+    activations (given by their expression) are not."""
+    printer = tex.SymbpLatexPrinter()
+    z = sp.Symbol("z", real=True)
+    found = []
+    for row in _entry_wise_rows(net):
+        e = row.sympy(z)
+        if e == z or row.expression or row.kinks:
+            continue
+        if e.args == (z,):  # f(z) itself: define it when it rewrites into exponentials
+            explicit = e.rewrite(sp.exp)
+            if explicit == e or not type(e).__module__.startswith("symbp"):
+                continue
+            e = explicit
+        found.append({"f": row.latex, "tex": printer.doprint(e)})
+    return found
 
 
 def _symbols(net: MLP, printer) -> list[dict]:
@@ -651,7 +698,8 @@ def verification(net: MLP, grads, printer=None) -> dict:
         node = parse(result.claim, net)
         closed[result.target] = {"claim": result.claim, "tex": tex.formula_latex(node, printer=printer),
                                  "products": tex.products(node), "shape": tuple(node.shape),
-                                 "named": named_products(net, result.claim, probe)}
+                                 "named": named_products(net, result.claim, probe),
+                                 "wide": tex.visible_width(tex.formula_latex(node, printer=printer)) > CLOSED_WIDTH}
         marks[result.target] = {"verdict": result.verdict, "method": result.method,
                                 "detail": result.detail if result.method != "numeric" else "",
                                 "bound": error_exponent(errors[result.target])}
