@@ -54,7 +54,7 @@ MATRIX_WIDTH = 50
 
 #: The sections of an MLP document, in order; ``sections=`` keeps a subset (the conventions box and
 #: the backward pass by layer are always there).
-SECTIONS = ("notation", "forward", "generic", "output", "batch", "example", "flow", "checks")
+SECTIONS = ("notation", "forward", "generic", "output", "code", "batch", "example", "flow", "checks")
 
 
 def controls(*, sections=None, student: bool = False, author: str | None = None, date: str | None = None,
@@ -315,7 +315,29 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "example": worked,
         "example_omitted": omitted,
         "flow": _flow(net, worked),
+        "code": backward_code(net),
     }
+
+
+def backward_code(net: MLP) -> dict | None:
+    """The backward pass as code: the ``backward`` function that :func:`symbp.compile` writes from
+    :func:`symbp.textbook`'s claims (the same writer, the same verified claims as the tables), and the
+    parameters for the update. None when ``compile`` cannot take the claims (the document says so).
+
+    >>> code = backward_code(MLP([2, 2]))
+    >>> code["source"].splitlines()[0], code["params"]
+    ('def backward(x, y, W1, b1):', ['W1', 'b1'])
+    """
+    from .codegen import compile as compile_claims
+    from .verify import textbook
+
+    try:
+        source = compile_claims(net, textbook(net)).source
+    except SymbpError:
+        return None
+    start = source.index("def backward(")
+    end = source.find("\n\n\n", start)
+    return {"source": source[start:end if end != -1 else len(source)].rstrip(), "params": list(net.params)}
 
 
 def _shape(shape) -> dict:
@@ -492,11 +514,14 @@ DISPLAY_WIDTH = 60
 def _display_lines(net: MLP, l: int, targets: dict) -> list[list[str]]:
     """Which assembled matrices of layer ``l`` share a display line: ``[["z", "b"], ["W"], ...]`` (keys
     of ``targets``), packed in order while they fit; the output's error term is shown in its own
-    section when the loss is fused and simplified."""
+    section when the loss is fused and simplified, and one example's bias gradient (the error term
+    itself) only in the table."""
     lines, width = [], 0
     for key in ("z", "b", "W", "a"):
         t = targets.get(key)
         if t is None or t["matrix"] is None or (l == net.L and net.fused and net.fused.simplified and key == "z"):
+            continue
+        if key == "b" and not net.batch:  # dL/db = delta entry for entry: the table's row says so
             continue
         w = tex.matrix_width(t["matrix"]) + 8  # the fraction dL/dV beside it
         if lines and width + w <= DISPLAY_WIDTH:

@@ -151,7 +151,7 @@ def test_the_cli_takes_the_teacher_controls(tmp_path, capsys):
     capsys.readouterr()
     assert main(["derive", "2,3,2", "-o", str(tmp_path / "e.tex"), "--sections", "forwad"]) == 2
     assert capsys.readouterr().err == ("symbp derive: error: document: unknown section 'forwad'; the sections are "
-                                       "notation, forward, generic, output, batch, example, flow, checks\n")
+                                       "notation, forward, generic, output, code, batch, example, flow, checks\n")
     assert not (tmp_path / "e.tex").exists()
 
 
@@ -167,3 +167,15 @@ def test_the_output_sections_read_the_op_and_loss_columns():
     out = document.context(symbp.MLP([2, 3], output="sigmoid", loss="binary_cross_entropy"))["output"]
     assert out["steps"][1] == [r"\frac{a^{(1)}_{1} - y_{1}}{3}"] and out["scale"] == r"\frac{1}{3}"
     assert out["partial"] == "activation" and out["fused_partial"] == "sigmoid_binary_cross_entropy"
+
+
+def test_the_backward_pass_as_code_is_compile_s(seed):
+    net = symbp.MLP([4, 5, 3, 3])
+    source = symbp.compile(net, symbp.textbook(net)).source
+    listing = seed[seed.index(r"\section{The backward pass as code}"):]
+    listing = listing[listing.index("\\begin{verbatim}\n") + 17:listing.index("\\end{verbatim}")]
+    assert listing.startswith("def backward(x, y, W1, b1, W2, b2, W3, b3):\n")
+    assert listing.rstrip() in source  # the very function symbp.compile writes
+    assert "    dW3 = dz3 @ a2.T\n" in listing and "    dz2 = da2 * step(z2)\n" in listing
+    assert 'params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}\n' in seed
+    assert "    params[name] -= eta * grads[name]\n" in seed
