@@ -107,9 +107,41 @@ def _add_derive(sub):
     p.add_argument("--pdf", action="store_true", help="also compile FILE.pdf next to FILE.tex (needs pdflatex)")
     p.add_argument("--template-dir", default=None, metavar="DIR",
                    help="a folder of your own templates, looked up before symbp's (e.g. derivation.tex.j2)")
+    _add_document_controls(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_progress(p)
     p.set_defaults(run=_run_derive)
+
+
+def _add_document_controls(p):
+    """A teacher's controls of the derivation document (see symbp.document.controls)."""
+    from .document import SECTIONS
+
+    g = p.add_argument_group("document controls (with -o)")
+    g.add_argument("--sections", default=None, metavar="LIST",
+                   help=f"the sections to keep, comma-separated, of: {', '.join(SECTIONS)} (default all)")
+    g.add_argument("--no-checks", action="store_true", help="leave out the verification marks' section")
+    g.add_argument("--student", action="store_true", help="a student version: no verification marks, no tool talk")
+    g.add_argument("--author", default=None, help="the author printed under the title")
+    g.add_argument("--date", default=None, help="the date printed under the title (none by default)")
+    g.add_argument("--title-tex", action="store_true", help="the --title is LaTeX (math allowed), not plain text")
+
+
+def _document_choices(args) -> dict:
+    """The document controls of ``args`` as keyword arguments of symbp.document.write, checked."""
+    from .document import SECTIONS, controls
+    from .latex import check_text
+
+    sections = None if args.sections is None else [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.no_checks:
+        sections = [s for s in (sections or SECTIONS) if s != "checks"]
+    for text, flag in ((args.author, "--author"), (args.date, "--date")):
+        if text is not None:
+            check_text(text, flag)
+    choices = dict(sections=sections, student=args.student, author=args.author, date=args.date,
+                   title_tex=args.title_tex)
+    controls(**choices)  # refuses an unknown section before any work
+    return choices
 
 
 #: The options of ``derive`` that describe an MLP given by its sizes, with their defaults.
@@ -176,6 +208,7 @@ def _run_derive(args):
     from .layers import Network
 
     _check_document_options(args, args.out)
+    choices = _document_choices(args)
     if args.out is not None and args.layout == "numerator":
         raise SymbpError("--layout numerator: the document is written in denominator layout only (dL/dV has the "
                          "shape of V); leave out -o, or --layout")
@@ -219,7 +252,7 @@ def _run_derive(args):
 
         with progress.step(f"writing {args.out}" + (" and its PDF" if args.pdf else ""), guess.get("document")):
             written = document.write(net, args.out, pdf=args.pdf, grads=grads, title=args.title,
-                                     template_dir=args.template_dir)
+                                     template_dir=args.template_dir, **choices)
         payload["output"] = str(written["tex"])
         payload["pdf"] = str(written["pdf"]) if written["pdf"] else None
     lines = [net.describe(),

@@ -37,28 +37,63 @@ from .numeric import error_exponent
 EXAMPLE_MAX_WIDTH = 6
 #: ... and the batch (if any) at most this.
 EXAMPLE_MAX_BATCH = 4
+#: The worked example puts a layer's matrices on one line when every width is at most this.
+COMPACT_WIDTH = 4
 #: Digits after the decimal point in the worked example.
 DIGITS = 4
 #: Sums with more terms print as ``t1 + t2 + ... + tn``.
 MAX_TERMS = 5
 #: Wider per-element sums are split between their terms over several lines (characters).
 LINE_WIDTH = 46
+#: A closed form wider than this (characters, see :func:`symbp.latex.visible_width`) is displayed
+#: under its layer's table rather than in it.
+CLOSED_WIDTH = 18
 #: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
 MATRIX_WIDTH = 50
+
+
+#: The sections of an MLP document, in order; ``sections=`` keeps a subset (the conventions box and
+#: the backward pass by layer are always there).
+SECTIONS = ("notation", "forward", "generic", "output", "code", "batch", "example", "flow", "checks")
+
+
+def controls(*, sections=None, student: bool = False, author: str | None = None, date: str | None = None,
+             title_tex: bool = False) -> dict:
+    """A teacher's choices as the templates read them: ``{"show": {section: bool}, "student": bool,
+    "author": str|None, "date": str|None, "title_tex": bool}``. ``sections``: names of
+    :data:`SECTIONS` to keep (default: all); ``student``: leave out verification marks, the checks and
+    the tool talk; ``author``/``date``: printed under the title (plain text, escaped; no date by default,
+    so documents stay byte-identical); ``title_tex``: the title is LaTeX (math allowed), not plain text.
+
+    >>> controls(sections=["forward"])["show"]["example"], controls(student=True)["show"]["checks"]
+    (False, False)
+    """
+    keep = set(SECTIONS if sections is None else sections)
+    unknown = sorted(keep - set(SECTIONS))
+    if unknown:
+        raise SymbpError(f"document: unknown section {unknown[0]!r}; the sections are {', '.join(SECTIONS)}")
+    show = {name: name in keep for name in SECTIONS}
+    if student:
+        show["checks"] = False
+    for text, what in ((author, "author"), (date, "date")):
+        if text is not None and not isinstance(text, str):
+            raise SymbpError(f"document: {what} must be text, got {text!r}")
+    return {"show": show, "student": bool(student), "author": author, "date": date, "title_tex": bool(title_tex)}
 
 
 # --------------------------------------------------------------------------- public API
 
 
 def render(net, *, grads: Gradients | None = None, title: str | None = None, example: bool | None = None,
-           template: str | None = None, template_dir=None, report=None, numeric_error=None) -> str:
+           template: str | None = None, template_dir=None, report=None, numeric_error=None, **choices) -> str:
     """The LaTeX source of the derivation document of ``net`` (a :class:`symbp.MLP` or a
     :class:`symbp.layers.Network`).
 
     ``grads``: ``symbp.derive(net)`` if already at hand (the chain method; its layout is stated).
     ``title``: plain text, escaped (default :func:`default_title`). ``example``: include the worked
     numeric example (MLPs; default: when every width is at most ``EXAMPLE_MAX_WIDTH``). ``template_dir``:
-    a folder of templates looked up before the packaged ones. For a network, ``report`` (a
+    a folder of templates looked up before the packaged ones. ``choices``: the teacher's controls
+    (``sections``, ``student``, ``author``, ``date``, ``title_tex``: see :func:`controls`). For a network, ``report`` (a
     :class:`symbp.verify.Report` of its textbook claims) and ``numeric_error`` (see
     :func:`network_checks`) are used when given, else computed.
 
@@ -72,9 +107,29 @@ def render(net, *, grads: Gradients | None = None, title: str | None = None, exa
             raise SymbpError("document: the worked example is written for MLPs only; leave out example")
         check_partials(net, template_dir)
         ctx = network_context(net, grads=grads, title=title, report=report, numeric_error=numeric_error)
-        return tex.render(template or "network.tex.j2", user_dir=template_dir, **ctx)
+        return tex.render(template or "network.tex.j2", user_dir=template_dir, **_with(ctx, _network_controls(choices)))
     ctx = context(net, grads=grads, title=title, example=example)
-    return tex.render(template or "derivation.tex.j2", user_dir=template_dir, **ctx)
+    return tex.render(template or "derivation.tex.j2", user_dir=template_dir, **_with(ctx, controls(**choices)))
+
+
+def _with(ctx: dict, chosen: dict) -> dict:
+    """The context with the teacher's controls: a given author replaces symbp's name (which a student
+    version leaves out)."""
+    author = chosen.pop("author")
+    if author is not None:
+        ctx = {**ctx, "author": author}
+    elif chosen["student"]:
+        ctx = {**ctx, "author": ""}
+    return {**ctx, **chosen}
+
+
+def _network_controls(choices) -> dict:
+    """A network's document takes the author, the date, the student version and a LaTeX title; its
+    sections are its layers, so ``sections`` is refused."""
+    if choices.get("sections") is not None:
+        raise SymbpError("document: sections are chosen for MLP documents only; a network's document "
+                         "has one section per layer")
+    return controls(**choices)
 
 
 def check_partials(net, template_dir=None) -> None:
@@ -96,13 +151,13 @@ def check_partials(net, template_dir=None) -> None:
 
 
 def write(net, path, *, pdf: bool = False, grads: Gradients | None = None, title: str | None = None,
-          example: bool | None = None, template_dir=None, report=None, numeric_error=None) -> dict:
+          example: bool | None = None, template_dir=None, report=None, numeric_error=None, **choices) -> dict:
     """Write the document of ``net`` (an MLP or a network) to ``path`` (a ``.tex`` file), and ``path``
     with ``.pdf`` when ``pdf``. Nothing is written when rendering or compiling fails. Returns
     ``{"tex": Path, "pdf": Path|None}``."""
     tex.check_output(path, also=(".pdf",) if pdf else ())  # before the (slow) rendering
     source = render(net, grads=grads, title=title, example=example, template_dir=template_dir, report=report,
-                    numeric_error=numeric_error)
+                    numeric_error=numeric_error, **choices)
     return tex.write_document(source, path, pdf=pdf)
 
 
@@ -123,13 +178,14 @@ class GalleryEntry:
         return MLP(config.pop("sizes"), **config)
 
 
-#: The gallery: the seeds' 3-layer ReLU/softmax net (as ``symbp derive 4,5,3,3`` writes it), its batch
-#: version, sigmoid + binary cross-entropy, a deep tanh net, a residual net; and networks of layers: a
+#: The gallery: the seeds' 3-layer ReLU/softmax net (as ``symbp derive 4,5,3,3`` writes it), a batch
+#: network whose adjacent widths differ and whose batch is unlike every width (so that every shape
+#: check can fail), sigmoid + binary cross-entropy, a deep tanh net, a residual net; and networks of layers: a
 #: layer norm, a batch norm and a self-attention block.
 GALLERY = (
     GalleryEntry("mlp-4-5-3-3", dict(sizes=[4, 5, 3, 3])),
-    GalleryEntry("mlp-4-5-3-3-batch", dict(sizes=[4, 5, 3, 3], batch=3),
-                 "A batch of 3 examples: rows are examples, the loss is the mean"),
+    GalleryEntry("mlp-6-5-3-2-batch", dict(sizes=[6, 5, 3, 2], batch=4),
+                 "A batch of 4 examples: rows are examples, the loss is the mean"),
     GalleryEntry("sigmoid-bce", dict(sizes=[3, 4, 2], hidden="sigmoid", output="sigmoid",
                                      loss="binary_cross_entropy"),
                  "Sigmoid layers and binary cross-entropy"),
@@ -259,9 +315,30 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "checks": checks["summary"],
         "example": worked,
         "example_omitted": omitted,
-        "flow": _flow(net, worked),
         "flowsec": _flow_section(net),
+        "code": backward_code(net),
     }
+
+
+def backward_code(net: MLP) -> dict | None:
+    """The backward pass as code: the ``backward`` function that :func:`symbp.compile` writes from
+    :func:`symbp.textbook`'s claims (the same writer, the same verified claims as the tables), and the
+    parameters for the update. None when ``compile`` cannot take the claims (the document says so).
+
+    >>> code = backward_code(MLP([2, 2]))
+    >>> code["source"].splitlines()[0], code["params"]
+    ('def backward(x, y, W1, b1):', ['W1', 'b1'])
+    """
+    from .codegen import compile as compile_claims
+    from .verify import textbook
+
+    try:
+        source = compile_claims(net, textbook(net)).source
+    except SymbpError:
+        return None
+    start = source.index("def backward(")
+    end = source.find("\n\n\n", start)
+    return {"source": source[start:end if end != -1 else len(source)].rstrip(), "params": list(net.params)}
 
 
 def _shape(shape) -> dict:
@@ -279,7 +356,8 @@ def _network(net: MLP, layout: str) -> dict:
         "bias": net.bias,
         "layout": layout,
         "hidden": hidden,
-        "leaky_relu": any(a.name == "leaky_relu" for a in net.hidden),
+        "kinks": _kinks(net),
+        "definitions": _definitions(net),
         "output": {"name": net.output.name, "tex": net.output.latex},
         "loss": {"name": net.loss_row.name, "tex": net.loss_row.latex},
         "fused": None if not net.fused else {
@@ -289,6 +367,50 @@ def _network(net: MLP, layout: str) -> dict:
         },
         "residual": list(net.residual_layers),
     }
+
+
+def _entry_wise_rows(net: MLP) -> list:
+    """The distinct entry-wise activation rows of ``net``: hidden ones, and the output op's when it is
+    entry-wise (its op row's ``activation`` column)."""
+    from .ops import OPS
+
+    rows = list(net.hidden) + [OPS[net.output.name].activation]
+    return list(dict.fromkeys(r for r in rows if r is not None))
+
+
+def _kinks(net: MLP) -> list[dict]:
+    """Each kink of an activation with its convention, ``f'(k)`` by ``sympy.diff`` of the row's form:
+    ``[{"f": "\\operatorname{ReLU}", "at": "0", "value": "0"}]``."""
+    printer = tex.SymbpLatexPrinter()
+    z = sp.Symbol("z", real=True)
+    found = []
+    for row in _entry_wise_rows(net):
+        slope = sp.diff(row.sympy(z), z)
+        for k in row.kinks:
+            at = sp.nsimplify(k)
+            found.append({"f": row.latex, "at": printer.doprint(at), "value": printer.doprint(slope.subs(z, at))})
+    return found
+
+
+def _definitions(net: MLP) -> list[dict]:
+    """The activations a reader may not know, defined: ``{"f": name, "tex": f(z) written out}``: a
+    function of symbp's own (sigmoid, softplus) rewritten in exponentials, a compound one (GELU, SiLU,
+    ELU) as its SymPy form; standard functions (tanh), ReLU (see the kinks), the identity and custom
+    activations (given by their expression) are not."""
+    printer = tex.SymbpLatexPrinter()
+    z = sp.Symbol("z", real=True)
+    found = []
+    for row in _entry_wise_rows(net):
+        e = row.sympy(z)
+        if e == z or row.expression or row.kinks:
+            continue
+        if e.args == (z,):  # f(z) itself: define it when it rewrites into exponentials
+            explicit = e.rewrite(sp.exp)
+            if explicit == e or not type(e).__module__.startswith("symbp"):
+                continue
+            e = explicit
+        found.append({"f": row.latex, "tex": printer.doprint(e)})
+    return found
 
 
 def _symbols(net: MLP, printer) -> list[dict]:
@@ -378,52 +500,89 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "delta": printer.grad_base(f"z{l}"),
             "abar": printer.grad_base(f"a{l}"),
             "residual": l in net.residual_layers,
+            "derivative": _derivative(net.hidden[l - 1], printer) if l < net.L else None,
             "targets": targets,
+            "coincide": _coincidences(targets.values()),
+            "display": _display_lines(net, l, targets),
         })
     return layers
+
+
+#: Assembled matrices share a display line while their estimated widths add up to at most this.
+DISPLAY_WIDTH = 60
+
+
+def _display_lines(net: MLP, l: int, targets: dict) -> list[list[str]]:
+    """Which assembled matrices of layer ``l`` share a display line: ``[["z", "b"], ["W"], ...]`` (keys
+    of ``targets``), packed in order while they fit; the output's error term is shown in its own
+    section when the loss is fused and simplified, and one example's bias gradient (the error term
+    itself) only in the table."""
+    lines, width = [], 0
+    for key in ("z", "b", "W", "a"):
+        t = targets.get(key)
+        if t is None or t["matrix"] is None or (l == net.L and net.fused and net.fused.simplified and key == "z"):
+            continue
+        if key == "b" and not net.batch:  # dL/db = delta entry for entry: the table's row says so
+            continue
+        w = tex.matrix_width(t["matrix"]) + 8  # the fraction dL/dV beside it
+        if lines and width + w <= DISPLAY_WIDTH:
+            lines[-1].append(key)
+            width += w
+        else:
+            lines.append([key])
+            width = w
+    return lines
+
+
+def _coincidences(targets) -> list[tuple]:
+    """The size coincidences of a layer's shape checks, each once: ``[(name, name, value)]``."""
+    found = []
+    for t in targets:
+        named = t and t["closed"] and t["closed"]["named"]
+        for c in (named["coincide"] if named else ()):
+            if c not in found:
+                found.append(c)
+    return found
+
+
+def _derivative(activation, printer) -> str:
+    """``f'(z)`` of an activation row, ``sympy.diff`` of its SymPy form, printed (``1 - \\tanh^{2}...``)."""
+    z = sp.Symbol("z", real=True)
+    return printer.doprint(sp.diff(activation.sympy(z), z))
 
 
 # --------------------------------------------------------------------------- the output layer
 
 
-def _in_outputs(net: MLP, expr):
-    """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L`` (softmax, sigmoid).
+def in_outputs(net: MLP, expr):
+    """Rewrite the output layer's functions of ``z_L`` into the outputs ``a_L``: the output op's
+    ``in_outputs`` column (softmax), else, for an entry-wise output op, ``f(z_k)`` becomes ``a_k``."""
+    from .ops import OPS
 
-    Softmax: the row's sum of exponentials becomes ``T`` and each ``exp(z_k)`` becomes ``a_k T`` (the
-    definition of softmax), so ``T`` cancels; if it does not, the rewrite is abandoned (``None``).
-    """
     z, a = net.symbols(f"z{net.L}"), net.symbols(f"a{net.L}")
     rows, outs = net._examples(z), net._examples(a)
-    if net.output.name == "softmax":
-        T = sp.Dummy("T", positive=True)
-        table = {zk: ak * T for zs, As in zip(rows, outs) for zk, ak in zip(zs, As)}
-
-        def power(e):
-            coeff, rest = e.args[0].as_coeff_Mul()
-            return table[rest] ** coeff if rest in table and coeff.is_Integer else e
-
-        expr = expr.xreplace({sp.Add(*[sp.exp(v) for v in zs]): T for zs in rows})
-        expr = sp.cancel(expr.replace(lambda e: isinstance(e, sp.exp), power))
-        if expr.has(T):
-            return None
-    elif net.output.name == "sigmoid":
-        from .functions import sigmoid
-
-        expr = expr.xreplace({sigmoid(zk): ak for zs, As in zip(rows, outs) for zk, ak in zip(zs, As)})
+    row = OPS[net.output.name]
+    if row.in_outputs is not None:
+        return row.in_outputs(expr, rows, outs)
+    if row.activation is not None:
+        f = row.activation.sympy
+        return expr.xreplace({f(zk): ak for zs, As in zip(rows, outs) for zk, ak in zip(zs, As) if f(zk) != zk})
     return expr
 
 
 def _output(net: MLP, grads, printer) -> dict:
     """The output layer's error term, entry (1, 1): as derived, in the outputs, and simplified."""
+    from .ops import OPS
+
     name = f"z{net.L}"
     derived = grads[name][0, 0]
     steps = [derived]
-    in_a = _in_outputs(net, derived)
+    in_a = in_outputs(net, derived)
     a11 = net.symbols(f"a{net.L}")[0, 0]
     # The loss's constant factor (1/N for a batch mean, 1/n for a mean over output units) kept outside.
     # (Only for a fused pair: otherwise the factor sits in the upstream gradients of a_L.)
     scale = sp.S.One / net.batch if net.fused and net.batch and net.reduction == "mean" else sp.S.One
-    if net.fused and net.loss_row.name == "binary_cross_entropy":
+    if net.fused and net.loss_row.units_mean:
         scale = scale / net.sizes[-1]
     inner = None
     if in_a is not None and in_a != derived:
@@ -452,11 +611,87 @@ def _output(net: MLP, grads, printer) -> dict:
         "condition": printer.doprint(condition) if condition is not None else None,
         "condition_text": net.fused.side_condition if net.fused else None,
         "simplified": printer.doprint(simplified) if simplified is not None else None,
-        "softmax": net.output.name == "softmax",
-        "sigmoid": net.output.name == "sigmoid",
-        "identity": net.output.name == "identity",
+        "partial": partial_of(OPS[net.output.name]),
+        "fused_partial": net.fused.partial if net.fused else "",
+        "scale": printer.doprint(scale) if scale != 1 else None,
         "n": net.sizes[-1],
     }
+
+
+# --------------------------------------------------------------------------- named shape checks
+
+
+def _probe(net: MLP) -> MLP:
+    """``net`` with sizes that name themselves: every width distinct (equal only where a skip
+    connection needs it) and a batch unlike every width and unlike 1."""
+    sizes = []
+    for l in range(net.L + 1):
+        sizes.append(sizes[-1] if l in net.residual_layers else l + 2)
+    return MLP(sizes, hidden=list(net.hidden), output=net.output.name, loss=net.loss_row.name, bias=net.bias,
+               batch=net.L + 3 if net.batch else None, reduction=net.reduction, residual=list(net.residual_layers))
+
+
+def size_names(net: MLP, probe: MLP) -> dict:
+    """``{probe value: LaTeX name}`` for the widths ``n_l`` and the batch ``N`` of ``probe``; a value
+    two widths share (a skip connection) has no name."""
+    names = {}
+    for l, n in enumerate(probe.sizes):
+        names.setdefault(n, []).append(f"n_{{{l}}}")
+    if probe.batch:
+        names.setdefault(probe.batch, []).append("N")
+    named = {v: ns[0] for v, ns in names.items() if len(ns) == 1}
+    named[1] = "1"
+    return named
+
+
+def named_products(net: MLP, claim: str, probe: MLP | None = None) -> dict | None:
+    """The shape check of ``claim`` with the sizes by name: ``{"products": [(left, right, result)],
+    "shape": (rows, cols), "coincide": [(name, name, value)]}``, each dimension a LaTeX name
+    (``n_{3}``, ``N``, ``1``). ``coincide`` lists the pairs of different sizes that are equal in this
+    network within one product or the result (then a shape check cannot tell a matrix from its
+    transpose). None when the claim's sizes cannot be named (a number standing for a width).
+
+    >>> net = MLP([4, 5, 3, 3])
+    >>> named_products(net, "dz3 @ a2.T")["products"]
+    [(('n_{3}', '1'), ('1', 'n_{2}'), ('n_{3}', 'n_{2}'))]
+    >>> named_products(net, "dz3 @ a2.T")["coincide"]
+    [('n_{2}', 'n_{3}', 3)]
+    """
+    from .formula import parse
+
+    probe = probe or _probe(net)
+    names = size_names(net, probe)
+    try:
+        node = parse(claim, probe)
+    except SymbpError:
+        return None
+    real = net.sizes + ((net.batch,) if net.batch else ())
+    value = dict(zip(probe.sizes + ((probe.batch,) if probe.batch else ()), real))
+    value[1] = 1
+
+    def name(dims):
+        if any(d not in names for d in dims):
+            raise KeyError(dims)
+        return tuple(names[d] for d in dims)
+
+    try:
+        products = [tuple(name(d) for d in p) for p in tex.products(node)]
+        shape = name(tuple(node.shape))
+    except KeyError:
+        return None
+    coincide = []
+    for group in [*[(*p[0], *p[1]) for p in products], shape]:
+        for i, u in enumerate(group):
+            for v in group[i + 1:]:
+                pair = tuple(sorted((u, v)))
+                if u != v and "1" not in pair and _value(u, names, value) == _value(v, names, value) \
+                        and pair + (_value(u, names, value),) not in coincide:
+                    coincide.append(pair + (_value(u, names, value),))
+    return {"products": products, "shape": shape, "coincide": sorted(coincide)}
+
+
+def _value(label, names, value):
+    return value[next(v for v, n in names.items() if n == label)]
 
 
 # --------------------------------------------------------------------------- verification
@@ -484,10 +719,13 @@ def verification(net: MLP, grads, printer=None) -> dict:
     claims = textbook(net)
     report = verify(net, claims, grads=grads)
     closed, marks = {}, {}
+    probe = _probe(net)
     for result in report.results:
         node = parse(result.claim, net)
         closed[result.target] = {"claim": result.claim, "tex": tex.formula_latex(node, printer=printer),
-                                 "products": tex.products(node), "shape": tuple(node.shape)}
+                                 "products": tex.products(node), "shape": tuple(node.shape),
+                                 "named": named_products(net, result.claim, probe),
+                                 "wide": tex.visible_width(tex.formula_latex(node, printer=printer)) > CLOSED_WIDTH}
         marks[result.target] = {"verdict": result.verdict, "method": result.method,
                                 "detail": result.detail if result.method != "numeric" else "",
                                 "bound": error_exponent(errors[result.target])}
@@ -534,9 +772,9 @@ def example_values(net: MLP) -> dict:
             values[f"b{l}"] = sp.Matrix(*net.shape(f"b{l}"), lambda i, j: pick([0, 1, -1]))
     r, c = net.shape("y")
     n = net.sizes[-1]
-    if net.loss_row.name == "cross_entropy":
+    if net.loss_row.target == "one-hot":
         hot = lambda example, k: int(k == (example + 1) % n)
-    elif net.loss_row.name == "binary_cross_entropy":
+    elif net.loss_row.target == "binary":
         hot = lambda example, k: (example + k + 1) % 2
     else:
         hot = lambda example, k: pick([0, 1, -1, 2])
@@ -635,23 +873,16 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
-    norms = [{"l": l, "W": number_tex(_frobenius(computed[f"W{l}"]), 3, strip=False),
-              "a": number_tex(_frobenius(computed[f"a{l}"]), 3, strip=False) if l < net.L else None}
-             for l in range(1, net.L + 1)]
-    first, last = _frobenius(computed["W1"]), _frobenius(computed[f"W{net.L}"])
-    ratio = number_tex(first / last, 3, strip=False) if last != 0 and net.L > 1 else None
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
-            "loss": number_tex(loss), "norms": norms, "ratio": ratio, "side_by_side": not net.batch}
+            "loss": number_tex(loss), "side_by_side": not net.batch,
+            # one display line per layer and direction when every width is small (COMPACT_WIDTH)
+            "compact": not net.batch and max(net.sizes) <= COMPACT_WIDTH}
 
 
 def _slope(activation):
     """The derivative f' of an activation row, as a function of an exact number."""
     derivative = registry.derivative(activation)
     return lambda value: _exact(derivative(value))
-
-
-def _frobenius(M):
-    return sp.sqrt(sum((v**2 for v in M), sp.S.Zero)).evalf(30)
 
 
 # --------------------------------------------------------------------------- gradient flow
@@ -661,19 +892,6 @@ def _flow_section(net: MLP) -> dict:
     from .flow import derivation_section  # the section's context and partial belong to symbp.flow
 
     return derivation_section(net)
-
-
-def _flow(net: MLP, worked) -> dict:
-    hidden = [a.name for a in net.hidden]
-    return {
-        "depth": net.L,
-        "sigmoid": "sigmoid" in hidden,
-        "tanh": "tanh" in hidden,
-        "relu": "relu" in hidden or "leaky_relu" in hidden,
-        "residual": list(net.residual_layers),
-        "norms": worked["norms"] if worked else None,
-        "ratio": worked["ratio"] if worked else None,
-    }
 
 
 # --------------------------------------------------------------------------- networks of layers

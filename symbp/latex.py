@@ -86,7 +86,7 @@ class SymbpLatexPrinter(LatexPrinter):
         """The terms of a sum as printed, each with its sign (``"+ t"``, ``"- t"``; the first bare),
         long sums elided to ``max_terms`` with a ``+ \\cdots`` piece."""
         terms = self._as_ordered_terms(expr)
-        if self.max_terms is not None and len(terms) > self.max_terms:
+        if self.max_terms is not None and len(terms) > self.max_terms + 1:  # never "+ ... +" for one term
             terms = terms[: max(self.max_terms - 2, 1)] + [None] + terms[-2:]
         pieces = []
         for k, term in enumerate(terms):
@@ -505,9 +505,9 @@ class Cell:
 
 
 def _keep(n, limit):
-    """Indices to show of ``n``: all when ``n <= limit``, else the first ``limit - 2`` (at least one),
-    a gap (None), the last."""
-    if n <= limit:
+    """Indices to show of ``n``: all when ``n <= limit + 1`` (dots never hide a single one), else the
+    first ``limit - 2`` (at least one), a gap (None), the last."""
+    if n <= limit + 1:  # dots never stand for a single row or column
         return list(range(n))
     return list(range(max(limit - 2, 1))) + [None, n - 1]
 

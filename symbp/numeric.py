@@ -151,10 +151,10 @@ def _clearing_shift(column, kinks, margin):
 def _random_target(net, rng):
     shape = net.shape("y")
     rows = shape if net.batch else shape[::-1]
-    kind = getattr(net.loss_row, "target", "normal")  # the loss row's column (a custom loss: normal)
-    if kind == "simplex":
+    kind = getattr(net.loss_row, "target", "any")  # the loss row's column (a custom loss: any)
+    if kind == "one-hot":  # rows summing to 1, as a one-hot target's do
         y = rng.dirichlet(np.ones(rows[1]), size=rows[0])
-    elif kind == "unit":
+    elif kind == "binary":  # strictly inside (0, 1), as the logs of its loss need
         y = rng.uniform(0.05, 0.95, size=rows)
     else:
         y = rng.normal(size=rows)

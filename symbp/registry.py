@@ -144,9 +144,11 @@ class Loss:
     # NumPy source of the per-example loss for symbp.compile's MLP writer, in the outputs {a} and y
     # ({axis} that of the units); "" when it has none
     code: str = ""
-    # random targets of the numeric checks: "simplex" (rows summing to 1), "unit" (in (0.05, 0.95)),
-    # "normal" (N(0, 1)): what the loss is usually given
-    target: str = "normal"
+    units_mean: bool = False  # averaged over the output units: the 1/n of its gradient
+    # what a target looks like: "one-hot" (a worked example's target; random targets of the numeric
+    # checks are rows summing to 1), "binary" (0/1 entries; random targets in (0.05, 0.95)) or "any"
+    # (random targets N(0, 1))
+    target: str = "any"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class Fused:
     # NumPy source of the per-example loss in the logits {z} and y (stable form) for symbp.compile's
     # MLP writer; {axis} is that of the units
     code: str = ""
+    partial: str = ""  # the document partial templates/ops/<partial>.tex.j2 explaining the simplification
 
 
 def _activation(name, latex, sym, fn, dfn, kinks=(), note="", textbook=None):
@@ -244,19 +247,19 @@ LOSSES: Mapping[str, Loss] = {
              lambda a, y: -sp.Add(*[yk * sp.log(ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a)).sum(axis=1),
              lambda a, y: -_target_ratio(y, a), True, "-y / a",
-             "-np.sum(y * np.log({a}), axis={axis})", "simplex"),
+             "-np.sum(y * np.log({a}), axis={axis})", target="one-hot"),
         Loss("binary_cross_entropy",
              r"-\frac{1}{n} \sum_{k} \left( y_{k} \log a_{k} + (1 - y_{k}) \log (1 - a_{k}) \right)",
              lambda a, y: -_mean([yk * sp.log(ak) + (1 - yk) * sp.log(1 - ak) for ak, yk in zip(a, y)]),
              lambda a, y: -(y * np.log(a) + (1 - y) * np.log(1 - a)).mean(axis=1),
              lambda a, y: (-_target_ratio(y, a) + _target_ratio(1 - y, 1 - a)) / a.shape[1], True,
              "(-(y / a) + (1 - y) / (1 - a)) / n",
-             "-np.mean(y * np.log({a}) + (1 - y) * np.log(1 - {a}), axis={axis})", "unit"),
+             "-np.mean(y * np.log({a}) + (1 - y) * np.log(1 - {a}), axis={axis})", units_mean=True, target="binary"),
         Loss("mse", r"\frac{1}{n} \sum_{k} (a_{k} - y_{k})^{2}",
              lambda a, y: _mean([(ak - yk) ** 2 for ak, yk in zip(a, y)]),
              lambda a, y: ((a - y) ** 2).mean(axis=1),
              lambda a, y: 2 * (a - y) / a.shape[1], False, "2 * (a - y) / n",
-             "np.mean(({a} - y) ** 2, axis={axis})"),
+             "np.mean(({a} - y) ** 2, axis={axis})", units_mean=True),
     ]
 }
 
@@ -275,14 +278,14 @@ FUSED: Mapping[tuple, Fused] = {
               lambda z, y: y.sum(axis=1) * np_logsumexp(z) - (y * z).sum(axis=1),
               lambda z, a, y: a * y.sum(axis=1, keepdims=True) - y,
               side_condition="every target row sums to 1",
-              simplified="a - y",  # -sum y log softmax(z) = sum y (logsumexp(z) - z):
+              simplified="a - y", partial="softmax_cross_entropy",  # -sum y log softmax(z) = sum y (logsumexp(z) - z):
               code="np.sum(y * (logsumexp({z}, axis={axis}) - {z}), axis={axis})"),
         Fused("sigmoid", "binary_cross_entropy",
               r"\frac{1}{n} \sum_{k} \bigl( \operatorname{softplus}(z_{k}) - y_{k} z_{k} \bigr)",
               lambda z, y: _mean([F.softplus(zk) - yk * zk for zk, yk in zip(z, y)]),
               lambda z, y: (np_softplus(z) - y * z).mean(axis=1),
               lambda z, a, y: (a - y) / z.shape[1],
-              simplified="(a - y) / n",
+              simplified="(a - y) / n", partial="sigmoid_binary_cross_entropy",
               code="np.mean(softplus({z}) - y * {z}, axis={axis})"),
         Fused("sigmoid", "cross_entropy",
               r"\sum_{k} y_{k} \operatorname{softplus}(-z_{k})",

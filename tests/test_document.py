@@ -60,11 +60,17 @@ def test_entries_are_the_derived_ones(seed_context):
 def test_closed_forms_are_the_textbook_claims_typeset_with_shape_checks(seed_context):
     layer3 = seed_context["backward"][0]["targets"]
     assert layer3["W"]["closed"] == {"claim": "dz3 @ a2.T", "tex": r"\delta^{(3)} a^{(2)\top}",
-                                     "products": [((3, 1), (1, 3), (3, 3))], "shape": (3, 3)}
+                                     "products": [((3, 1), (1, 3), (3, 3))], "shape": (3, 3),
+                                     # n_3 = n_2 = 3 in the seeds' network: this check cannot tell W3 from W3^T
+                                     "named": {"products": [(("n_{3}", "1"), ("1", "n_{2}"), ("n_{3}", "n_{2}"))],
+                                               "shape": ("n_{3}", "n_{2}"), "coincide": [("n_{2}", "n_{3}", 3)]},
+                                     "wide": False}
     assert layer3["a"]["closed"]["tex"] == r"W^{(3)\top} \delta^{(3)}"
     assert layer3["a"]["closed"]["products"] == [((3, 3), (3, 1), (3, 1))]
     W1 = seed_context["backward"][2]["targets"]["W"]["closed"]
     assert W1["products"] == [((5, 1), (1, 4), (5, 4))]  # (n_1 x 1)(1 x n_0) = n_1 x n_0, seed 001
+    assert W1["named"]["products"] == [(("n_{1}", "1"), ("1", "n_{0}"), ("n_{1}", "n_{0}"))]
+    assert W1["named"]["coincide"] == []  # n_1 = 5, n_0 = 4: a transposed answer fails the shape check
     z2 = seed_context["backward"][1]["targets"]["z"]["closed"]
     assert z2["tex"] == r"\bar{a}^{(2)} \odot \operatorname{step}\left(z^{(2)}\right)"
 
@@ -97,8 +103,9 @@ def test_every_configuration_renders(config):
     source = document.render(net, example=False)
     for l in range(1, net.L + 1):
         assert f"\\subsection{{Layer {l}: " in source
-    # one mark per gradient shown: every parameter and intermediate but a_L (folded into the output layer)
-    assert source.count("\\holds{") == len(net.params) + len(net.intermediates) - 1
+    # one mark per gradient shown (a table cell "& \holds{"): every parameter and intermediate but a_L
+    # (folded into the output layer)
+    assert source.count("& \\holds{") == len(net.params) + len(net.intermediates) - 1
     assert "\\fails{" not in source  # every closed form holds and has its target's shape
 
 
@@ -279,7 +286,8 @@ def test_derive_document_shows_the_chain_entries_and_states_the_layout(tmp_path)
     assert main(["derive", "2,3,2", "--method", "expand", "-o", str(out)]) == 0
     source = out.read_text()
     assert r"\item \textbf{Layout}: denominator: $\partial L / \partial V$ has the shape of $V$" in source
-    assert r"\frac{\partial L}{\partial W^{(2)}_{1,1}} &= \delta^{(2)}_{1} a^{(1)}_{1}" in source
+    # the chain method's compact entries, assembled (the full matrix, so no first-and-last display)
+    assert r"\frac{\partial L}{\partial W^{(2)}} = \begin{bmatrix}\delta^{(2)}_{1} a^{(1)}_{1} & " in source
     net = symbp.MLP([2, 2])
     assert document.render(net, grads=symbp.derive(net, method="expand")) == document.render(net)
     with pytest.raises(SymbpError, match="grads must be symbp.derive"):
@@ -352,20 +360,24 @@ def test_random_configurations_cover_the_registry():
 def check_parts(net, text):
     """The parts every derivation must show, found in the PDF's text."""
     flat = " ".join(text.split())
-    for part in ("Conventions.", "Layout: denominator", "Kinks: ReLU′ (0) = 0", "SymPy " + sp.__version__,
-                 "Notation", "Forward pass", "Backward pass, layer by layer", "Gradient flow",
+    for part in ("Conventions.", "Layout: denominator", "SymPy " + sp.__version__,
+                 "Notation", "Forward pass", "The backward pass for a generic layer", "Why the transposes.",
+                 "At realistic sizes (seed 001: 10 classes, 128 hidden units)", "W (l) ← W (l) − η ∂L/∂W (l)",
+                 "The output layer’s error term", "The backward pass, layer by layer", "Gradient flow",
                  "How this was checked", "judged each against the derived per-element entries: all hold",
-                 "Closed form (", "shape check: ", "; the closed form is ",
-                 "Numeric check: the lambdified derivation agrees with an independent NumPy backprop"):
+                 "gradient entry (i, j) closed form shape check check",
+                 "agree with a plain NumPy backprop at a random point away from the kinks"):
         assert part in flat, part
+    # the ReLU kink is stated where there is a ReLU, and only there
+    assert ("Kinks: ReLU′ (0) = 0" in flat) == any(a.name == "relu" for a in net.hidden)
+    assert flat.count("Numeric check") == 0  # the numeric check is stated once, not per gradient
     for l in range(1, net.L + 1):
         assert f"Layer {l}: {'output' if l == net.L else 'hidden'}" in flat
     assert ("Batch of N = " in flat) == bool(net.batch)
     assert ("The batch extension" in flat) == bool(net.batch)
-    assert "Assembled into a" in flat
     assert re.search(r"\(\d\.1\)", text), "equations are numbered"
     if net.fused and net.fused.side_condition:
-        assert "Side condition: the simplification holds when every target row sums to 1" in flat
+        assert "(when every target row sums to 1)" in flat
     if net.residual_layers:
         assert "the +1 (the identity) carries" in flat
 

@@ -99,3 +99,7 @@ class Op:
     #: extra inputs, ``P[role](r, c)`` entries of the parameters, and ``n_in`` is the input's width (a
     #: symbol); sums are ``sympy.Sum`` over ``(k, 1, n_in)``. None: the op is judged at the given sizes.
     index: Callable | None = None
+    #: For the output op of an MLP document: ``(expr, z rows, a rows) -> expr`` with the op's functions of
+    #: the logits written in its outputs (None when that does not simplify). None: an entry-wise op's
+    #: ``f(z_k)`` becomes ``a_k`` (see :func:`symbp.document.in_outputs`).
+    in_outputs: Callable | None = None

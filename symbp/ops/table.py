@@ -195,6 +195,21 @@ def _softmax_index(X, P, E, cfg, e, i, n_in):
     return sp.exp(X(e, i)) / sp.Sum(sp.exp(X(e, k)), (k, 1, n_in))
 
 
+def _softmax_in_outputs(expr, z_rows, a_rows):
+    """Softmax in its outputs: each row's sum of exponentials becomes ``T`` and each ``exp(z_k)``
+    becomes ``a_k T`` (the definition of softmax), so ``T`` cancels; None if it does not."""
+    T = sp.Dummy("T", positive=True)
+    table = {zk: ak * T for zs, As in zip(z_rows, a_rows) for zk, ak in zip(zs, As)}
+
+    def power(e):
+        coeff, rest = e.args[0].as_coeff_Mul()
+        return table[rest] ** coeff if rest in table and coeff.is_Integer else e
+
+    expr = expr.xreplace({sp.Add(*[sp.exp(v) for v in zs]): T for zs in z_rows})
+    expr = sp.cancel(expr.replace(lambda e: isinstance(e, sp.exp), power))
+    return None if expr.has(T) else expr
+
+
 def _softmax_backward(c: Context):
     return {c.inp: f"{c.out} * (d{c.out} - sum({c.out} * d{c.out}, axis={c.features}))"}
 
@@ -206,6 +221,7 @@ SOFTMAX = Op(
     mistakes=lambda c: (("softmax-as-entry-wise", {c.inp: f"d{c.out} * {c.out} * (1 - {c.out})"}),),
     note=r"its Jacobian is \operatorname{diag}(a) - a a^{T}, per example",
     code=lambda c, show: [f"{c.out} = softmax({c.inp}, axis={c.features})"], index=_softmax_index,
+    in_outputs=_softmax_in_outputs,
 )
 
 

@@ -1,0 +1,181 @@
+"""The derivation documents teach (issue 13): the generic layer once, why the transposes, shape checks
+by named sizes that say when they cannot tell W from W^T, the output layer's steps, one notation, and a
+teacher's controls. Each test asserts exact lines of the generated LaTeX."""
+
+import pytest
+import sympy as sp
+
+import symbp
+from symbp import document
+from symbp import latex as L
+from symbp.cli import main
+from symbp.errors import SymbpError
+
+
+@pytest.fixture(scope="module")
+def seed():
+    return document.render(symbp.MLP([4, 5, 3, 3]), example=False)
+
+
+@pytest.fixture(scope="module")
+def bce():
+    return document.render(symbp.MLP([3, 4, 2], hidden="tanh", output="sigmoid", loss="binary_cross_entropy"),
+                           example=False)
+
+
+def lines(source):
+    return source.splitlines()
+
+
+def test_the_generic_layer_explains_the_transposes_once(seed):
+    assert seed.count(r"\section{The backward pass for a generic layer}") == 1
+    assert (r"\textbf{Why the transposes.} Entry $(i, j)$ of $\partial L / \partial W^{(l)}$ is "
+            r"$\delta^{(l)}_{i} a^{(l-1)}_{j}$: row $i$ from the column $\delta^{(l)}$, column $j$ from the row "
+            r"$a^{(l-1)\top}$. That is the outer product $\delta^{(l)} a^{(l-1)\top}$, "
+            r"$(n_l \times 1)(1 \times n_{l-1}) = n_l \times n_{l-1}$, the shape of $W^{(l)}$;") in seed
+    assert r"runs down column $j$ of $W^{(l)}$, which is row $j$ of $W^{(l)\top}$" in seed
+    # the boxed summary: the four equations with their batch forms
+    assert (r"weights & \partial L / \partial W^{(l)} = \delta^{(l)} a^{(l-1)\top} & "
+            r"\partial L / \partial W^{(l)} = \delta^{(l)\top} a^{(l-1)} \\") in lines(seed)
+    assert r"biases & \partial L / \partial b^{(l)} = \delta^{(l)} & \partial L / \partial b^{(l)} = \delta^{(l)\top} \mathbf{1}_N \\" in lines(seed)
+    assert r"upstream & \bar{a}^{(l-1)} = W^{(l)\top} \delta^{(l)} & \bar{a}^{(l-1)} = \delta^{(l)} W^{(l)} \\" in lines(seed)
+    # seed 001's realistic walk-through and the update
+    assert (r"$\delta^{(2)}$ is $10 \times 1$ and $a^{(1)}$ is $128 \times 1$, so $\delta^{(2)} a^{(1)\top}$ is "
+            r"$(10 \times 1)(1 \times 128) = 10 \times 128$, the shape of $W^{(2)}$") in seed
+    assert r"$W^{(l)} \leftarrow W^{(l)} - \eta\, \partial L / \partial W^{(l)}$" in seed
+
+
+def test_one_table_row_per_gradient_with_named_shape_checks(seed):
+    assert (r"\partial L / \partial W^{(3)} & \delta^{(3)}_{i}\, a^{(2)}_{j} & \delta^{(3)} a^{(2)\top} & "
+            r"$( n_{3} \times 1 )( 1 \times n_{2} ) = n_{3} \times n_{2} = 3 \times 3$\,$^{\dagger}$ & "
+            r"\holds{symbolic} \\") in lines(seed)
+    # n_1 = 5 and n_0 = 4 differ: no dagger, the check can fail
+    assert (r"\partial L / \partial W^{(1)} & \delta^{(1)}_{i}\, x_{j} & \delta^{(1)} x^{\top} & "
+            r"$( n_{1} \times 1 )( 1 \times n_{0} ) = n_{1} \times n_{0} = 5 \times 4$ & \holds{symbolic} \\") in lines(seed)
+    assert (r"$^{\dagger}$ Here $n_{2} = n_{3} = 3$: where these two sizes meet, a shape check cannot tell a "
+            r"matrix from its transpose; the entry-wise check can.") in lines(seed)
+    assert seed.count(r"$^{\dagger}$ Here") == 1  # only layer 3 has n_l = n_(l-1)
+
+
+def test_named_shape_checks_of_a_batch():
+    net = symbp.MLP([6, 5, 3, 2], batch=4)
+    named = document.named_products(net, "dz2.T @ a1")
+    assert named["products"] == [(("n_{2}", "N"), ("N", "n_{1}"), ("n_{2}", "n_{1}"))]
+    assert named["coincide"] == []  # N = 4, n_2 = 3, n_1 = 5: every size differs
+    assert document.named_products(symbp.MLP([4, 5, 3, 3], batch=3), "dz3.T @ a2")["coincide"] == [
+        ("N", "n_{2}", 3), ("N", "n_{3}", 3), ("n_{2}", "n_{3}", 3)]
+
+
+def test_the_verification_paragraph_appears_once(seed):
+    assert seed.count(r"\section*{How this was checked}") == 1
+    assert "Numeric check" not in seed and seed.count("max abs error") == 1
+    assert "symbp's derivation, the first and the last entry" not in seed  # the full matrices follow
+
+
+def test_a_single_elided_term_is_written_out():
+    p = L.SymbpLatexPrinter(max_terms=5)
+    six = sp.Add(*sp.symbols("t1:7"))
+    assert r"\cdots" not in p.doprint(six)
+    assert p.add_pieces(sp.Add(*sp.symbols("t1:8")))[3] == r"+ \cdots"  # seven terms: two hidden
+    assert L._keep(6, 5) == [0, 1, 2, 3, 4, 5] and L._keep(7, 5) == [0, 1, 2, None, 6]
+
+
+def test_softmax_cross_entropy_shows_the_jacobian_for_a_general_k(seed):
+    assert (r"\frac{\partial \ell}{\partial z_{k}} = \sum_{j} \Bigl(-\frac{y_{j}}{a_{j}}\Bigr) a_{j} "
+            r"\bigl(\idx{j = k} - a_{k}\bigr) = -y_{k} + a_{k} \sum_{j} y_{j} = a_{k} - y_{k},") in lines(seed)
+    assert "the last step because the target's entries sum to $1$" in seed
+
+
+def test_sigmoid_bce_shows_the_softplus_step_and_the_mean(bce):
+    assert r"$\log \sigma(z) = -\operatorname{softplus}(-z)$" in bce
+    assert r"the $\frac{1}{n}$ with $n = 2$ comes from the mean over the output units" in bce
+    assert r"\delta^{(2)} = \frac{1}{2}\left( a^{(2)} - y \right)." in lines(bce)
+    assert r"$f_{1}'(z) = \tanh'(z) = 1 - \tanh^{2}{\left(z \right)}$." in lines(bce)
+    assert r"$\sigma(z) = \frac{1}{1 + e^{- z}}$" in bce  # sigma is defined
+
+
+def test_sigmoid_derivative_is_printed_without_plus_minus_one():
+    source = document.render(symbp.MLP([2, 2, 2], hidden="sigmoid"), example=False)
+    assert r"$f_{1}'(z) = \sigma'(z) = \left(1 - \sigma\left(z\right)\right) \sigma\left(z\right)$." in lines(source)
+    assert "+ -1" not in source and r"+ - 1" not in source
+
+
+def test_the_relu_kink_is_stated_only_with_a_relu(seed, bce):
+    assert r"\item \textbf{Kinks}: $\operatorname{ReLU}'( 0 ) = 0$ (as PyTorch and micrograd)." in lines(seed)
+    assert "Kinks" not in bce and r"\operatorname{step}" not in bce
+
+
+def test_the_gradient_flow_product_is_built_for_the_network(seed, bce):
+    assert r"\delta^{(1)} = D_{1} W^{( 2 )\top}\, D_{2} W^{( 3 )\top}\, \delta^{( 3 )}," in lines(seed)
+    assert r"\delta^{(1)} = D_{1} W^{( 2 )\top}\, \delta^{( 2 )}," in lines(bce)
+    assert "one pair of factors. Its norm is bounded by the product of the factors' norms" in bce
+    assert "behaves like" not in bce and "1 pairs" not in bce
+
+
+def test_the_flow_verdict_reads_the_error_terms():
+    ctx = document.context(symbp.MLP([2, 3, 2]))
+    norms = ctx["flow"]["norms"]
+    assert [n["l"] for n in norms] == [1, 2] and all("delta" in n for n in norms)
+    delta = {n["l"]: float(n["delta"]) for n in norms}
+    assert abs(float(ctx["flow"]["ratio"]) - delta[1] / delta[2]) < 2e-3
+
+
+def test_a_student_version_has_no_marks_and_no_tool_talk():
+    source = document.render(symbp.MLP([2, 3, 2]), student=True)
+    body = source[source.index(r"\begin{document}"):]
+    assert r"\holds{" not in body and "How this was checked" not in body
+    assert "symbp" not in body and "SymPy" not in body
+    assert r"\author{}" in source
+
+
+def test_sections_author_date_and_a_tex_title():
+    source = document.render(symbp.MLP([2, 3, 2]), sections=["forward", "generic"], author="A. Teacher & co",
+                             date="2 December 2026", title="Gradients of $W^{(1)}$", title_tex=True)
+    assert r"\title{Gradients of $W^{(1)}$}" in source
+    assert r"\author{A. Teacher \& co}" in source and r"\date{2 December 2026}" in source
+    assert r"\section{Forward pass}" in source and r"\section{The backward pass for a generic layer}" in source
+    for gone in (r"\section{Notation}", r"\section{A worked example}", r"\section{Gradient flow}",
+                 r"\section*{How this was checked}"):
+        assert gone not in source
+    assert r"\section{The backward pass, layer by layer}" in source  # always there
+    with pytest.raises(SymbpError, match="unknown section 'exampel'; the sections are notation, forward"):
+        document.render(symbp.MLP([2, 2]), sections=["exampel"])
+
+
+def test_the_cli_takes_the_teacher_controls(tmp_path, capsys):
+    out = tmp_path / "d.tex"
+    assert main(["derive", "2,3,2", "-o", str(out), "--no-checks", "--author", "T", "--date", "today"]) == 0
+    source = out.read_text()
+    assert r"\author{T}" in source and r"\date{today}" in source and "How this was checked" not in source
+    assert r"\holds{symbolic}" in source  # --no-checks drops the section, --student the marks too
+    capsys.readouterr()
+    assert main(["derive", "2,3,2", "-o", str(tmp_path / "e.tex"), "--sections", "forwad"]) == 2
+    assert capsys.readouterr().err == ("symbp derive: error: document: unknown section 'forwad'; the sections are "
+                                       "notation, forward, generic, output, code, batch, example, flow, checks\n")
+    assert not (tmp_path / "e.tex").exists()
+
+
+def test_the_output_sections_read_the_op_and_loss_columns():
+    from symbp import registry
+    from symbp.ops import OPS
+
+    assert OPS["softmax"].in_outputs is not None and OPS["sigmoid"].in_outputs is None
+    assert [registry.LOSSES[n].target for n in ("cross_entropy", "binary_cross_entropy", "mse")] == [
+        "one-hot", "binary", "any"]
+    assert registry.LOSSES["binary_cross_entropy"].units_mean and not registry.LOSSES["cross_entropy"].units_mean
+    assert registry.FUSED[("softmax", "cross_entropy")].partial == "softmax_cross_entropy"
+    out = document.context(symbp.MLP([2, 3], output="sigmoid", loss="binary_cross_entropy"))["output"]
+    assert out["steps"][1] == [r"\frac{a^{(1)}_{1} - y_{1}}{3}"] and out["scale"] == r"\frac{1}{3}"
+    assert out["partial"] == "activation" and out["fused_partial"] == "sigmoid_binary_cross_entropy"
+
+
+def test_the_backward_pass_as_code_is_compile_s(seed):
+    net = symbp.MLP([4, 5, 3, 3])
+    source = symbp.compile(net, symbp.textbook(net)).source
+    listing = seed[seed.index(r"\section{The backward pass as code}"):]
+    listing = listing[listing.index("\\begin{verbatim}\n") + 17:listing.index("\\end{verbatim}")]
+    assert listing.startswith("def backward(x, y, W1, b1, W2, b2, W3, b3):\n")
+    assert listing.rstrip() in source  # the very function symbp.compile writes
+    assert "    dW3 = dz3 @ a2.T\n" in listing and "    dz2 = da2 * step(z2)\n" in listing
+    assert 'params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}\n' in seed
+    assert "    params[name] -= eta * grads[name]\n" in seed
