@@ -48,10 +48,10 @@ def test_the_generic_layer_explains_the_transposes_once(seed):
 def test_one_table_row_per_gradient_with_named_shape_checks(seed):
     assert (r"\partial L / \partial W^{(3)} & \delta^{(3)}_{i}\, a^{(2)}_{j} & \delta^{(3)} a^{(2)\top} & "
             r"$( n_{3} \times 1 )( 1 \times n_{2} ) = n_{3} \times n_{2} = 3 \times 3$\,$^{\dagger}$ & "
-            r"\holds{symbolic} \\") in lines(seed)
+            r"\holds{all-sizes}$^{*}$ \\") in lines(seed)
     # n_1 = 5 and n_0 = 4 differ: no dagger, the check can fail
     assert (r"\partial L / \partial W^{(1)} & \delta^{(1)}_{i}\, x_{j} & \delta^{(1)} x^{\top} & "
-            r"$( n_{1} \times 1 )( 1 \times n_{0} ) = n_{1} \times n_{0} = 5 \times 4$ & \holds{symbolic} \\") in lines(seed)
+            r"$( n_{1} \times 1 )( 1 \times n_{0} ) = n_{1} \times n_{0} = 5 \times 4$ & \holds{all-sizes}$^{*}$ \\") in lines(seed)
     assert (r"$^{\dagger}$ Here $n_{2} = n_{3} = 3$: where these two sizes meet, a shape check cannot tell a "
             r"matrix from its transpose; the entry-wise check can.") in lines(seed)
     assert seed.count(r"$^{\dagger}$ Here") == 1  # only layer 3 has n_l = n_(l-1)
@@ -106,18 +106,19 @@ def test_the_relu_kink_is_stated_only_with_a_relu(seed, bce):
 
 
 def test_the_gradient_flow_product_is_built_for_the_network(seed, bce):
-    assert r"\delta^{(1)} = D_{1} W^{( 2 )\top}\, D_{2} W^{( 3 )\top}\, \delta^{( 3 )}," in lines(seed)
-    assert r"\delta^{(1)} = D_{1} W^{( 2 )\top}\, \delta^{( 2 )}," in lines(bce)
-    assert "one pair of factors. Its norm is bounded by the product of the factors' norms" in bce
+    product = r", \qquad D_{l} = \operatorname{diag}\bigl(f_l'(z^{(l)})\bigr),"
+    assert r"\delta^{(1)} = D_{1} W^{(2)\top} D_{2} W^{(3)\top} \delta^{(3)}" + product in lines(seed)
+    assert r"\delta^{(1)} = D_{1} W^{(2)\top} \delta^{(2)}" + product in lines(bce)
+    assert "a product of $1$ pair of factors. Its norm is bounded by the product of the norms of the factors" in bce
     assert "behaves like" not in bce and "1 pairs" not in bce
 
 
 def test_the_flow_verdict_reads_the_error_terms():
     ctx = document.context(symbp.MLP([2, 3, 2]))
-    norms = ctx["flow"]["norms"]
+    norms = ctx["flowsec"]["norms"]
     assert [n["l"] for n in norms] == [1, 2] and all("delta" in n for n in norms)
     delta = {n["l"]: float(n["delta"]) for n in norms}
-    assert abs(float(ctx["flow"]["ratio"]) - delta[1] / delta[2]) < 2e-3
+    assert abs(float(ctx["flowsec"]["ratio"]["value"]) - delta[1] / delta[2]) < 2e-3
 
 
 def test_a_student_version_has_no_marks_and_no_tool_talk():
@@ -147,7 +148,7 @@ def test_the_cli_takes_the_teacher_controls(tmp_path, capsys):
     assert main(["derive", "2,3,2", "-o", str(out), "--no-checks", "--author", "T", "--date", "today"]) == 0
     source = out.read_text()
     assert r"\author{T}" in source and r"\date{today}" in source and "How this was checked" not in source
-    assert r"\holds{symbolic}" in source  # --no-checks drops the section, --student the marks too
+    assert r"\holds{all-sizes}" in source  # --no-checks drops the section, --student the marks too
     capsys.readouterr()
     assert main(["derive", "2,3,2", "-o", str(tmp_path / "e.tex"), "--sections", "forwad"]) == 2
     assert capsys.readouterr().err == ("symbp derive: error: document: unknown section 'forwad'; the sections are "
