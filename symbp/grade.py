@@ -95,15 +95,10 @@ class Assignment:
 
 def load_assignment(path) -> Assignment:
     """Read an assignment spec: ``[model]`` (or ``[[layers]]``), ``[rubric]``, optional ``[limits]``."""
-    from .spec import loads
+    from .spec import loads, read
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SymbpError(f"no such assignment file: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SymbpError(f"cannot read assignment file {path}: {exc}") from None
+    text = read(path, "assignment file")
     spec = loads(text, path=path, steps=("build", "derive", "verify"))
     if not spec.rubric:
         raise SymbpError(f"{path}: no [rubric] table (points per target, e.g. W1 = 2)")

@@ -173,13 +173,17 @@ def load(path, *, steps=("build",)) -> Spec:
     ``steps`` are the steps of :mod:`symbp.cost` the caller will take: a network whose estimate for
     them is past the limits is refused before it is built (by default, only building it)."""
     path = Path(path)
+    return loads(read(path), path=path, steps=steps)
+
+
+def read(path, what="spec file") -> str:
+    """The text of the file ``path`` (UTF-8); a missing or unreadable file is one line naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SymbpError(f"no such spec file: {path}") from None
+        raise SymbpError(f"no such {what}: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SymbpError(f"cannot read spec file {path}: {exc}") from None
-    return loads(text, path=path, steps=steps)
+        raise SymbpError(f"cannot read {what} {path}: {exc}") from None
 
 
 def loads(text: str, *, path=None, steps=("build",)) -> Spec:
