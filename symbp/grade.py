@@ -58,6 +58,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import tomllib
@@ -349,16 +350,12 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
             progress.update(1)
         return out
     import multiprocessing
-    import threading
     from concurrent.futures import ProcessPoolExecutor
 
-    # Forked workers inherit this process's derivation (built once, here); with other threads running
-    # (a Dask client, a progress bar) fork is unsafe, and workers start from a forkserver and build
-    # their own, once each.
-    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-    if single:
+    method = _start_method()
+    if method == "fork":
         context(text, path)
-    method = multiprocessing.get_context("fork" if single else "forkserver" if os.name == "posix" else "spawn")
+    method = multiprocessing.get_context(method)
     chunk = max(1, len(tasks) // (4 * workers))
     out = []
     try:
@@ -371,6 +368,25 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
             out.append(_guarded(text, path, task))
             progress.update(1)
     return out
+
+
+# Frameworks whose native thread pools make a forked child deadlock-prone (JAX warns so itself; torch's
+# OpenMP pool can hang in a child that computes): once imported, workers never fork.
+_THREADED_MODULES = ("jax", "jaxlib", "torch")
+
+
+def _start_method():
+    """How local workers start: "fork" inherits this process's derivation (built once, here), but only
+    while this process runs one thread and no threaded framework is loaded (a Dask client, a progress
+    bar, JAX or torch make fork unsafe); otherwise a forkserver (spawn where there is none), and each
+    worker builds its own derivation once."""
+    import multiprocessing
+    import threading
+
+    single = threading.active_count() == 1 and not any(name in sys.modules for name in _THREADED_MODULES)
+    if single and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _guarded(text, path, task):

@@ -276,3 +276,15 @@ def test_a_killed_worker_does_not_stop_the_run(klass, graded, monkeypatch):
     monkeypatch.setattr(grade_module, "_guarded", _killed_in_a_worker)
     again = grade(klass / "assignment.toml", klass / "subs", workers=2, progress=False)
     assert csv_text(again) == csv_text(graded)  # the rest graded in this process, the same grades
+
+
+def test_local_workers_never_fork_once_a_threaded_framework_is_loaded(monkeypatch):
+    """JAX (and torch's OpenMP pool) run native threads that threading.active_count() does not see; a
+    fork then risks a deadlocked worker, and JAX warns so. Fork only while nothing of the kind is loaded."""
+    from symbp import grade as grade_module
+
+    for name in grade_module._THREADED_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert grade_module._start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "jax", object())
+    assert grade_module._start_method() == "forkserver"
