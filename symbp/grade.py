@@ -397,6 +397,10 @@ def _guarded(text, path, task):
         return {"formulas": {}, "code": None, "failure": f"symbp could not grade it: {type(exc).__name__}: {exc}"}
 
 
+#: Seconds a Dask scheduler is given to have at least one worker before the run is refused.
+WORKER_WAIT = 60.0
+
+
 def _run_dask(text, path, tasks, scheduler, progress):
     try:
         from distributed import Client, as_completed
@@ -407,6 +411,11 @@ def _run_dask(text, path, tasks, scheduler, progress):
     except (OSError, TimeoutError, ValueError) as exc:
         raise SymbpError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
     try:
+        try:  # a scheduler without workers would hold every task forever
+            client.wait_for_workers(1, timeout=WORKER_WAIT)
+        except TimeoutError:
+            raise SymbpError(f"--scheduler {scheduler}: no worker joined within {WORKER_WAIT:g} s "
+                             f"(start one with: dask worker {scheduler})") from None
         shared = client.scatter((text, path), broadcast=True)  # one copy per worker, not per task
         futures = client.map(_dask_task, tasks, assignment=shared, batch_size=max(1, len(tasks) // 8),
                              pure=False, retries=0)

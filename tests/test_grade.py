@@ -156,6 +156,19 @@ def test_same_grades_on_a_dask_local_cluster(klass, graded):
     assert (on_dask.formulas, on_dask.judged) == (graded.formulas, graded.judged)
 
 
+def test_a_dask_scheduler_without_workers_is_refused_in_one_line_not_waited_on(klass, monkeypatch):
+    import distributed
+
+    from symbp import grade as grade_module
+
+    monkeypatch.setattr(grade_module, "WORKER_WAIT", 2.0)
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        with pytest.raises(SymbpError) as raised:
+            grade(klass / "assignment.toml", klass / "subs", scheduler=cluster.scheduler_address, progress=False)
+    assert str(raised.value) == (f"--scheduler {cluster.scheduler_address}: no worker joined within 2 s "
+                                 f"(start one with: dask worker {cluster.scheduler_address})")
+
+
 def test_serial_equals_parallel(klass, graded, tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
