@@ -294,10 +294,16 @@ def test_a_killed_worker_does_not_stop_the_run(klass, graded, monkeypatch):
 def test_local_workers_never_fork_once_a_threaded_framework_is_loaded(monkeypatch):
     """JAX (and torch's OpenMP pool) run native threads that threading.active_count() does not see; a
     fork then risks a deadlocked worker, and JAX warns so. Fork only while nothing of the kind is loaded."""
+    import threading
+
     from symbp import grade as grade_module
 
     for name in grade_module._THREADED_MODULES:
         monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # earlier tests may leave a thread behind
     assert grade_module._start_method() == "fork"
     monkeypatch.setitem(sys.modules, "jax", object())
+    assert grade_module._start_method() == "forkserver"
+    monkeypatch.delitem(sys.modules, "jax")
+    monkeypatch.setattr(threading, "active_count", lambda: 2)  # a Dask client's or a progress bar's thread
     assert grade_module._start_method() == "forkserver"
