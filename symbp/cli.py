@@ -666,8 +666,10 @@ def _add_grade(sub):
     p.add_argument("submissions", help="the folder of submissions")
     p.add_argument("-o", "--output", default="results", help="the results folder (default: results)")
     p.add_argument("--workers", type=int, help="local worker processes (default: the number of cores; 1: serial)")
+    from .grade import WORKER_WAIT  # standard library only: cheap at start-up
+
     p.add_argument("--scheduler", help="a Dask scheduler's address (tcp://host:port) instead of local workers; "
-                   "refused when no worker joins within 60 s")
+                   f"refused when no worker joins within {WORKER_WAIT:g} s")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=_run_grade)
 

@@ -352,14 +352,13 @@ def _run_tasks(assignment, tasks, workers, scheduler, progress):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    method = _start_method()
-    if method == "fork":
+    start = _start_method()
+    if start == "fork":
         context(text, path)
-    method = multiprocessing.get_context(method)
     chunk = max(1, len(tasks) // (4 * workers))
     out = []
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=method) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(start)) as pool:
             for answer in pool.map(_guarded, [text] * len(tasks), [path] * len(tasks), tasks, chunksize=chunk):
                 out.append(answer)
                 progress.update(1)
