@@ -161,6 +161,41 @@ def write(net, path, *, pdf: bool = False, grads: Gradients | None = None, title
     return tex.write_document(source, path, pdf=pdf)
 
 
+def index_context(deriv, *, title=None, author=None, date=None) -> dict:
+    """The context of ``index.tex.j2``: a :class:`symbp.indexform.IndexDerivation` for the template."""
+    from .network import MLP as _MLP
+
+    net = deriv.net
+    sizes = [tex.latex(sp.Symbol(s, positive=True)) for s in deriv.sizes]
+    return {
+        "title": title or "Backpropagation for all sizes",
+        "author": author or "", "date": date,
+        "description": deriv.description,
+        "sizes": sizes, "batch": bool(net.batch), "a0": isinstance(net, _MLP),
+        "side_condition": deriv.side_condition,
+        "forward": [{"lhs": lhs, "rhs": rhs, "layers": layers} for lhs, rhs, layers in deriv.forward],
+        "loss": deriv.loss[1],
+        "derivations": [{"lhs": d.lhs, "layers": d.layers, "steps": d.steps, "claim_tex": d.claim_tex,
+                         "name": d.name_tex, "proved": d.proved, "assumptions": d.assumptions,
+                         "targets": d.targets} for d in deriv.derivations],
+        "checked": deriv.checked, "unchecked": deriv.unchecked(),
+        "versions": {"symbp": __version__, "sympy": sp.__version__},
+    }
+
+
+def write_index(deriv, path, *, pdf: bool = False, title: str | None = None, template_dir=None, author=None,
+                date=None) -> dict:
+    """Write the all-sizes derivation ``deriv`` (see :mod:`symbp.indexform`) to ``path`` (``.tex``) and,
+    with ``pdf``, its PDF; nothing is written when rendering or compiling fails."""
+    tex.check_output(path, also=(".pdf",) if pdf else ())
+    for text, what in ((title, "title"), (author, "author"), (date, "date")):
+        if text is not None:
+            tex.check_text(text, what)
+    source = tex.render("index.tex.j2", user_dir=template_dir,
+                        **index_context(deriv, title=title, author=author, date=date))
+    return tex.write_document(source, path, pdf=pdf)
+
+
 @dataclass(frozen=True)
 class GalleryEntry:
     """One curated document of ``derivations/``."""
