@@ -314,7 +314,9 @@ def _run_derive_symbolic(args):
             net = _derive_spec_network(args, ())
     else:  # the widths are symbols: a small twin of the same depth and options stands for every size
         _mlp_defaults(args)
-        args.sizes = ",".join(str(2 + j) for j in range(len(parse_sizes(args.sizes))))
+        given = parse_sizes(args.sizes)
+        small = {w: 2 + j for j, w in enumerate(dict.fromkeys(given))}  # equal widths stay equal (residual)
+        args.sizes = ",".join(str(small[w]) for w in given)
         args.batch = 2 if _batch(args.batch) else args.batch
         net = network_from_args(args)
     with progress.step("derive in index notation (all sizes)"):

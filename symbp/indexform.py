@@ -378,26 +378,26 @@ def _derive_one(world, target, claim, printer_for):
         return " + ".join(terms)
 
     if locals_:
-        steps = [Step(chain_tex(), "the chain rule over the entries it feeds", None)]
+        steps = [Step(chain_tex(), "chain rule", None)]
     else:  # the last output: dL/da is the loss's own derivative
         ok, used0 = _equal(world, plugged, truth, ranges)
         assumptions.update(used0)
         steps = [Step(chain_tex(), r"\texttt{sympy.diff} of $L$", ok)]
     for out, shown, ok in locals_:
-        steps.append(Step(p.doprint(shown), r"\texttt{sympy.diff} of the forward", ok,
+        steps.append(Step(p.doprint(shown), r"\texttt{sympy.diff}", ok,
                           lhs=rf"\frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}"))
     if locals_:
         ok, used1 = _equal(world, plugged, truth, ranges)
         assumptions.update(used1)
-        steps.append(Step(p.doprint(_pull(plugged)), "the partials put in", ok))
+        steps.append(Step(p.doprint(_pull(plugged)), "put in", ok))
     last = steps[-1].tex
     renamed_only = not plugged.has(sp.KroneckerDelta) and not used and \
         len(plugged.atoms(sp.Sum)) == len(collapsed.atoms(sp.Sum))
     if q.doprint(_pull(collapsed)) != last and not renamed_only:
         ok, used2 = _equal(world, plugged if locals_ else truth, collapsed, ranges)
-        why = "the brackets sum out" if plugged.has(sp.KroneckerDelta) else "collected"
+        why = "brackets summed" if plugged.has(sp.KroneckerDelta) else "collected"
         if used or used2:
-            why += f"; {world.side_condition}"
+            why += ", assumption below"
         assumptions.update(used2)
         steps.append(Step(q.doprint(_pull(collapsed)), why, ok))
     try:
@@ -410,7 +410,7 @@ def _derive_one(world, target, claim, printer_for):
     index = ",".join(free.values())
     closed = claim_tex if node.op == "name" else rf"\left({claim_tex}\right)"
     steps.append(Step(f"{closed}_{{{index}}}" if index else claim_tex,
-                      "the closed form, proved for all sizes" if proved else "the closed form: NOT proved", proved))
+                      "closed form, all sizes" if proved else "closed form: NOT proved", proved))
     lhs = rf"\frac{{\partial L}}{{\partial {p.doprint(entry)}}}"
     return Derivation(target, [target], claim, claim_tex, lhs, steps, sorted(assumptions), proved, p.base(target))
 
@@ -535,8 +535,8 @@ def _description(net, world):
     batch = (f"a batch of N (rows are examples, {net.reduction} over the batch)" if net.batch
              else "one example (column vectors)")
     if isinstance(net, MLP):
-        text = re.sub(r"^MLP \[[0-9, ]*\]", "MLP [" + ", ".join(f"n{l}" for l in range(net.L + 1)) + "]",
-                      net.describe())
+        widths = ", ".join(str(world.sizes[f"n{l}"]) for l in range(net.L + 1))  # a residual's equal widths
+        text = re.sub(r"^MLP \[[0-9, ]*\]", f"MLP [{widths}]", net.describe())
         return re.sub(r"batch of \d+ \(rows are examples, \w+ over the batch\)|one example \(column vectors\)",
                       batch, text)
     parts = ", ".join(f"{layer.op.name} {layer.name} ({world.width[layer.name]})" for layer in world.layers)
