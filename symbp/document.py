@@ -264,8 +264,15 @@ GRAPH_GALLERY = (
 EXAMPLE_GALLERY = (("example-seed000", "seed000.toml"),)
 
 
+#: The derivations for all sizes (``symbp derive SIZES --sizes symbolic``): name, MLP options.
+INDEX_GALLERY = (
+    ("allsizes-mlp", {"sizes": [4, 5, 3, 3]}),
+    ("allsizes-batch", {"sizes": [4, 5, 3, 3], "batch": 2}),
+)
+
+
 def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, graphs=GRAPH_GALLERY,
-            examples=EXAMPLE_GALLERY) -> list[Path]:
+            examples=EXAMPLE_GALLERY, indexes=INDEX_GALLERY) -> list[Path]:
     """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per derivation entry, the
     gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page), the computation
     graphs and the worked examples (with their spec files). Returns the paths."""
@@ -290,6 +297,12 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, g
 
         g = graph(expression, at=parse_point(point), **options)
         done = tex.write_document(graph_document(g, title=title), out_dir / f"{name}.tex", pdf=pdf)
+        written += [p for p in (done["tex"], done["pdf"]) if p is not None]
+    for name, config in indexes:
+        from .indexform import derive_index
+
+        config = dict(config)
+        done = write_index(derive_index(MLP(config.pop("sizes"), **config)), out_dir / f"{name}.tex", pdf=pdf)
         written += [p for p in (done["tex"], done["pdf"]) if p is not None]
     for name, spec_name in examples:
         from importlib import resources
