@@ -88,6 +88,10 @@ def _add_derive(sub):
                        "apply to a spec file.\n\n" + CONVENTIONS,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sizes", help="layer widths, e.g. 4,5,3,3; or a spec file SPEC.toml")
+    p.add_argument("--sizes", dest="size_mode", default="given", metavar="given|symbolic",
+                   help="symbolic: derive in index notation for ALL sizes (the widths and the batch as "
+                   "symbols; SIZES gives only the depth and the options), every step checked by the "
+                   "engine; no entry is built (default given)")
     p.add_argument("--hidden", default=None,
                    help="hidden activation: relu, leaky_relu, sigmoid, tanh, softplus, identity, an expression "
                    "in x such as 'x*sigmoid(x)', or one per hidden layer separated by ';' (default relu)")
@@ -208,6 +212,10 @@ def _run_derive(args):
     from .layers import Network
 
     _check_document_options(args, args.out)
+    if args.size_mode not in ("given", "symbolic"):
+        raise SymbpError(f"--sizes {args.size_mode!r}: expected given or symbolic")
+    if args.size_mode == "symbolic":
+        return _run_derive_symbolic(args)
     choices = _document_choices(args)
     if args.out is not None and args.layout == "numerator":
         raise SymbpError("--layout numerator: the document is written in denominator layout only (dL/dV has the "
@@ -286,6 +294,61 @@ def _run_derive(args):
         lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
     _emit(args, payload, "\n".join(lines))
     return 0 if decided else 1
+
+
+def _run_derive_symbolic(args):
+    """``derive --sizes symbolic``: the derivation in index notation for all sizes (symbp.indexform)."""
+    from .indexform import derive_index
+
+    for flag, value, default in (("--method", args.method, "chain"), ("--layout", args.layout, "denominator"),
+                                 ("--sections", args.sections, None)):
+        if value != default:
+            raise SymbpError(f"{flag} {value}: not with --sizes symbolic (the index derivation is one "
+                             "document in denominator layout, every step checked)")
+    for flag, on in (("--no-checks", args.no_checks), ("--student", args.student), ("--title-tex", args.title_tex)):
+        if on:
+            raise SymbpError(f"{flag}: not with --sizes symbolic (its marks are what it shows)")
+    progress = _progress(args)
+    if _is_spec_file(args.sizes):
+        with progress.step(f"reading {args.sizes} and building the network"):
+            net = _derive_spec_network(args, ())
+    else:  # the widths are symbols: a small twin of the same depth and options stands for every size
+        _mlp_defaults(args)
+        given = parse_sizes(args.sizes)
+        small = {w: 2 + j for j, w in enumerate(dict.fromkeys(given))}  # equal widths stay equal (residual)
+        args.sizes = ",".join(str(small[w]) for w in given)
+        args.batch = 2 if _batch(args.batch) else args.batch
+        net = network_from_args(args)
+    with progress.step("derive in index notation (all sizes)"):
+        deriv = derive_index(net)
+    payload = {"sizes": "symbolic", "symbols": deriv.sizes, "network": deriv.description, "checked": deriv.checked,
+               "unchecked": deriv.unchecked(), "assumptions": sorted({a for d in deriv.derivations for a in d.assumptions}),
+               "gradients": {t: {"claim": d.claim if t == d.target else None, "proved": d.proved,
+                                 "steps": len(d.steps), "layers": d.layers or None}
+                             for d in deriv.derivations for t in d.targets},
+               "output": None, "pdf": None}
+    lines = [deriv.description,
+             f"derived in index notation for all sizes ({', '.join(deriv.sizes)} symbolic); indices 1-based; "
+             "denominator layout", ""]
+    names = {d.target: ", ".join(d.targets) for d in deriv.derivations}
+    width = max(len(n) for n in names.values())
+    for d in deriv.derivations:
+        mark = "checked" if d.checked else "NOT CHECKED"
+        lines.append(f"  dL/d{names[d.target]:<{width}}  {len(d.steps)} steps, {mark}: {d.claim}"
+                     + (f" (written for {d.target}; {d.layers})" if d.layers else ""))
+    if payload["assumptions"]:
+        lines += ["", f"assuming: {'; '.join(payload['assumptions'])}"]
+    lines += ["", "every step checked for all sizes by the normal form; a proof for one layer holds at any depth"
+              if deriv.checked else f"NOT every step was checked: {', '.join(deriv.unchecked())}"]
+    if args.out is not None:
+        with progress.step(f"writing {args.out}" + (" and its PDF" if args.pdf else "")):
+            written = deriv.write(args.out, pdf=args.pdf, title=args.title, author=args.author, date=args.date,
+                                  template_dir=args.template_dir)
+        payload["output"] = str(written["tex"])
+        payload["pdf"] = str(written["pdf"]) if written["pdf"] else None
+        lines.append(f"wrote {payload['output']}" + (f" and {payload['pdf']}" if payload["pdf"] else ""))
+    _emit(args, payload, "\n".join(lines))
+    return 0 if deriv.checked else 1
 
 
 def _numeric_check(net, grads, args, progress, guess) -> dict:

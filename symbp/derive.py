@@ -113,8 +113,12 @@ class Gradients(Mapping):
         return f"Gradients({self.net!r}, method={self.method!r}, layout={self.layout!r}, names={list(self)})"
 
 
-def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", progress=None) -> Gradients:
+def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", progress=None, sizes: str = "given"):
     """Every dL/dV_ij of ``net``, assembled into matrices.
+
+    ``sizes="symbolic"`` derives instead in index notation for all sizes (the widths and the batch as
+    symbols, every step checked; :func:`symbp.indexform.derive_index`): an
+    :class:`symbp.indexform.IndexDerivation`, whose ``write(path, pdf=True)`` writes the document.
 
     ``method`` is ``"chain"`` (fast; compact entries in named error terms) or ``"expand"`` (diff of the
     written-out loss). ``progress`` shows the stage being derived on stderr: ``None`` (default) only on
@@ -127,6 +131,12 @@ def derive(net: MLP, *, method: str = "chain", layout: str = "denominator", prog
     """
     if not isinstance(net, (MLP, Network)):
         raise SymbpError(f"derive: expected a symbp.MLP or symbp.network, got {type(net).__name__}")
+    if sizes not in ("given", "symbolic"):
+        raise SymbpError(f"sizes: expected 'given' or 'symbolic', got {sizes!r}")
+    if sizes == "symbolic":
+        from .indexform import derive_index
+
+        return derive_index(net)
     if method not in METHODS:
         raise SymbpError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     _check_layout(layout)

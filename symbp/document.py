@@ -161,6 +161,41 @@ def write(net, path, *, pdf: bool = False, grads: Gradients | None = None, title
     return tex.write_document(source, path, pdf=pdf)
 
 
+def index_context(deriv, *, title=None, author=None, date=None) -> dict:
+    """The context of ``index.tex.j2``: a :class:`symbp.indexform.IndexDerivation` for the template."""
+    from .network import MLP as _MLP
+
+    net = deriv.net
+    sizes = [tex.latex(sp.Symbol(s, positive=True)) for s in deriv.sizes]
+    return {
+        "title": title or "Backpropagation for all sizes",
+        "author": author or "", "date": date,
+        "description": deriv.description,
+        "sizes": sizes, "batch": bool(net.batch), "a0": isinstance(net, _MLP),
+        "side_condition": deriv.side_condition,
+        "forward": [{"lhs": lhs, "rhs": rhs, "layers": layers} for lhs, rhs, layers in deriv.forward],
+        "loss": deriv.loss[1],
+        "derivations": [{"lhs": d.lhs, "layers": d.layers, "steps": d.steps, "claim_tex": d.claim_tex,
+                         "name": d.name_tex, "proved": d.proved, "assumptions": d.assumptions,
+                         "targets": d.targets} for d in deriv.derivations],
+        "checked": deriv.checked, "unchecked": deriv.unchecked(),
+        "versions": {"symbp": __version__, "sympy": sp.__version__},
+    }
+
+
+def write_index(deriv, path, *, pdf: bool = False, title: str | None = None, template_dir=None, author=None,
+                date=None) -> dict:
+    """Write the all-sizes derivation ``deriv`` (see :mod:`symbp.indexform`) to ``path`` (``.tex``) and,
+    with ``pdf``, its PDF; nothing is written when rendering or compiling fails."""
+    tex.check_output(path, also=(".pdf",) if pdf else ())
+    for text, what in ((title, "title"), (author, "author"), (date, "date")):
+        if text is not None:
+            tex.check_text(text, what)
+    source = tex.render("index.tex.j2", user_dir=template_dir,
+                        **index_context(deriv, title=title, author=author, date=date))
+    return tex.write_document(source, path, pdf=pdf)
+
+
 @dataclass(frozen=True)
 class GalleryEntry:
     """One curated document of ``derivations/``."""
@@ -229,8 +264,15 @@ GRAPH_GALLERY = (
 EXAMPLE_GALLERY = (("example-seed000", "seed000.toml"),)
 
 
+#: The derivations for all sizes (``symbp derive SIZES --sizes symbolic``): name, MLP options.
+INDEX_GALLERY = (
+    ("allsizes-mlp", {"sizes": [4, 5, 3, 3]}),
+    ("allsizes-batch", {"sizes": [4, 5, 3, 3], "batch": 2}),
+)
+
+
 def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, graphs=GRAPH_GALLERY,
-            examples=EXAMPLE_GALLERY) -> list[Path]:
+            examples=EXAMPLE_GALLERY, indexes=INDEX_GALLERY) -> list[Path]:
     """(Re)generate the gallery in ``out_dir``: one ``.tex`` (and ``.pdf``) per derivation entry, the
     gradient-flow documents (``.tex``, and ``.pdf`` and ``.png`` of the plot page), the computation
     graphs and the worked examples (with their spec files). Returns the paths."""
@@ -255,6 +297,12 @@ def gallery(out_dir, *, pdf: bool = True, entries=GALLERY, flows=FLOW_GALLERY, g
 
         g = graph(expression, at=parse_point(point), **options)
         done = tex.write_document(graph_document(g, title=title), out_dir / f"{name}.tex", pdf=pdf)
+        written += [p for p in (done["tex"], done["pdf"]) if p is not None]
+    for name, config in indexes:
+        from .indexform import derive_index
+
+        config = dict(config)
+        done = write_index(derive_index(MLP(config.pop("sizes"), **config)), out_dir / f"{name}.tex", pdf=pdf)
         written += [p for p in (done["tex"], done["pdf"]) if p is not None]
     for name, spec_name in examples:
         from importlib import resources

@@ -348,6 +348,8 @@ def _formula(node, printer) -> str:
         return rf"\operatorname{{softmax}}\left({_formula(args[0], printer)}\right)"
     if op == "sum":
         rows, cols = args[0].shape
+        if hasattr(printer, "dimensions"):  # sizes by name (symbp.indexform: for all sizes)
+            rows, cols = printer.dimensions(args[0])
         inner = _wrap(args[0], "sum", printer)
         if node.value == 0:
             return rf"\mathbf{{1}}_{{{rows}}}^{{\top}} {inner}"

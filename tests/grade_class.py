@@ -178,3 +178,16 @@ def write_large_class(folder: Path, formulas: int = 100, code: int = 100, seed: 
         (folder / f"c{k:03d}").mkdir()
         (folder / f"c{k:03d}" / "backward.py").write_text(rng.choice(kinds), encoding="utf-8")
     return folder
+
+
+def write_distinct_class(folder: Path, formulas: int = 100) -> Path:
+    """A class in which no two answers are equal (for the benchmark's scaling of the judging itself, which
+    equal answers judged once would hide): student k scales each right answer by its own factor
+    (``(k + 2) * dz1 @ x.T``, ``dz1 / (k + 2)``, ...), so every claim is judged, and diagnosed, on its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(formulas):
+        c = k + 2
+        claims = {"W1": f"{c} * dz1 @ x.T", "b1": f"dz1 / {c}", "W2": f"dz2 @ a1.T * {c + 1} / {c}",
+                  "b2": f"{c} * dz2 / {c + 1}", "z1": f"(W2.T @ dz2) * step(z1) * {c}"}
+        (folder / f"d{k:03d}.toml").write_text(_toml(claims), encoding="utf-8")
+    return folder

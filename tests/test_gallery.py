@@ -47,7 +47,7 @@ def test_gallery_has_the_curated_documents():
 
 def test_committed_tex_files_are_up_to_date(tmp_path):
     """Regenerate into a temporary folder and compare bytes: run `symbp gallery` if this fails."""
-    written = document.gallery(tmp_path, pdf=False, flows=(), graphs=(), examples=())
+    written = document.gallery(tmp_path, pdf=False, flows=(), graphs=(), examples=(), indexes=())
     assert sorted(p.name for p in written) == sorted(f"{e.name}.tex" for e in document.GALLERY)
     for entry in document.GALLERY:
         fresh = (tmp_path / f"{entry.name}.tex").read_bytes()
@@ -70,6 +70,7 @@ def test_gallery_regenerates_the_flow_graph_and_example_documents_too(tmp_path):
     written = document.gallery(tmp_path, pdf=False, entries=())
     expected = ([f"{name}.tex" for name, _ in document.FLOW_GALLERY]
                 + [f"{entry[0]}.tex" for entry in document.GRAPH_GALLERY]
+                + [f"{name}.tex" for name, _ in document.INDEX_GALLERY]
                 + [name for entry in document.EXAMPLE_GALLERY for name in (entry[1], f"{entry[0]}.tex")])
     assert [p.name for p in written] == expected
     for path in written:

@@ -5,13 +5,16 @@
 
 The class (tests/grade_class.py, ``write_large_class``) is drawn at random from the right answers,
 their rewritings and the usual mistakes (formulas), and right, transposed, sign-flipped and crashing
-backward functions (code), for the network [3, 4, 2] of the test class. Each of the two halves is
-graded three ways in the same run: serial (``--workers 1``), ``--workers 2`` and a 2-worker
+backward functions (code), for the network [3, 4, 2] of the test class; a third class, ``distinct``
+(``write_distinct_class``), has no two equal answers (each student scales the right answers by a
+factor of their own), so that every formula is judged and diagnosed and the scaling of the judging
+itself shows (in the realistic class, equal answers judged once leave little work to share). Each
+class is graded three ways in the same run: serial (``--workers 1``), ``--workers 2`` and a 2-worker
 ``distributed.LocalCluster`` (processes, 1 thread each), each timed from the assignment's loading to
 the last grade (the cluster's start-up excluded; the local runs first, before the cluster's threads
 exist). Printed: seconds, submissions per second, the ratio
 to serial, the share of formulas judged once (equal answers), and whether the three gave the same
-grades. Goals: formulas under 20 s, code under 2 minutes.
+grades. Goals: formulas under 20 s, code under 2 minutes, near-linear in workers.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ def main():
         formulas = gc.write_large_class(work / "all", formulas=n, code=0)
         code = work / "code"
         gc.write_large_class(code, formulas=0, code=n)
+        distinct = gc.write_distinct_class(work / "distinct", formulas=n)
         print(f"symbp grade benchmark: {n} formula and {n} code submissions, network [3, 4, 2], "
               f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-        halves = (("formulas", formulas), ("code", code))
+        halves = (("formulas", formulas), ("distinct", distinct), ("code", code))
         times, csvs, judged = {}, {}, {}
 
         def run(label, folder, how, **kwargs):
@@ -73,9 +77,9 @@ def main():
                 seconds = times[label, how]
                 print(f"  {label:<8}  {how:<15} {seconds:7.1f} s  {n / seconds:6.1f} submissions/s  "
                       f"speed-up {base / seconds:4.2f}")
-            if label == "formulas":
+            if label in ("formulas", "distinct"):
                 g = judged[label]
-                print(f"  formulas: {g.formulas} answered, {g.judged} distinct judged "
+                print(f"  {label}: {g.formulas} formulas answered, {g.judged} distinct judged "
                       f"({100 * g.hit_rate:.0f}% judged once)")
             print(f"  {label}: the three give the same grades: {len(csvs[label]) == 1}")
 
