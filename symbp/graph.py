@@ -1290,7 +1290,9 @@ def layout(g: Graph, *, dx: float = 3.2, dy: float = 1.9) -> dict:
             port_y = y[node] + offset
             gate_x = depth[node] * dx - math.sqrt(max(GATE_RADIUS ** 2 - offset ** 2, 0.0))
             stub_x, stub_end = depth[node] * dx - STUB, depth[node] * dx - GATE_RADIUS - 0.3
+            via = _detour(i, node, lane_y, depth, y, dx, consumers)
             edges.append({"source": i.id, "target": node.id, "src": f"({key[i]}.east)", "dst": f"({key[node]})",
+                          "via": [f"({vx:.3f},{vy:.3f})" for vx, vy in via],
                           "stub": f"({stub_x:.3f},{lane_y:.3f})", "stub_end": f"({stub_end:.3f},{lane_y:.3f})",
                           "port": f"({gate_x:.3f},{port_y:.3f})",
                           "label_at": f"({(stub_x + stub_end) / 2:.3f},{lane_y:.3f})",
@@ -1304,6 +1306,33 @@ def layout(g: Graph, *, dx: float = 3.2, dy: float = 1.9) -> dict:
             "out": {"source": out.id, "src": f"({key[out]})", "at": f"({out_x:.3f},{y[out]:.3f})",
                     "label_at": f"({(depth[out] * dx + GATE_RADIUS + out_x) / 2:.3f},{y[out]:.3f})",
                     "value": short(out.value), "grad": short(out.grad)}}
+
+
+def _detour(source, node, lane_y, depth, y, dx, consumers):
+    """``[]``, or the two corners of a horizontal run above (or below) everything in the columns a long
+    wire passes (a fan-out's wire to a later column): it then crosses no gate, name or label there."""
+    first, last = depth[source] + 1, depth[node] - 1
+    if last < first:
+        return []
+    spans = []  # (low, high) of each obstacle in the columns passed
+    for other in y:
+        if first <= depth[other] <= last:
+            spans.append((y[other] - GATE_RADIUS - 0.45, y[other] + GATE_RADIUS + 0.45))  # gate, its name, a total
+            n = len(other.inputs)
+            for k in range(n):
+                lane = y[other] + ((n - 1) / 2 - k) * LANE
+                spans.append((lane - 0.45, lane + 0.45))  # the stub's two labels
+    if not spans:
+        return []
+    low, high = min(a for a, _ in spans), max(b for _, b in spans)
+    ends = (y[source], lane_y)
+    if all(v >= high for v in ends) or all(v <= low for v in ends):
+        return []
+    bus = min((high + 0.25, low - 0.25), key=lambda b: sum(abs(b - v) for v in ends))
+    start, end = depth[source] * dx + 0.6 * dx, depth[node] * dx - STUB - 0.6 * dx
+    if end <= start:
+        return []
+    return [(start, bus), (end, bus)]
 
 
 GATE_RADIUS = 0.45  # cm: the gate circles are 9 mm across

@@ -563,3 +563,26 @@ def test_blank_circuit_gives_the_inputs_and_boxes_the_rest(tmp_path):
     assert [v for v in ("$2$", "$-3$", "$5$", "$-2$") if v in body] == ["$2$", "$-3$", "$5$", "$-2$"]
     assert "$-6$" not in body and "$6$" not in body and "Every node" not in sheet
     assert "Every node" in solution and r"\blankcell" not in solution.split(r"\begin{document}")[1]
+
+
+def test_a_fan_out_wire_to_a_later_column_runs_around_the_gates_and_labels_it_passes():
+    g = graph("(a*b + c)*a + tanh(b)", at={"a": 2, "b": -3, "c": 1})
+    pic = layout(g)
+    nodes = {n["id"]: n for n in pic["nodes"]}
+    long = [e for e in pic["edges"] if nodes[e["target"]]["x"] - nodes[e["source"]]["x"] > 3.2 + 1e-9]
+    assert [(e["source"], e["target"]) for e in long] == [("a", "n3"), ("n4", "n5")]
+    assert long[1]["via"] == [] and nodes["n4"]["y"] < min(n["y"] for n in pic["nodes"] if n["id"] in ("n2", "n3"))
+    long = long[:1]  # tanh's wire runs below everything it passes already; a's would cross n1, n2 and c
+    (x1, y1), (x2, y2) = [tuple(float(v) for v in p.strip("()").split(",")) for p in long[0]["via"]]
+    assert y1 == y2 and nodes["a"]["x"] < x1 < x2 < nodes["n3"]["x"]
+    passed = [n for n in pic["nodes"] if nodes["a"]["x"] < n["x"] < nodes["n3"]["x"]]
+    assert {n["id"] for n in passed} == {"n1", "n2", "n4", "c"}
+    # the run is clear of every gate (with its name) and every stub label in the columns it passes
+    clear = [abs(y1 - n["y"]) > 0.45 + 0.45 for n in passed]
+    stubs = [abs(y1 - float(e["label_at"].strip("()").split(",")[1])) > 0.45 for e in pic["edges"]
+             if e["target"] in {n["id"] for n in passed}]
+    assert all(clear) and all(stubs)
+    assert [e["target"] for e in pic["edges"] if e["via"]] == ["n3"]
+    tex = graph_document(g)
+    assert f"to[out=0, in=180] {long[0]['via'][0]} -- {long[0]['via'][1]} to[out=0, in=180]" in tex
+    assert r"$\Sigma\,{-11}$" in tex  # a unary minus, not "Sigma - 11"
