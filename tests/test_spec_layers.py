@@ -258,6 +258,41 @@ def test_verify_of_a_layers_spec_gives_the_verdicts(tmp_path, capsys):
     assert payload["ok"] is False
 
 
+LAYERNORM_ALONE = """
+[model]
+input = 4
+batch = 3
+loss = "a * y"         # sum(y * out): y is the upstream gradient dL/dh
+reduction = "sum"
+
+[[layers]]
+op = "layernorm"
+name = "h"
+gamma = "g"
+beta = "c"
+
+[claims]
+"""
+LN_DX = ("((dh * g.T) - mean(dh * g.T, axis=1) - ((x - hmean) / sqrt(hvar + 1e-5))"
+         " * mean(dh * g.T * (x - hmean) / sqrt(hvar + 1e-5), axis=1)) / sqrt(hvar + 1e-5)")
+
+
+def test_verify_judges_a_layers_input_gradient(tmp_path, capsys):
+    """One layer on its own: a claim for x in a spec is judged (it was 'no gradient named x')."""
+    path = tmp_path / "ln.toml"
+    path.write_text(LAYERNORM_ALONE + f'x = "{LN_DX}"\n')
+    assert main(["verify", str(path), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["target"], result["verdict"]) == ("x", "holds")
+    path.write_text(LAYERNORM_ALONE + 'x = "(dh * g.T - mean(dh * g.T, axis=1)) / sqrt(hvar + 1e-5)"\n')
+    assert main(["verify", str(path), "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["verdict"], result["diagnosis"]) == ("fails", "layernorm-without-the-variance-term")
+    path.write_text(LAYERNORM_ALONE + 'xx = "dh"\n')
+    assert main(["verify", str(path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("targets: x, g, c, hmean, hvar, h")
+
+
 def test_claims_of_a_layers_spec_are_parsed_at_load(tmp_path):
     with pytest.raises(SymbpError) as error:
         loads(RESIDUAL + '[claims]\nq = "dr"\n')
