@@ -2,6 +2,7 @@
 commands (verify, derive, example) on a network of layers."""
 
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -318,6 +319,37 @@ def test_derive_of_a_layers_spec(tmp_path, capsys):
     assert payload["checks"]["engine"] == "torch autograd (float64)"
     assert payload["checks"]["numeric_max_abs_error"] < 1e-10
     assert payload["checks"]["finite_difference_max_abs_error"] < 1e-7
+
+
+def test_derive_names_the_jax_engine_and_its_agreement(tmp_path, capsys, monkeypatch):
+    """JAX autodiff is a numeric engine of derive beside torch autograd (parameters only), when installed."""
+    from symbp import numeric
+
+    path = tmp_path / "net.toml"
+    path.write_text(RESIDUAL)
+    assert main(["derive", str(path), "--json"]) == 0
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert main(["derive", str(path)]) == 0
+    text = capsys.readouterr().out
+    if numeric.jax_available():  # installed with the [jax] extra (as in CI)
+        assert checks["jax_engine"] == "jax autodiff (float64, parameters only)"
+        assert checks["jax_max_abs_error"] < 1e-10
+        assert re.search(r"vs torch autograd \(float64\), \d\.\de-\d\d vs jax autodiff \(float64, parameters "
+                         r"only\), \d\.\de-\d\d vs central differences", text), text
+    else:
+        assert checks["jax_engine"] is None and checks["jax_max_abs_error"] is None and "jax" not in text
+    # the engine's number is its own: a JAX gradient off by 0.5 in one entry shows as 0.5
+    if numeric.jax_available():
+        real = numeric.jax_gradients
+
+        def off(net, values):
+            grads = real(net, values)
+            grads["W2"] = grads["W2"] + np.array([[0.5, 0.0], [0.0, 0.0]])
+            return grads
+
+        monkeypatch.setattr(numeric, "jax_gradients", off)
+        assert main(["derive", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["checks"]["jax_max_abs_error"] == pytest.approx(0.5)
 
 
 def test_derive_text_of_a_layers_spec(tmp_path, capsys):
