@@ -297,7 +297,7 @@ def test_verify_judges_a_layers_input_gradient(tmp_path, capsys):
 def test_claims_of_a_layers_spec_are_parsed_at_load(tmp_path):
     with pytest.raises(SymbpError) as error:
         loads(RESIDUAL + '[claims]\nq = "dr"\n')
-    assert str(error.value) == "claims: no gradient named 'q'; targets: W1, b1, W2, b2, h, t, r, z2"
+    assert str(error.value) == "claims: no gradient named 'q'; targets: x, W1, b1, W2, b2, h, t, r, z2"
     assert loads(RESIDUAL + '[claims]\nh = "dt * (1 - t**2) + dr"\n').claims == {"h": "dt * (1 - t**2) + dr"}
 
 
