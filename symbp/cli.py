@@ -249,6 +249,7 @@ def _run_derive(args):
         "params": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.params},
         "intermediates": {n: {"shape": list(net.shape(n)), "entry": grads.text(n)} for n in net.intermediates},
         "checks": {"numeric_max_abs_error": reference_error, "engine": check["engine"],
+                   "jax_engine": JAX_ENGINE if check["jax"] is not None else None, "jax_max_abs_error": check["jax"],
                    "finite_difference_max_abs_error": fd_error,
                    "finite_difference_kink_crossings": fd_excluded if fd_error is not None else None},
         "output": None,
@@ -282,11 +283,12 @@ def _run_derive(args):
         if fd_excluded:
             fd += (f" (leaving out {fd_excluded} entr{'y' if fd_excluded == 1 else 'ies'} whose perturbation "
                    "crosses a kink: there a difference quotient is not a derivative)")
-        decided = math.isfinite(reference_error) and (fd_error is None or math.isfinite(fd_error))
+        jax = f", {check['jax']:.1e} vs {JAX_ENGINE}" if check["jax"] is not None else ""
+        decided = all(e is None or math.isfinite(e) for e in (reference_error, check["jax"], fd_error))
         payload["checks"]["ok"] = decided
         if decided:
             lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
-                      f"vs {check['engine_text']}{fd}"]
+                      f"vs {check['engine_text']}{jax}{fd}"]
         else:
             lines += ["", "numeric check at a random point (float64): UNDECIDABLE: the gradients are not finite "
                       "there (nan or infinity), so the derivation is not checked"]
@@ -354,12 +356,13 @@ def _run_derive_symbolic(args):
 def _numeric_check(net, grads, args, progress, guess) -> dict:
     """The numeric check of ``derive``: the lambdified derivation at a random point against the NumPy
     reference engine and, for small networks, central differences. A network of layers is checked
-    against torch autograd in float64 through each op's torch form (when torch is installed) and central
+    against torch autograd in float64 through each op's torch form (when torch is installed), JAX autodiff
+    of the loss written from the op table's code (when jax is installed; parameters only) and central
     differences of the independent NumPy forward (:func:`symbp.numeric.check_network`)."""
     from . import numeric
     from .layers import Network
 
-    out = {"available": True, "reference": None, "fd": None, "fd_excluded": 0,
+    out = {"available": True, "reference": None, "fd": None, "fd_excluded": 0, "jax": None,
            "engine": "numpy reference backprop", "engine_text": "NumPy reference backprop"}
     if isinstance(net, Network):
         with progress.step("lambdify", guess.get("lambdify")):
@@ -367,13 +370,16 @@ def _numeric_check(net, grads, args, progress, guess) -> dict:
         with progress.step("the numeric check", guess.get("check")):
             check = numeric.check_network(net, grads.with_layout("denominator"), args.seed, fn=fn,
                                           finite_differences=net.n_params <= FD_LIMIT)
-        out["fd"], out["fd_excluded"] = check.finite_differences, check.kink_crossings
+        out["fd"], out["fd_excluded"], out["jax"] = check.finite_differences, check.kink_crossings, check.jax
         if check.torch is not None:
             out.update(reference=check.torch, engine="torch autograd (float64)",
                        engine_text="torch autograd (float64)")
         elif check.finite_differences is not None:
             out.update(reference=check.finite_differences, fd=None, engine="central differences",
                        engine_text=f"central differences of the NumPy forward ({check.torch_skipped})")
+        elif check.jax is not None:
+            out.update(reference=check.jax, jax=None, engine=JAX_ENGINE,
+                       engine_text=f"{JAX_ENGINE} ({check.torch_skipped})")
         else:
             out.update(available=False, engine=None, why=f"{check.torch_skipped}, and central differences are "
                                                          f"skipped above {FD_LIMIT} parameters")
@@ -392,6 +398,7 @@ def _numeric_check(net, grads, args, progress, guess) -> dict:
 
 
 FD_LIMIT = 2000
+JAX_ENGINE = "jax autodiff (float64, parameters only)"  # jax.grad of the loss: it differentiates arguments
 
 # --------------------------------------------------------------------------- graph
 

@@ -144,27 +144,15 @@ _TORCH_HELPERS = {
 ''',
 }
 
-_JAX_HELPERS = {
-    "relu": '''def relu(z):
-    return jnp.maximum(z, 0.0)
-''',
-    "step": '''def step(z):
-    """The derivative of relu, with step(0) = 0 (as PyTorch): Heaviside(z, 0)."""
-    return (z > 0).astype(z.dtype)
-''',
-    "leaky_relu": '''def leaky_relu(z):
-    """Slope 0.01 below zero (PyTorch's default)."""
-    return jnp.where(z > 0, z, 0.01 * z)
-''',
+#: JAX's helpers: the NumPy ones with ``jnp`` for ``np`` (one text for both), except where JAX has its
+#: own form: ``erf`` (NumPy's vectorises math.erf, which a traced array cannot enter) and the three
+#: that jax.nn provides (stable, and differentiated by JAX's own rules rather than through a shift).
+_JAX_OWN = {
     "sigmoid": '''def sigmoid(z):
     return jax.nn.sigmoid(z)
 ''',
     "erf": '''def erf(z):
     return jax.scipy.special.erf(z)
-''',
-    "softplus": '''def softplus(z):
-    """log(1 + exp(z)), computed without overflow."""
-    return jnp.logaddexp(0.0, z)
 ''',
     "softmax": '''def softmax(z, axis):
     """Softmax along an axis (1: each row is an example; 0: each column)."""
@@ -175,6 +163,7 @@ _JAX_HELPERS = {
     return jax.nn.logsumexp(z, axis=axis, keepdims=True)
 ''',
 }
+_JAX_HELPERS = {name: _JAX_OWN.get(name) or re.sub(r"\bnp\.", "jnp.", text) for name, text in _HELPERS.items()}
 
 
 @dataclass(frozen=True)

@@ -65,23 +65,60 @@ class Gradients(Mapping):
         self.net, self.method, self.layout, self.seconds = net, method, layout, seconds
         self._matrices = matrices  # denominator layout
         self.definitions = list(definitions)  # (dV_i_j, expression), in the order computed
+        self._input = None  # with_input: {"x": dL/dx once computed}
+
+    def _names(self):
+        return ("x", *self._matrices) if self._input is not None else tuple(self._matrices)
 
     def __getitem__(self, name):
-        if not isinstance(name, str) or name not in self._matrices:
-            raise UnknownName(f"no gradient named {name!r}; have {', '.join(self._matrices)}{closest(str(name), self._matrices)}")
-        M = self._matrices[name]
+        if isinstance(name, str) and name == "x" and self._input is not None:
+            if "x" not in self._input:
+                self._input["x"] = _input_gradient(self.net, self.method)
+            M = self._input["x"]
+        elif not isinstance(name, str) or name not in self._matrices:
+            names = self._names()
+            raise UnknownName(f"no gradient named {name!r}; have {', '.join(names)}{closest(str(name), names)}")
+        else:
+            M = self._matrices[name]
         return M.T if self.layout == "numerator" else M
 
+    def __contains__(self, name):
+        return name in self._names()
+
     def __iter__(self):
-        return iter(self._matrices)
+        return iter(self._names())
 
     def __len__(self):
-        return len(self._matrices)
+        return len(self._names())
 
     def with_layout(self, layout: str) -> "Gradients":
         _check_layout(layout)
-        return Gradients(self.net, self._matrices, method=self.method, layout=layout,
-                         definitions=self.definitions, seconds=self.seconds)
+        out = Gradients(self.net, self._matrices, method=self.method, layout=layout,
+                        definitions=self.definitions, seconds=self.seconds)
+        out._input = self._input
+        return out
+
+    def with_input(self) -> "Gradients":
+        """These gradients and also dL/dx, the network input's, derived (by the same method) when first
+        read. ``derive`` leaves ``x`` out: it is data, neither a parameter nor an intermediate, and the
+        documents show what a network learns; ``verify`` judges claims for ``x`` too (one layer on its
+        own: its backward is the gradient of its input, given the upstream gradient ``y``).
+
+        >>> import symbp
+        >>> net = symbp.MLP([2, 1], output="identity", loss="mse")
+        >>> grads = symbp.derive(net)
+        >>> "x" in grads, list(grads.with_input())
+        (False, ['x', 'W1', 'b1', 'z1', 'a1'])
+        >>> grads.with_input()["x"]
+        Matrix([
+        [W1_0_0*dz1_0_0],
+        [W1_0_1*dz1_0_0]])
+        """
+        if self._input is not None:
+            return self
+        out = self.with_layout(self.layout)
+        out._input = {}
+        return out
 
     def resolved(self) -> dict:
         """Each error-term symbol -> its value in the forward symbols (no ``d`` symbols left)."""
@@ -229,6 +266,28 @@ def _expand(net, report):
         report.step(f"expand {name}")
         matrices[name] = net.symbols(name).applyfunc(lambda v: sp.diff(loss, v))
     return {n: matrices[n] for n in net.params + net.intermediates}
+
+
+def _input_gradient(net, method) -> sp.Matrix:
+    """dL/dx by ``method``: ``expand`` differentiates the written-out loss; ``chain`` pushes each
+    local definition that reads ``x`` with its stage's error terms (``dV_i_j``, as in ``definitions``),
+    exactly as :func:`_chain` pushes to the parameters, from the same stages."""
+    X = net.symbols("x")
+    if method == "expand":
+        loss = net.loss
+        return X.applyfunc(lambda v: sp.diff(loss, v))
+    tracked = set(X)
+    acc = _Accumulator(tracked)
+    if net.local_loss.free_symbols & tracked:
+        acc.push(net.local_loss, sp.S.One)
+    side = net.output_name if net.loss_stage != net.output_name else None  # its local is not chained
+    for stage in net.stages:
+        if stage.name == side:
+            continue
+        for u, local in zip(net.grad_symbols(stage.name), stage.local):
+            if local.free_symbols & tracked:
+                acc.push(local, u)
+    return acc.gradient(X)
 
 
 # --------------------------------------------------------------------------- chain

@@ -185,7 +185,7 @@ def discover(folder, net) -> tuple[list, list]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SymbpError(f"no such submissions folder: {folder}")
-    targets = set(net.params + net.intermediates)
+    targets = set(net.targets)
     subs, skipped, taken = [], [], set()
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name.startswith("."):

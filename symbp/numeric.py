@@ -288,7 +288,8 @@ def lambdify(net: MLP, grads: Gradients, *, names=None) -> GradientFunction:
             raise SymbpError(f"lambdify: no gradient named '{name}'; have {', '.join(grads)}")
     args = list(net.inputs + net.params)
     arg_symbols = [s for name in args for s in net.symbols(name)]
-    outputs = [grads._matrices[name] for name in names]
+    denominator = grads.with_layout("denominator")
+    outputs = [denominator[name] for name in names]
     if grads.method == "expand":
         outputs = _restage(net, outputs)
     # chain results are written in the stage symbols (exp(z3_0_0), never exp(W3_0_0*a2_0_0 + ...)), so

@@ -339,7 +339,7 @@ def _claims(table, net):
     from .formula import FormulaError, parse
 
     claims = {}
-    targets = net.params + net.intermediates
+    targets = net.targets
     for key, text in table.items():
         if key not in targets:
             raise SymbpError(f"claims: no gradient named '{key}'{closest(key, targets)}; targets: {', '.join(targets)}")
@@ -356,7 +356,7 @@ def _claims(table, net):
 
 def _rubric(table, net, where=""):
     """``[rubric]`` of an assignment (``symbp grade``): points per target, each a number >= 0."""
-    targets = net.params + net.intermediates
+    targets = net.targets
     for key, points in table.items():
         if key not in targets:
             raise SymbpError(f"{where}rubric: no gradient named '{key}'{closest(key, targets)}; "

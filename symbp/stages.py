@@ -38,6 +38,13 @@ class Staged:
             name = "x"
         return self._symbols(name, self.shape(name))
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The variables a claim may be about (``dL/dV`` for each): the input ``x``, every parameter and
+        every intermediate. ``x`` is what lets one layer be judged on its own (its loss ``sum(y * out)``
+        makes ``y`` the upstream gradient); ``derive`` leaves it out (see :meth:`Gradients.with_input`)."""
+        return ("x", *self.params, *self.intermediates)
+
     def grad_symbols(self, name: str) -> sp.Matrix:
         """The symbols ``dV_i_j`` that stand for the upstream gradients dL/dV_ij."""
         return self._symbols("d" + name, self.shape(name))

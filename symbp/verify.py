@@ -1174,7 +1174,7 @@ class _Judge:
             for name, claims in layer.op.mistakes(layer.context(net)):
                 if target not in claims:
                     continue
-                text = _network_textbook(net, replace=(layer.position, claims)).get(target)
+                text = _network_textbook(net, replace=(layer.position, claims), inputs=True).get(target)
                 try:
                     out.append((name, text, parse(text, net)))
                 except FormulaError:  # pragma: no cover - a row's mistake the language cannot read
@@ -1605,7 +1605,7 @@ def textbook(net: MLP | Network) -> dict:
     return {name: claims[name] for name in order}
 
 
-def _network_textbook(net, replace=None) -> dict:
+def _network_textbook(net, replace=None, inputs=False) -> dict:
     """The textbook backward of a network of layers, read from the op table (see :func:`textbook`).
 
     How it works: each layer's row gives, through ``backward(layer.context(net))``, its contribution to
@@ -1616,7 +1616,8 @@ def _network_textbook(net, replace=None) -> dict:
     and the loss are a fused pair with a simplification (softmax + cross-entropy: ``a - y``), the last
     layer's input gets that form instead of its own backward, under the pair's side condition.
     ``replace``: ``(position, {target: claim})`` puts those claims in place of that layer's own (how a
-    row's ``mistakes`` become whole claims, e.g. a residual without its skip term).
+    row's ``mistakes`` become whole claims, e.g. a residual without its skip term). ``inputs``: the
+    claim for ``x`` too (a target of verify, not of the textbook: see :attr:`symbp.stages.Staged.targets`).
     """
     import re
 
@@ -1650,8 +1651,7 @@ def _network_textbook(net, replace=None) -> dict:
     if net.fused and net.fused.simplified and not (replace is not None and replace[0] == last.position
                                                    and last.inp in replace[1]):
         contributions.setdefault(last.inp, []).insert(0, per_example(net.fused.simplified))
-    targets = set(net.params) | set(net.intermediates)
-    order = [n for n in net.params + net.intermediates if n in contributions and n in targets]
+    order = [n for n in (net.targets if inputs else net.params + net.intermediates) if n in contributions]
     return {name: " + ".join(contributions[name]) for name in order}
 
 
@@ -1982,7 +1982,7 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
     def truth():  # the concrete derivation, built only when a claim is not proved for all sizes
         if not derived:
             g = grads if grads is not None else derive(net, method="chain")
-            derived.append(g if g.layout == "denominator" else g.with_layout("denominator"))
+            derived.append((g if g.layout == "denominator" else g.with_layout("denominator")).with_input())
         return derived[0]
 
     results = []
@@ -1992,7 +1992,7 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
         if not hasattr(claims, "items"):
             raise SymbpError(f"verify: claims must be a dict {{target: formula}} or a function, got {type(claims).__name__}")
         parsed = []
-        targets = set(net.params) | set(net.intermediates)
+        targets = set(net.targets)
         for target, text in claims.items():
             if callable(text) or isinstance(text, CodeFile):
                 parsed.append((target, text, None))
@@ -2000,7 +2000,7 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
             target = str(target)
             if target not in targets:
                 raise SymbpError(f"claims: no gradient named '{target}'{closest(target, sorted(targets))}; "
-                                 f"targets: {', '.join(n for n in net.params + net.intermediates)}")
+                                 f"targets: {', '.join(net.targets)}")
             try:
                 node = parse(text, net, what=f"claim for {target}")
             except FormulaError as exc:

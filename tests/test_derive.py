@@ -40,6 +40,37 @@ def test_chain_equals_expand(config):
             assert exactly_equal(a, b, net, rng), (name, a, b)
 
 
+ONE_LAYER = {  # one layer on its own: the loss sum(y * out) makes y the upstream gradient dL/dh
+    "layernorm": ([{"op": "layernorm", "name": "h", "gamma": "g", "beta": "c"}], 3, 2),
+    "batchnorm": ([{"op": "batchnorm", "name": "h", "gamma": "g", "beta": "c"}], 3, 2),
+    "attention": ([{"op": "attention", "dk": 1, "name": "h"}], 2, 2),
+    "affine": ([{"op": "affine", "out": 2, "name": "h", "W": "W", "b": "b"}], 3, 2),
+    "softmax+ce": ([{"op": "affine", "out": 3}, {"op": "softmax"}], 2, None),  # the fused loss: logits
+    "softmax+ce-x": ([{"op": "softmax", "name": "h"}], 3, None),  # the logits are x: L is written in x
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ONE_LAYER))
+def test_the_input_gradient_is_diff_of_the_forward(kind):
+    """dL/dx (with_input) by chain and by expand equals sympy.diff of the written-out loss in x."""
+    layers, width, batch = ONE_LAYER[kind]
+    loss = dict(loss="cross_entropy") if kind.startswith("softmax+ce") else dict(loss="a*y", reduction="sum")
+    net = symbp.network(layers, input=width, batch=batch, **loss)
+    grads = symbp.derive(net)
+    assert "x" not in grads and list(grads) == list(net.params + net.intermediates)  # derive: unchanged
+    full = grads.with_input()
+    assert list(full) == ["x", *grads] and "x" in full and len(full) == len(grads) + 1
+    X, L = net.symbols("x"), net.loss
+    written, expand = full.written_out("x"), symbp.derive(net, method="expand").with_input()["x"]
+    assert written.shape == expand.shape == net.shape("x")
+    rng = random.Random(3)
+    for k, v in enumerate(X):
+        truth = sp.diff(L, v)
+        assert exactly_equal(written[k], truth, net, rng), (kind, v)
+        assert exactly_equal(expand[k], truth, net, rng), (kind, v)
+    assert full.with_layout("numerator")["x"] == full["x"].T
+
+
 def test_chain_entries_are_the_per_element_chain_rule():
     # seed 001: dW3 = delta3 a2^T, db3 = delta3, delta2 = (W3^T delta3) * relu'(z2), entry by entry
     net = symbp.MLP([4, 5, 3, 3])

@@ -307,3 +307,22 @@ def test_local_workers_never_fork_once_a_threaded_framework_is_loaded(monkeypatc
     monkeypatch.delitem(sys.modules, "jax")
     monkeypatch.setattr(threading, "active_count", lambda: 2)  # a Dask client's or a progress bar's thread
     assert grade_module._start_method() == "forkserver"
+
+
+def test_a_rubric_may_grade_the_input_gradient(tmp_path):
+    """One layer on its own: the rubric's x is the op's backward (loss sum(y * h): y is dL/dh)."""
+    dx = ("((dh * g.T) - mean(dh * g.T, axis=1) - ((x - hmean) / sqrt(hvar + 1e-5))"
+          " * mean(dh * g.T * (x - hmean) / sqrt(hvar + 1e-5), axis=1)) / sqrt(hvar + 1e-5)")
+    (tmp_path / "assignment.toml").write_text(
+        '[model]\ninput = 3\nbatch = 2\nloss = "a * y"\nreduction = "sum"\n\n'
+        '[[layers]]\nop = "layernorm"\nname = "h"\ngamma = "g"\nbeta = "c"\n\n[rubric]\nx = 2\nc = 1\n')
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "ann.toml").write_text(f'[claims]\nx = "{dx}"\nc = "sum(dh, axis=0).T"\n')
+    (subs / "ben.toml").write_text(f'[claims]\nx = "-({dx})"\nc = "sum(dh, axis=0).T"\n')
+    grading = grade(tmp_path / "assignment.toml", subs, workers=1, progress=False)
+    rows = _rows(grading)
+    assert (rows["ann"].total, rows["ben"].total) == (3, 2)  # a sign mistake earns half of x's 2
+    ben = {r["target"]: r for r in rows["ben"].results}
+    assert (ben["x"]["verdict"], ben["x"]["diagnosis"], ben["x"]["points"]) == ("fails", "sign", 1)
+    assert csv_text(grading).splitlines()[0] == "student,total,x,c"

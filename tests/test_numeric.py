@@ -145,3 +145,18 @@ def test_finite_difference_error_leaves_out_the_entries_that_cross_a_kink():
     assert abs(fd.gradients["W1"][0, 0] - truth["W1"][0, 0]) > 1e-3  # across the kink: not a derivative
     error, excluded = fd.max_abs_error(truth)
     assert error < 1e-8 and excluded == len(fd.kink_crossings)
+
+
+def test_lambdify_of_the_input_gradient():
+    """grads.with_input() lambdifies dL/dx too: sympy.diff of the loss in x, evaluated at the point."""
+    import sympy as sp
+
+    net = symbp.network([{"op": "layernorm", "name": "h", "gamma": "g", "beta": "c"}], input=3, batch=2,
+                        loss="a*y", reduction="sum")
+    values = numeric.random_values(net, 0)
+    got = symbp.lambdify(net, symbp.derive(net).with_input(), names=["x"])(**values)
+    assert list(got) == ["x"] and got["x"].shape == (2, 3)
+    point = {s: float(v) for name in net.inputs + net.params
+             for s, v in zip(net.symbols(name), np.asarray(values[name], dtype=float).reshape(-1))}
+    truth = np.array([float(sp.diff(net.loss, s).xreplace(point)) for s in net.symbols("x")]).reshape(2, 3)
+    assert np.allclose(got["x"], truth, rtol=1e-10, atol=1e-12)

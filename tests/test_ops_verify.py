@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 
+import symbp
 from op_networks import configs, make
 from symbp.ops import table
 from symbp.verify import _network_textbook, textbook, verify
@@ -248,3 +249,79 @@ def symbp_verify():
     import sys
 
     return sys.modules["symbp.verify"]  # the module (symbp.verify is also the function)
+
+
+# ---------------------------------------------------------------- one layer on its own: dL/dx
+
+LN_DX = ("((dh * g.T) - mean(dh * g.T, axis={a}) - ((x - hmean) / sqrt(hvar + 1e-5))"
+         " * mean(dh * g.T * (x - hmean) / sqrt(hvar + 1e-5), axis={a})) / sqrt(hvar + 1e-5)")
+LN_DX_NO_VAR = "(dh * g.T - mean(dh * g.T, axis={a})) / sqrt(hvar + 1e-5)"
+
+# op: (layer, width, batch, the right dx written by hand, a wrong one missing a term, its diagnosis)
+LAYER_DX = {
+    "layernorm": ({"op": "layernorm", "name": "h", "gamma": "g", "beta": "c"}, 4, 3,
+                  LN_DX.format(a=1), LN_DX_NO_VAR.format(a=1), "layernorm-without-the-variance-term"),
+    "batchnorm": ({"op": "batchnorm", "name": "h", "gamma": "g", "beta": "c"}, 3, 3,
+                  LN_DX.format(a=0), LN_DX_NO_VAR.format(a=0), "batchnorm-without-the-variance-term"),
+    "attention": ({"op": "attention", "dk": 2, "name": "h", "Wq": "Wq", "Wk": "Wk", "Wv": "Wv"}, 3, 3,
+                  "dhQ @ Wq + dhK @ Wk + dhV @ Wv", "dhQ @ Wq + dhK @ Wk", "other"),
+    "affine": ({"op": "affine", "out": 2, "name": "h", "W": "W", "b": "b"}, 3, 2, "dh @ W", "dh @ W + 1", "other"),
+}
+
+
+def _layer(op):
+    spec, width, batch = LAYER_DX[op][:3]
+    return symbp.network([spec], input=width, batch=batch, loss="a*y", reduction="sum")  # dL/dh = y
+
+
+@pytest.mark.parametrize("op", sorted(LAYER_DX))
+def test_a_layers_input_gradient_is_judged(op):
+    """x is a target: one op's backward with the upstream gradient y as input, judged against the truth."""
+    net = _layer(op)
+    right, missing, diagnosis = LAYER_DX[op][3:]
+    (r,) = verify(net, {"x": right}).results
+    assert (r.target, r.verdict) == ("x", "holds"), r.detail
+    (r,) = verify(net, {"x": f"-({right})"}).results
+    assert (r.verdict, r.diagnosis) == ("fails", "sign"), r.detail
+    (r,) = verify(net, {"x": missing}).results
+    assert (r.verdict, r.diagnosis) == ("fails", diagnosis), r.detail
+    assert r.element is not None and r.expected and r.got
+
+
+def test_the_fused_softmax_cross_entropy_in_x():
+    net = symbp.network([{"op": "softmax", "name": "h"}], input=3, loss="cross_entropy")
+    (r,) = verify(net, {"x": "h - y"}).results
+    assert r.verdict == "holds" and r.assumptions == ("every target row sums to 1",)
+    (r,) = verify(net, {"x": "h - y + 1"}).results
+    assert r.verdict == "fails"
+
+
+def test_the_input_is_listed_among_the_targets():
+    net = _layer("layernorm")
+    with pytest.raises(symbp.SymbpError, match=r"no gradient named 'xx'.*targets: x, g, c, hmean, hvar, h$"):
+        verify(net, {"xx": "dh"})
+    assert "x" not in textbook(net) and "x" not in symbp.derive(net)  # the textbook and derive: as before
+
+
+def _norm_code(axis, variance_term=True):
+    def backward(v):
+        x, y, g = v["x"], v["y"], v["g"]
+        s = np.sqrt(x.var(axis, keepdims=True) + 1e-5)
+        xhat = (x - x.mean(axis, keepdims=True)) / s
+        d = y * g.T  # y is the upstream gradient dL/dh
+        dx = d - d.mean(axis, keepdims=True) - (xhat * (d * xhat).mean(axis, keepdims=True) if variance_term else 0)
+        return {"x": dx / s, "g": (y * xhat).sum(0, keepdims=True).T, "c": y.sum(0, keepdims=True).T}
+    return backward
+
+
+@pytest.mark.parametrize("op,axis", [("layernorm", 1), ("batchnorm", 0)])
+def test_numpy_code_returning_the_input_gradient_is_judged(op, axis):
+    net = _layer(op)
+    right = {r.target: r for r in verify(net, _norm_code(axis)).results}
+    assert {t: r.verdict for t, r in right.items()} == {"x": "holds", "g": "holds", "c": "holds"}
+    wrong = {r.target: r for r in verify(net, _norm_code(axis, variance_term=False)).results}
+    assert wrong["x"].verdict == "fails" and wrong["x"].element is not None
+    assert wrong["g"].verdict == wrong["c"].verdict == "holds"
+    flipped = _norm_code(axis)
+    negated = {r.target: r for r in verify(net, lambda v: dict(flipped(v), x=-flipped(v)["x"])).results}
+    assert (negated["x"].verdict, negated["x"].diagnosis) == ("fails", "sign")

@@ -2,6 +2,7 @@
 commands (verify, derive, example) on a network of layers."""
 
 import json
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -258,10 +259,45 @@ def test_verify_of_a_layers_spec_gives_the_verdicts(tmp_path, capsys):
     assert payload["ok"] is False
 
 
+LAYERNORM_ALONE = """
+[model]
+input = 4
+batch = 3
+loss = "a * y"         # sum(y * out): y is the upstream gradient dL/dh
+reduction = "sum"
+
+[[layers]]
+op = "layernorm"
+name = "h"
+gamma = "g"
+beta = "c"
+
+[claims]
+"""
+LN_DX = ("((dh * g.T) - mean(dh * g.T, axis=1) - ((x - hmean) / sqrt(hvar + 1e-5))"
+         " * mean(dh * g.T * (x - hmean) / sqrt(hvar + 1e-5), axis=1)) / sqrt(hvar + 1e-5)")
+
+
+def test_verify_judges_a_layers_input_gradient(tmp_path, capsys):
+    """One layer on its own: a claim for x in a spec is judged (it was 'no gradient named x')."""
+    path = tmp_path / "ln.toml"
+    path.write_text(LAYERNORM_ALONE + f'x = "{LN_DX}"\n')
+    assert main(["verify", str(path), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["target"], result["verdict"]) == ("x", "holds")
+    path.write_text(LAYERNORM_ALONE + 'x = "(dh * g.T - mean(dh * g.T, axis=1)) / sqrt(hvar + 1e-5)"\n')
+    assert main(["verify", str(path), "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["verdict"], result["diagnosis"]) == ("fails", "layernorm-without-the-variance-term")
+    path.write_text(LAYERNORM_ALONE + 'xx = "dh"\n')
+    assert main(["verify", str(path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("targets: x, g, c, hmean, hvar, h")
+
+
 def test_claims_of_a_layers_spec_are_parsed_at_load(tmp_path):
     with pytest.raises(SymbpError) as error:
         loads(RESIDUAL + '[claims]\nq = "dr"\n')
-    assert str(error.value) == "claims: no gradient named 'q'; targets: W1, b1, W2, b2, h, t, r, z2"
+    assert str(error.value) == "claims: no gradient named 'q'; targets: x, W1, b1, W2, b2, h, t, r, z2"
     assert loads(RESIDUAL + '[claims]\nh = "dt * (1 - t**2) + dr"\n').claims == {"h": "dt * (1 - t**2) + dr"}
 
 
@@ -283,6 +319,37 @@ def test_derive_of_a_layers_spec(tmp_path, capsys):
     assert payload["checks"]["engine"] == "torch autograd (float64)"
     assert payload["checks"]["numeric_max_abs_error"] < 1e-10
     assert payload["checks"]["finite_difference_max_abs_error"] < 1e-7
+
+
+def test_derive_names_the_jax_engine_and_its_agreement(tmp_path, capsys, monkeypatch):
+    """JAX autodiff is a numeric engine of derive beside torch autograd (parameters only), when installed."""
+    from symbp import numeric
+
+    path = tmp_path / "net.toml"
+    path.write_text(RESIDUAL)
+    assert main(["derive", str(path), "--json"]) == 0
+    checks = json.loads(capsys.readouterr().out)["checks"]
+    assert main(["derive", str(path)]) == 0
+    text = capsys.readouterr().out
+    if numeric.jax_available():  # installed with the [jax] extra (as in CI)
+        assert checks["jax_engine"] == "jax autodiff (float64, parameters only)"
+        assert checks["jax_max_abs_error"] < 1e-10
+        assert re.search(r"vs torch autograd \(float64\), \d\.\de-\d\d vs jax autodiff \(float64, parameters "
+                         r"only\), \d\.\de-\d\d vs central differences", text), text
+    else:
+        assert checks["jax_engine"] is None and checks["jax_max_abs_error"] is None and "jax" not in text
+    # the engine's number is its own: a JAX gradient off by 0.5 in one entry shows as 0.5
+    if numeric.jax_available():
+        real = numeric.jax_gradients
+
+        def off(net, values):
+            grads = real(net, values)
+            grads["W2"] = grads["W2"] + np.array([[0.5, 0.0], [0.0, 0.0]])
+            return grads
+
+        monkeypatch.setattr(numeric, "jax_gradients", off)
+        assert main(["derive", str(path), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["checks"]["jax_max_abs_error"] == pytest.approx(0.5)
 
 
 def test_derive_text_of_a_layers_spec(tmp_path, capsys):

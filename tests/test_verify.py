@@ -726,3 +726,14 @@ def test_float_fields_use_the_real_erf_cosh_and_pi():
         < mp.mp.mpf(10) ** -45
     assert abs(mp.named("pi") - mp.mp.mpf("3.1415926535897932384626433832795028841971693993751")) < mp.mp.mpf(10) ** -48
     assert abs(mp.call("cosh", mp.constant(Fraction(1))) - (mp.mp.e + 1 / mp.mp.e) / 2) < mp.mp.mpf(10) ** -48
+
+
+def test_the_input_gradient_of_an_mlp_is_judged():
+    """x is a target of an MLP's claims too: dL/dx = W1^T dz1 (sympy.diff of the forward in x)."""
+    net = symbp.MLP([4, 5, 3, 3])
+    (r,) = verify(net, {"x": "W1.T @ dz1"}).results
+    assert (r.target, r.verdict) == ("x", "holds")
+    (r,) = verify(net, {"x": "(dz1.T @ W1)"}).results
+    assert (r.verdict, r.diagnosis) == ("fails", "transposed")
+    (r,) = verify(net, {"x": "W1.T @ (dz1 * 2)"}).results
+    assert (r.verdict, r.diagnosis, r.factor) == ("fails", "scaled", 0.5)
