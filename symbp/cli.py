@@ -285,8 +285,17 @@ def _run_derive(args):
                    "crosses a kink: there a difference quotient is not a derivative)")
         jax = f", {check['jax']:.1e} vs {JAX_ENGINE}" if check["jax"] is not None else ""
         decided = all(e is None or math.isfinite(e) for e in (reference_error, check["jax"], fd_error))
-        payload["checks"]["ok"] = decided
-        if decided:
+        # the engines (not central differences, whose error is the step's) must agree to float64 precision
+        engines = [(check["jax"], JAX_ENGINE)]
+        if check["engine"] != "central differences":
+            engines.insert(0, (reference_error, check["engine_text"]))
+        apart = [(e, name) for e, name in engines if e is not None and e >= AGREE]
+        payload["checks"]["ok"] = decided and not apart
+        if decided and apart:
+            lines += ["", f"numeric check at a random point (float64): DISAGREES: max abs error {apart[0][0]:.1e} vs "
+                      f"{apart[0][1]} (at least {AGREE:.0e}): the derivation and that engine differ{fd}"]
+            decided = False
+        elif decided:
             lines += ["", f"numeric check at a random point (float64): max abs error {reference_error:.1e} "
                       f"vs {check['engine_text']}{jax}{fd}"]
         else:
@@ -398,6 +407,7 @@ def _numeric_check(net, grads, args, progress, guess) -> dict:
 
 
 FD_LIMIT = 2000
+AGREE = 1e-8  # an engine agreeing with the derivation at float64 differs by less (the documents' bound too)
 JAX_ENGINE = "jax autodiff (float64, parameters only)"  # jax.grad of the loss: it differentiates arguments
 
 # --------------------------------------------------------------------------- graph

@@ -115,3 +115,22 @@ def test_extreme_and_lookalike_input_is_one_line_exit_2_at_once(argv, line, caps
     assert main(argv) == 2
     assert time.perf_counter() - start < 10  # refused at once, not after hours of big-number arithmetic
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_derive_exits_1_when_an_engine_disagrees_with_the_derivation(monkeypatch, capsys):
+    """A numeric engine that differs from the derivation at float64 is a failed check, not a number to read."""
+    from symbp import numeric
+
+    real = numeric.reference_gradients
+
+    def off(net, values):
+        grads = real(net, values)
+        grads["W2"] = grads["W2"] + 1e-6  # as if the derivation were wrong in one matrix
+        return grads
+    monkeypatch.setattr(numeric, "reference_gradients", off)
+    assert main(["derive", "4,5,3,3"]) == 1
+    out = capsys.readouterr().out
+    assert "numeric check at a random point (float64): DISAGREES: max abs error 1.0e-06 vs NumPy reference backprop " \
+           "(at least 1e-08): the derivation and that engine differ" in out
+    assert main(["derive", "4,5,3,3", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["checks"]["ok"] is False
