@@ -295,6 +295,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
     checks = verification(net, grads, printer)
+    backward = _backward(net, grads, printer, checks)
     worked, omitted = None, None
     if example:
         try:
@@ -310,7 +311,8 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
                   "deltaL": printer.grad_base(f"z{net.L}")},
         "symbols": _symbols(net, printer),
         "forward": _forward(net, printer),
-        "backward": _backward(net, grads, printer, checks),
+        "backward": backward,
+        "allsizes": allsizes_once([t for layer in backward for t in _rows(layer)]),
         "output": _output(net, grads, printer),
         "checks": checks["summary"],
         "example": worked,
@@ -455,6 +457,25 @@ def _forward(net: MLP, printer) -> list[dict]:
     return layers
 
 
+def allsizes_once(targets) -> dict | None:
+    """Say the all-sizes proof once per document (issue 13): ``targets`` in the document's order, each
+    a dict with ``"tex"`` and ``"mark"``. When some marks carry :mod:`symbp.allsizes`' detail and every
+    one of them names the same sizes, each such target gets a copy of its mark with ``"detail"``
+    emptied and ``"allsizes"`` set, and the one note is returned: ``{"names": "n0, n1", "upstream":
+    bool, "assuming": [(tex, "every target row sums to 1")]}``. Otherwise None, nothing changed."""
+    from .allsizes import detail_parts
+
+    found = [(t, detail_parts(t["mark"]["detail"])) for t in targets if t and t.get("mark") and t["mark"].get("detail")]
+    found = [(t, parts) for t, parts in found if parts is not None]
+    if not found or len({tuple(parts["names"]) for _, parts in found}) != 1:
+        return None
+    for t, _ in found:
+        t["mark"] = dict(t["mark"], detail="", allsizes=True)
+    return {"names": ", ".join(found[0][1]["names"]), "upstream": any(p["upstream"] for _, p in found),
+            "assuming": [(t["tex"], "; ".join(p["assuming"])) for t, p in found if p["assuming"]],
+            "first": found[0][0]["name"]}
+
+
 def _samples(shape) -> list[tuple[int, int]]:
     """Which entries to show one by one: the first, and the last when there is more than one."""
     last = (shape[0] - 1, shape[1] - 1)
@@ -506,6 +527,12 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "display": _display_lines(net, l, targets),
         })
     return layers
+
+
+def _rows(layer) -> list[dict]:
+    """A layer's table rows, in the table's order (dL/dz, dL/dW, dL/db, dL/da)."""
+    t = layer["targets"]
+    return [t[k] for k in ("z", "W", "b", "a") if t[k] is not None]
 
 
 #: Assembled matrices share a display line while their estimated widths add up to at most this.
