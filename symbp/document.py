@@ -469,8 +469,8 @@ def allsizes_once(targets) -> dict | None:
     found = [(t, parts) for t, parts in found if parts is not None]
     if not found or len({tuple(parts["names"]) for _, parts in found}) != 1:
         return None
-    for t, _ in found:
-        t["mark"] = dict(t["mark"], detail="", allsizes=True)
+    for t, parts in found:
+        t["mark"] = dict(t["mark"], detail="", allsizes=True, assuming="; ".join(parts["assuming"]))
     return {"names": ", ".join(found[0][1]["names"]), "upstream": any(p["upstream"] for _, p in found),
             "assuming": [(t["tex"], "; ".join(p["assuming"])) for t, p in found if p["assuming"]],
             "first": found[0][0]["name"]}
@@ -525,8 +525,22 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "targets": targets,
             "coincide": _coincidences(targets.values()),
             "display": _display_lines(net, l, targets),
+            "same_as": _same_as(net, l),
         })
     return layers
+
+
+def _same_as(net: MLP, l: int) -> int | None:
+    """``l + 1`` when hidden layer ``l``'s assembled matrices are layer ``l + 1``'s with every layer
+    index one lower (the same activation, the same shapes, both or neither a skip connection, and an
+    upstream gradient of its own: not layer 1), so that the document shows them once; else None."""
+    if not 1 < l < net.L - 1 or net.hidden[l - 1].name != net.hidden[l].name:
+        return None
+    if len({net.sizes[l - 1], net.sizes[l], net.sizes[l + 1]}) != 1:
+        return None
+    if (l in net.residual_layers) != (l + 1 in net.residual_layers):
+        return None
+    return l + 1
 
 
 def _rows(layer) -> list[dict]:
@@ -1187,6 +1201,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
     backward = []
     for layer, view in zip(reversed(net.layers), reversed(layers)):
         backward.append({"layer": view, "targets": [target(n) for n in _backward_targets(net, layer, grads)]})
+    out = target(net.output_name) if net.output_name in grads.keys() else None
+    allsizes = allsizes_once([out] + [t for b in backward for t in b["targets"]])
     symbols = [{"tex": "x", "shape": _shape(net.shape("x")), "kind": "input", "layer": None},
                {"tex": "y", "shape": _shape(net.shape("y")), "kind": "target", "layer": None}]
     symbols += [{"tex": printer.base(m), "shape": _shape(net.shape(m)), "kind": "mask",
@@ -1219,7 +1235,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
             "loss_stage": printer.base(net.loss_stage),
         },
         "symbols": symbols,
-        "output": target(output) if output in grads.keys() else None,
+        "output": out,
         "backward": backward,
+        "allsizes": allsizes,
         "checks": checks["summary"],
     }
