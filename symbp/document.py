@@ -292,8 +292,15 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if grads is None:
         grads = derive(net)
     printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
+    skipped = None
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
+        if max(net.sizes) > EXAMPLE_MAX_WIDTH:
+            skipped = (f"its widest layer has {max(net.sizes)} units, more than the {EXAMPLE_MAX_WIDTH} "
+                       "a worked example prints cell by cell")
+        elif not example:
+            skipped = (f"its batch has {net.batch} examples, more than the {EXAMPLE_MAX_BATCH} "
+                       "a worked example prints cell by cell")
     checks = verification(net, grads, printer)
     backward = _backward(net, grads, printer, checks)
     worked, omitted = None, None
@@ -317,6 +324,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "checks": checks["summary"],
         "example": worked,
         "example_omitted": omitted,
+        "example_skipped": skipped,
         "flowsec": _flow_section(net),
         "code": backward_code(net),
     }
@@ -794,16 +802,79 @@ def _sequence(seed: int):
         yield state >> 16
 
 
+#: The worked example's point is drawn again (up to ``EXAMPLE_DRAWS`` times) while a hidden unit sits
+#: on a kink of its activation or saturates: a smooth activation's slope below ``SATURATED`` times
+#: its slope at 0 (tanh beyond |z| = 1.82, the logistic sigmoid beyond 3.64).
+EXAMPLE_DRAWS = 400
+SATURATED = 0.1
+
+
 def example_values(net: MLP) -> dict:
     """Small exact inputs for the worked example: integers in x and b, halves and integers in W (so
-    that softmax does not saturate), a one-hot (cross-entropy) or 0/1 (binary cross-entropy) target.
+    that softmax does not saturate), a one-hot (cross-entropy) or 0/1 (binary cross-entropy) target;
+    the first draw where no hidden unit sits on a kink or saturates (:func:`example_troubles`), else
+    the draw with the fewest such units (the document flags them).
 
     >>> example_values(MLP([2, 2], output="identity", loss="mse"))["W1"]
     Matrix([
     [  1, -1/2],
     [1/2,  1/2]])
     """
-    draw = _sequence(7)
+    best = None
+    for seed in range(7, 7 + EXAMPLE_DRAWS):
+        values = _draw(net, seed)
+        troubles = example_troubles(net, values)
+        if not troubles:
+            return values
+        if best is None or len(troubles) < best[0]:
+            best = (len(troubles), values)
+    return best[1]
+
+
+def example_troubles(net: MLP, values: dict) -> list[dict]:
+    """The hidden units that sit on a kink or saturate at ``values``, in float64:
+    ``[{"l", "n", "i", "z", "kind": "kink" | "saturated", "slope"}]`` (0-based example ``n`` and unit
+    ``i``). Empty when a custom activation cannot be evaluated there (the exact example decides).
+
+    >>> net = MLP([1, 1, 1], hidden="tanh", output="identity", loss="mse", bias=False)
+    >>> v = {"x": sp.Matrix([[3]]), "W1": sp.Matrix([[1]]), "W2": sp.Matrix([[1]]), "y": sp.Matrix([[0]])}
+    >>> [(t["l"], t["kind"], round(t["slope"], 4)) for t in example_troubles(net, v)]
+    [(1, 'saturated', 0.0099)]
+    """
+    import numpy as np
+
+    found = []
+    A = np.array(values["x"].tolist(), dtype=float)
+    try:
+        with np.errstate(all="ignore"):
+            for l in range(1, net.L):
+                W = np.array(values[f"W{l}"].tolist(), dtype=float)
+                Z = A @ W.T if net.batch else W @ A
+                if net.bias:
+                    b = np.array(values[f"b{l}"].tolist(), dtype=float)
+                    Z = Z + (b.T if net.batch else b)
+                row = net.hidden[l - 1]
+                slope = np.asarray(row.numpy_derivative(Z), dtype=float) * np.ones_like(Z)
+                at0 = abs(float(np.asarray(row.numpy_derivative(np.zeros(1)), dtype=float).ravel()[0]))
+                for (r, c), z in np.ndenumerate(Z):
+                    n, i = (r, c) if net.batch else (0, r)
+                    kind = None
+                    if any(abs(z - k) < 1e-12 for k in row.kinks):
+                        kind = "kink"
+                    elif not row.kinks and 0 < at0 < math.inf and abs(slope[r, c]) < SATURATED * at0:
+                        kind = "saturated"
+                    if kind:
+                        found.append({"l": l, "n": n, "i": i, "z": float(z), "kind": kind, "slope": float(slope[r, c])})
+                F = np.asarray(row.numpy(Z), dtype=float)
+                A = A + F if l in net.residual_layers else F
+    except Exception:  # a custom activation that NumPy cannot evaluate: keep the first draw
+        return []
+    return found
+
+
+def _draw(net: MLP, seed: int) -> dict:
+    """One draw of the worked example's point from the fixed sequence ``seed``."""
+    draw = _sequence(seed)
     pick = lambda choices: choices[next(draw) % len(choices)]
     half = sp.Rational(1, 2)
     values = {"x": sp.Matrix(*net.shape("x"), lambda i, j: pick([-1, 1, 2, 0, -2, 1]))}
@@ -914,7 +985,15 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
+    flags = []
+    for t in example_troubles(net, values):
+        row = net.hidden[t["l"] - 1]
+        index = f"{t['n'] + 1},{t['i'] + 1}" if net.batch else f"{t['i'] + 1}"
+        z = net.symbols(f"z{t['l']}")[(t["n"], t["i"]) if net.batch else (t["i"], 0)].xreplace(env)
+        flags.append({"cell": f"z^{{({t['l']})}}_{{{index}}}", "value": number_tex(z), "kind": t["kind"],
+                      "f": row.latex, "slope": number_tex(_slope(row)(z))})
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
+            "flags": flags,
             "loss": number_tex(loss), "side_by_side": not net.batch,
             # one display line per layer and direction when every width is small (COMPACT_WIDTH)
             "compact": not net.batch and max(net.sizes) <= COMPACT_WIDTH}
