@@ -461,6 +461,7 @@ def _forward(net: MLP, printer) -> list[dict]:
             "z_shape": _shape(net.shape(f"z{l}")),
             "z_entry": _entry(net, net.local(f"z{l}"), net.symbols(f"z{l}"), printer),
             "a_entry": _entry(net, net.local(f"a{l}"), net.symbols(f"a{l}"), printer),
+            "like": l - 1 if _same_as(net, l - 1) else None,  # built like layer l - 1, one index up
         })
     return layers
 
@@ -948,6 +949,11 @@ def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
     return out.rstrip("0").rstrip(".") if strip else out
 
 
+#: A worked example's backward layer shares one display line while its estimated width (as
+#: :func:`symbp.latex.matrix_width`, labels included) is at most this.
+EXAMPLE_LINE_WIDTH = 60
+
+
 def worked_example(net: MLP, grads, printer) -> dict:
     """Every cell of the forward and backward pass at :func:`example_values`, computed exactly."""
     values = example_values(net)
@@ -985,6 +991,9 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
+    for b in backward:  # one display line when the whole layer fits, else dL/dW on its own
+        parts = [(b["abar"], 4), (b["slope"], 9), (b["delta"], 10 if b["b"] else 4), (b["W"], 6)]
+        b["one_line"] = sum(tex.matrix_width(m) + label for m, label in parts if m) <= EXAMPLE_LINE_WIDTH
     flags = []
     for t in example_troubles(net, values):
         row = net.hidden[t["l"] - 1]
