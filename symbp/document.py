@@ -991,6 +991,9 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
+    width = lambda rows: tex.matrix_width(rows) + 4  # a matrix and its label
+    x_inline = sum(width(forward[0][k]) for k in ("W", "b", "z", "a") if forward[0][k]) + width(cells(values["x"])) \
+        <= EXAMPLE_LINE_WIDTH - 4  # x beside the first layer's cells
     for b in backward:  # one display line when the whole layer fits, else dL/dW on its own
         parts = [(b["abar"], 4), (b["slope"], 9), (b["delta"], 10 if b["b"] else 4), (b["W"], 6)]
         b["one_line"] = sum(tex.matrix_width(m) + label for m, label in parts if m) <= EXAMPLE_LINE_WIDTH
@@ -1002,7 +1005,7 @@ def worked_example(net: MLP, grads, printer) -> dict:
         flags.append({"cell": f"z^{{({t['l']})}}_{{{index}}}", "value": number_tex(z), "kind": t["kind"],
                       "f": row.latex, "slope": number_tex(_slope(row)(z))})
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
-            "flags": flags,
+            "flags": flags, "x_inline": x_inline,
             "loss": number_tex(loss), "side_by_side": not net.batch,
             # one display line per layer and direction when every width is small (COMPACT_WIDTH)
             "compact": not net.batch and max(net.sizes) <= COMPACT_WIDTH}
