@@ -38,7 +38,7 @@ EXAMPLE_MAX_WIDTH = 6
 #: ... and the batch (if any) at most this.
 EXAMPLE_MAX_BATCH = 4
 #: The worked example puts a layer's matrices on one line when every width is at most this.
-COMPACT_WIDTH = 4
+COMPACT_WIDTH = 5
 #: Digits after the decimal point in the worked example.
 DIGITS = 4
 #: Sums with more terms print as ``t1 + t2 + ... + tn``.
