@@ -614,6 +614,24 @@ def _detail(world, truth, assumptions):
             "a proof for one layer holds at any depth")
 
 
+def detail_parts(detail: str) -> dict | None:
+    """The pieces of a :func:`_detail` text, so that a document says the common part once:
+    ``{"names": [...], "upstream": [...], "assuming": [...]}``, or None for any other text.
+
+    >>> detail_parts("proved for all sizes (n0, n1 symbolic), with the true upstream dz2, da1, "
+    ...              "assuming every target row sums to 1; a proof for one layer holds at any depth")
+    {'names': ['n0', 'n1'], 'upstream': ['dz2', 'da1'], 'assuming': ['every target row sums to 1']}
+    """
+    import re
+
+    m = re.fullmatch(r"proved for all sizes \((.*?) symbolic\)(?:, with the true upstream (.*?))?"
+                     r"(?:, assuming (.*))?; a proof for one layer holds at any depth", detail or "")
+    if m is None:
+        return None
+    return {"names": m.group(1).split(", "), "upstream": m.group(2).split(", ") if m.group(2) else [],
+            "assuming": m.group(3).split("; ") if m.group(3) else []}
+
+
 def try_prove(net, target, node, world=None):
     """``(assumptions, detail)`` or ``(None, reason)``."""
     try:

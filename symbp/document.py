@@ -38,7 +38,7 @@ EXAMPLE_MAX_WIDTH = 6
 #: ... and the batch (if any) at most this.
 EXAMPLE_MAX_BATCH = 4
 #: The worked example puts a layer's matrices on one line when every width is at most this.
-COMPACT_WIDTH = 4
+COMPACT_WIDTH = 5
 #: Digits after the decimal point in the worked example.
 DIGITS = 4
 #: Sums with more terms print as ``t1 + t2 + ... + tn``.
@@ -340,9 +340,17 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
     if grads is None:
         grads = derive(net)
     printer = tex.SymbpLatexPrinter(columns=net.columns, max_terms=MAX_TERMS)
+    skipped = None
     if example is None:
         example = max(net.sizes) <= EXAMPLE_MAX_WIDTH and (net.batch or 0) <= EXAMPLE_MAX_BATCH
+        if max(net.sizes) > EXAMPLE_MAX_WIDTH:
+            skipped = (f"its widest layer has {max(net.sizes)} units, more than the {EXAMPLE_MAX_WIDTH} "
+                       "a worked example prints cell by cell")
+        elif not example:
+            skipped = (f"its batch has {net.batch} examples, more than the {EXAMPLE_MAX_BATCH} "
+                       "a worked example prints cell by cell")
     checks = verification(net, grads, printer)
+    backward = _backward(net, grads, printer, checks)
     worked, omitted = None, None
     if example:
         try:
@@ -358,11 +366,13 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
                   "deltaL": printer.grad_base(f"z{net.L}")},
         "symbols": _symbols(net, printer),
         "forward": _forward(net, printer),
-        "backward": _backward(net, grads, printer, checks),
+        "backward": backward,
+        "allsizes": allsizes_once([t for layer in backward for t in _rows(layer)]),
         "output": _output(net, grads, printer),
         "checks": checks["summary"],
         "example": worked,
         "example_omitted": omitted,
+        "example_skipped": skipped,
         "flowsec": _flow_section(net),
         "code": backward_code(net),
     }
@@ -499,8 +509,28 @@ def _forward(net: MLP, printer) -> list[dict]:
             "z_shape": _shape(net.shape(f"z{l}")),
             "z_entry": _entry(net, net.local(f"z{l}"), net.symbols(f"z{l}"), printer),
             "a_entry": _entry(net, net.local(f"a{l}"), net.symbols(f"a{l}"), printer),
+            "like": l - 1 if _same_as(net, l - 1) else None,  # built like layer l - 1, one index up
         })
     return layers
+
+
+def allsizes_once(targets) -> dict | None:
+    """Say the all-sizes proof once per document (issue 13): ``targets`` in the document's order, each
+    a dict with ``"tex"`` and ``"mark"``. When some marks carry :mod:`symbp.allsizes`' detail and every
+    one of them names the same sizes, each such target gets a copy of its mark with ``"detail"``
+    emptied and ``"allsizes"`` set, and the one note is returned: ``{"names": "n0, n1", "upstream":
+    bool, "assuming": [(tex, "every target row sums to 1")]}``. Otherwise None, nothing changed."""
+    from .allsizes import detail_parts
+
+    found = [(t, detail_parts(t["mark"]["detail"])) for t in targets if t and t.get("mark") and t["mark"].get("detail")]
+    found = [(t, parts) for t, parts in found if parts is not None]
+    if not found or len({tuple(parts["names"]) for _, parts in found}) != 1:
+        return None
+    for t, parts in found:
+        t["mark"] = dict(t["mark"], detail="", allsizes=True, assuming="; ".join(parts["assuming"]))
+    return {"names": ", ".join(found[0][1]["names"]), "upstream": any(p["upstream"] for _, p in found),
+            "assuming": [(t["tex"], "; ".join(p["assuming"])) for t, p in found if p["assuming"]],
+            "first": found[0][0]["name"]}
 
 
 def _samples(shape) -> list[tuple[int, int]]:
@@ -552,8 +582,28 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "targets": targets,
             "coincide": _coincidences(targets.values()),
             "display": _display_lines(net, l, targets),
+            "same_as": _same_as(net, l),
         })
     return layers
+
+
+def _same_as(net: MLP, l: int) -> int | None:
+    """``l + 1`` when hidden layer ``l``'s assembled matrices are layer ``l + 1``'s with every layer
+    index one lower (the same activation, the same shapes, both or neither a skip connection, and an
+    upstream gradient of its own: not layer 1), so that the document shows them once; else None."""
+    if not 1 < l < net.L - 1 or net.hidden[l - 1].name != net.hidden[l].name:
+        return None
+    if len({net.sizes[l - 1], net.sizes[l], net.sizes[l + 1]}) != 1:
+        return None
+    if (l in net.residual_layers) != (l + 1 in net.residual_layers):
+        return None
+    return l + 1
+
+
+def _rows(layer) -> list[dict]:
+    """A layer's table rows, in the table's order (dL/dz, dL/dW, dL/db, dL/da)."""
+    t = layer["targets"]
+    return [t[k] for k in ("z", "W", "b", "a") if t[k] is not None]
 
 
 #: Assembled matrices share a display line while their estimated widths add up to at most this.
@@ -801,16 +851,79 @@ def _sequence(seed: int):
         yield state >> 16
 
 
+#: The worked example's point is drawn again (up to ``EXAMPLE_DRAWS`` times) while a hidden unit sits
+#: on a kink of its activation or saturates: a smooth activation's slope below ``SATURATED`` times
+#: its slope at 0 (tanh beyond |z| = 1.82, the logistic sigmoid beyond 3.64).
+EXAMPLE_DRAWS = 400
+SATURATED = 0.1
+
+
 def example_values(net: MLP) -> dict:
     """Small exact inputs for the worked example: integers in x and b, halves and integers in W (so
-    that softmax does not saturate), a one-hot (cross-entropy) or 0/1 (binary cross-entropy) target.
+    that softmax does not saturate), a one-hot (cross-entropy) or 0/1 (binary cross-entropy) target;
+    the first draw where no hidden unit sits on a kink or saturates (:func:`example_troubles`), else
+    the draw with the fewest such units (the document flags them).
 
     >>> example_values(MLP([2, 2], output="identity", loss="mse"))["W1"]
     Matrix([
     [  1, -1/2],
     [1/2,  1/2]])
     """
-    draw = _sequence(7)
+    best = None
+    for seed in range(7, 7 + EXAMPLE_DRAWS):
+        values = _draw(net, seed)
+        troubles = example_troubles(net, values)
+        if not troubles:
+            return values
+        if best is None or len(troubles) < best[0]:
+            best = (len(troubles), values)
+    return best[1]
+
+
+def example_troubles(net: MLP, values: dict) -> list[dict]:
+    """The hidden units that sit on a kink or saturate at ``values``, in float64:
+    ``[{"l", "n", "i", "z", "kind": "kink" | "saturated", "slope"}]`` (0-based example ``n`` and unit
+    ``i``). Empty when a custom activation cannot be evaluated there (the exact example decides).
+
+    >>> net = MLP([1, 1, 1], hidden="tanh", output="identity", loss="mse", bias=False)
+    >>> v = {"x": sp.Matrix([[3]]), "W1": sp.Matrix([[1]]), "W2": sp.Matrix([[1]]), "y": sp.Matrix([[0]])}
+    >>> [(t["l"], t["kind"], round(t["slope"], 4)) for t in example_troubles(net, v)]
+    [(1, 'saturated', 0.0099)]
+    """
+    import numpy as np
+
+    found = []
+    A = np.array(values["x"].tolist(), dtype=float)
+    try:
+        with np.errstate(all="ignore"):
+            for l in range(1, net.L):
+                W = np.array(values[f"W{l}"].tolist(), dtype=float)
+                Z = A @ W.T if net.batch else W @ A
+                if net.bias:
+                    b = np.array(values[f"b{l}"].tolist(), dtype=float)
+                    Z = Z + (b.T if net.batch else b)
+                row = net.hidden[l - 1]
+                slope = np.asarray(row.numpy_derivative(Z), dtype=float) * np.ones_like(Z)
+                at0 = abs(float(np.asarray(row.numpy_derivative(np.zeros(1)), dtype=float).ravel()[0]))
+                for (r, c), z in np.ndenumerate(Z):
+                    n, i = (r, c) if net.batch else (0, r)
+                    kind = None
+                    if any(abs(z - k) < 1e-12 for k in row.kinks):
+                        kind = "kink"
+                    elif not row.kinks and 0 < at0 < math.inf and abs(slope[r, c]) < SATURATED * at0:
+                        kind = "saturated"
+                    if kind:
+                        found.append({"l": l, "n": n, "i": i, "z": float(z), "kind": kind, "slope": float(slope[r, c])})
+                F = np.asarray(row.numpy(Z), dtype=float)
+                A = A + F if l in net.residual_layers else F
+    except Exception:  # a custom activation that NumPy cannot evaluate: keep the first draw
+        return []
+    return found
+
+
+def _draw(net: MLP, seed: int) -> dict:
+    """One draw of the worked example's point from the fixed sequence ``seed``."""
+    draw = _sequence(seed)
     pick = lambda choices: choices[next(draw) % len(choices)]
     half = sp.Rational(1, 2)
     values = {"x": sp.Matrix(*net.shape("x"), lambda i, j: pick([-1, 1, 2, 0, -2, 1]))}
@@ -884,6 +997,11 @@ def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
     return out.rstrip("0").rstrip(".") if strip else out
 
 
+#: A worked example's backward layer shares one display line while its estimated width (as
+#: :func:`symbp.latex.matrix_width`, labels included) is at most this.
+EXAMPLE_LINE_WIDTH = 60
+
+
 def worked_example(net: MLP, grads, printer) -> dict:
     """Every cell of the forward and backward pass at :func:`example_values`, computed exactly."""
     values = example_values(net)
@@ -921,7 +1039,21 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
+    width = lambda rows: tex.matrix_width(rows) + 4  # a matrix and its label
+    x_inline = sum(width(forward[0][k]) for k in ("W", "b", "z", "a") if forward[0][k]) + width(cells(values["x"])) \
+        <= EXAMPLE_LINE_WIDTH - 4  # x beside the first layer's cells
+    for b in backward:  # one display line when the whole layer fits, else dL/dW on its own
+        parts = [(b["abar"], 4), (b["slope"], 9), (b["delta"], 10 if b["b"] else 4), (b["W"], 6)]
+        b["one_line"] = sum(tex.matrix_width(m) + label for m, label in parts if m) <= EXAMPLE_LINE_WIDTH
+    flags = []
+    for t in example_troubles(net, values):
+        row = net.hidden[t["l"] - 1]
+        index = f"{t['n'] + 1},{t['i'] + 1}" if net.batch else f"{t['i'] + 1}"
+        z = net.symbols(f"z{t['l']}")[(t["n"], t["i"]) if net.batch else (t["i"], 0)].xreplace(env)
+        flags.append({"cell": f"z^{{({t['l']})}}_{{{index}}}", "value": number_tex(z), "kind": t["kind"],
+                      "f": row.latex, "slope": number_tex(_slope(row)(z))})
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
+            "flags": flags, "x_inline": x_inline,
             "loss": number_tex(loss), "side_by_side": not net.batch,
             # one display line per layer and direction when every width is small (COMPACT_WIDTH)
             "compact": not net.batch and max(net.sizes) <= COMPACT_WIDTH}
@@ -1208,6 +1340,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
     backward = []
     for layer, view in zip(reversed(net.layers), reversed(layers)):
         backward.append({"layer": view, "targets": [target(n) for n in _backward_targets(net, layer, grads)]})
+    out = target(net.output_name) if net.output_name in grads.keys() else None
+    allsizes = allsizes_once([out] + [t for b in backward for t in b["targets"]])
     symbols = [{"tex": "x", "shape": _shape(net.shape("x")), "kind": "input", "layer": None},
                {"tex": "y", "shape": _shape(net.shape("y")), "kind": "target", "layer": None}]
     symbols += [{"tex": printer.base(m), "shape": _shape(net.shape(m)), "kind": "mask",
@@ -1240,7 +1374,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
             "loss_stage": printer.base(net.loss_stage),
         },
         "symbols": symbols,
-        "output": target(output) if output in grads.keys() else None,
+        "output": out,
         "backward": backward,
+        "allsizes": allsizes,
         "checks": checks["summary"],
     }

@@ -180,3 +180,129 @@ def test_the_backward_pass_as_code_is_compile_s(seed):
     assert "    dW3 = dz3 @ a2.T\n" in listing and "    dz2 = da2 * step(z2)\n" in listing
     assert 'params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}\n' in seed
     assert "    params[name] -= eta * grads[name]\n" in seed
+
+
+# --------------------------------------------------------------------------- issue 13 leftovers
+import re
+import shutil
+import subprocess
+
+DEEP = dict(sizes=[3, 3, 3, 3, 3, 2], hidden="tanh")
+
+
+@pytest.fixture(scope="module")
+def deep():
+    return document.render(symbp.MLP(**DEEP))
+
+
+def test_the_all_sizes_proof_is_said_once_per_document(deep):
+    assert deep.count("proved for all sizes") == 1 and deep.count("holds at any depth") == 1
+    assert (r"$^{*}$ Every gradient marked \holds{all-sizes}$^{*}$ is proved for all sizes (n0, n1, n2, n3, n4, n5 "
+            r"symbolic), each from its layer's true upstream gradient (the derived one, not the claimed one); a proof "
+            r"for one layer holds at any depth; $\partial L / \partial z^{(5)}$ assumes every target row sums to 1.") \
+        in lines(deep)
+    # every one of the 19 gradients keeps its star (5 layers x z, W, b, a; no a^(0)), and the note has one
+    assert deep.count(r"\holds{all-sizes}$^{*}$") == 5 * 4 - 1 + 1
+    # the common text is symbp.allsizes' own, taken apart and said once
+    from symbp import allsizes
+    detail = "proved for all sizes (n0, n1 symbolic), with the true upstream dz2; a proof for one layer holds at any depth"
+    assert allsizes.detail_parts(detail) == {"names": ["n0", "n1"], "upstream": ["dz2"], "assuming": []}
+    assert allsizes.detail_parts("judged at the given sizes only") is None
+
+
+def test_a_network_document_names_the_symbolic_sizes_once():
+    net = symbp.network([{"op": "affine", "out": 3}, {"op": "relu"}, {"op": "affine", "out": 2}], input=2, batch=2,
+                        loss="mse")
+    source = document.render(net)
+    assert source.count("is proved with every size symbolic (") == 1 and "holds at any depth" not in source
+    assert "proved for all sizes" not in source
+    assert source.count("found the closed form equal to the derived entries, for all sizes.") >= 3
+
+
+def test_same_form_layers_are_shown_once(deep):
+    assert "Layers 3, 4 are built like layer 2, with every layer index one up." in lines(deep)
+    assert r"z^{(3)}_{1} &=" not in deep and r"z^{(2)}_{1} &=" in deep
+    assert r"$f_{3}'(z) = \tanh'(z) = 1 - \tanh^{2}{\left(z \right)}$." in deep
+    assert "Its matrices are layer 4's, each layer index one lower; $^{\\dagger}$ here $n_{2} = n_{3} = 3$." in deep
+    layers = deep[deep.index(r"\section{The backward pass, layer by layer}"):deep.index(r"\section{The backward pass as code}")]
+    assert r"\frac{\partial L}{\partial W^{(3)}} = \begin{bmatrix}" not in layers  # shown for layer 4 only
+    assert r"\frac{\partial L}{\partial W^{(4)}} = \begin{bmatrix}" in layers
+    assert r"\frac{\partial L}{\partial W^{(1)}} = \begin{bmatrix}" in layers  # x, not a^(0): shown
+    # and the claim is true: layer 4's derived entries with every layer index one lower are layer 3's
+    grads = symbp.derive(symbp.MLP(**DEEP))
+    lower = lambda e: e.xreplace({s: sp.Symbol(re.sub(r"^([a-zA-Z]+)(\d+)", lambda m: m[1] + str(int(m[2]) - 1), s.name),
+                                               **s.assumptions0) for s in e.free_symbols})
+    for kind in ("z", "W", "b"):
+        assert (grads[f"{kind}4"].applyfunc(lower) - grads[f"{kind}3"]).applyfunc(sp.simplify).is_zero_matrix
+    assert (grads["a3"].applyfunc(lower) - grads["a2"]).is_zero_matrix
+
+
+def _exact_forward(net, values):
+    """Every hidden pre-activation at ``values``, exactly, from the activations' SymPy forms."""
+    x = sp.Symbol("x", real=True)
+    a, zs = values["x"], {}
+    for l in range(1, net.L):
+        z = values[f"W{l}"] * a + values[f"b{l}"]
+        zs[l] = z
+        f = net.hidden[l - 1].sympy(x)
+        a = z.applyfunc(lambda v: f.subs(x, v))
+    return zs, x
+
+
+@pytest.mark.parametrize("config", [DEEP, dict(sizes=[4, 5, 3, 3]), dict(sizes=[3, 4, 2], hidden="sigmoid"),
+                                    dict(sizes=[3, 3, 3, 2], hidden="relu", residual=False)])
+def test_the_worked_example_sits_on_no_kink_and_saturates_no_unit(config):
+    net = symbp.MLP(**config)
+    zs, x = _exact_forward(net, document.example_values(net))
+    for l, z in zs.items():
+        row = net.hidden[l - 1]
+        slope = sp.diff(row.sympy(x), x)
+        for v in z:
+            if row.name == "relu":
+                assert v != 0, (l, v)
+            else:
+                assert abs(float(slope.subs(x, v))) >= 0.1 * abs(float(slope.subs(x, 0))), (l, v)
+
+
+def test_a_unit_left_on_a_kink_is_flagged(monkeypatch):
+    monkeypatch.setattr(document, "EXAMPLE_DRAWS", 1)  # the first draw only: seed 7
+    net = symbp.MLP([4, 5, 3, 3])
+    zs, _ = _exact_forward(net, document.example_values(net))
+    assert zs[2][1] == 0 and all(v != 0 for v in zs[1]) and [v for v in zs[2] if v == 0] == [0]
+    source = document.render(net)
+    assert r"Flagged cells: $z^{(2)}_{2} = 0$: $\operatorname{ReLU}'( 0 ) = 0$ by convention." in lines(source)
+    monkeypatch.undo()
+    assert "Flagged cells" not in document.render(symbp.MLP([4, 5, 3, 3]))  # a later draw has no such unit
+
+
+def test_a_left_out_example_is_said_in_one_sentence():
+    wide = document.render(symbp.MLP([3, 8, 2], hidden="tanh"))
+    assert ("There is no worked example for this network: its widest layer has 8 units, more than the 6 a worked "
+            "example prints cell by cell.") in lines(wide)
+    batch = document.render(symbp.MLP([2, 3, 2], batch=5))
+    assert ("There is no worked example for this network: its batch has 5 examples, more than the 4 a worked "
+            "example prints cell by cell.") in lines(batch)
+    assert "There is no worked example" not in document.render(symbp.MLP([3, 8, 2]), example=False)  # asked for
+    assert "There is no worked example" not in document.render(symbp.MLP([3, 6, 2]))  # 6 units: shown
+
+
+def test_the_layout_names_the_numerator_transpose(seed):
+    aside = (r"In numerator layout $\partial L / \partial W$ is the transposed matrix of the original, shaped like "
+             r"$W^{\top}$ with $\partial L / \partial W_{ij}$ at $(j, i)$: the same numbers, so its update is "
+             r"$W \leftarrow W - \eta\, (\partial L / \partial W)^{\top}$.")
+    assert seed.count(aside) == 1
+    assert "seed 002: a scalar-to-matrix gradient is ``a matrix the same shape as the original matrix''" in seed
+    net = symbp.network([{"op": "affine", "out": 2}], input=2, loss="mse")
+    assert document.render(net).count(aside) == 1
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdfinfo") is None,
+                    reason="TeX is installed by .ci/run")
+def test_the_deep_tanh_document_fits_in_seven_pages(tmp_path):
+    entry = next(e for e in document.GALLERY if e.name == "deep-tanh")
+    pdf, log = tmp_path / "deep.pdf", tmp_path / "deep.log"
+    L.compile_pdf(document.render(entry.network(), title=entry.title), pdf, log_path=log)
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    pages = int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
+    assert pages <= 7, pages
+    assert "Overfull \\hbox" not in log.read_text(errors="replace")
