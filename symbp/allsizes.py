@@ -140,12 +140,22 @@ class World:
         self.definitions = {layer.name: layer for layer in self.layers
                             if layer.op.index is not None and not layer.params and not layer.stages}
         self.bases = {}
+        self.stage_of, self.stage_shape = {}, {}  # a stage's name: (its layer, key); its symbolic shape
+        for layer in self.layers:
+            if layer.op.index is not None and layer.stages:
+                forms = self._inputs(layer, self.raw)[3]
+                for key, name in layer.stages.items():
+                    rows, cols = (sp.sympify(d) for d in forms[key][0])
+                    self.stage_of[name] = (layer, key)
+                    self.stage_shape[name] = (rows, cols) if self.batch else (cols, rows)
         fused = net.fused
         self.side_condition = fused.side_condition if fused is not None and fused.side_condition else None
         self.loss_unit, self.loss_scale = _loss_form(net.loss_row)
 
     # shapes and entries, in the network's orientation (columns for one example, rows for a batch)
     def shape(self, name):
+        if name in self.stage_shape:
+            return self.stage_shape[name]
         if name in self.param_shape:
             if self.param_shape[name] is None:
                 raise Undecided(f"no symbolic shape for {name}")
@@ -170,7 +180,12 @@ class World:
         return (lambda e, i: at(e, i)) if self.batch else (lambda e, i: at(i, sp.Integer(1)))
 
     def value(self, name):
-        """Entries of ``name`` with the outputs of parameter-free layers replaced by their definitions."""
+        """Entries of ``name`` with the outputs of parameter-free layers and the internal stages (a norm's
+        mean) replaced by their definitions."""
+        if name in self.stage_of:
+            layer, key = self.stage_of[name]
+            entry = self._inputs(layer, self.value)[2][key]
+            return lambda r, c: entry(r, c) if self.batch else entry(c, r)
         layer = self.definitions.get(name)
         if layer is None:
             return self.raw(name)
@@ -188,11 +203,26 @@ class World:
                             lambda u: self.value(str(u.base))(*u.indices))
 
     def _local(self, layer, e, i):
-        """The raw index form of ``layer``'s output at example ``e``, feature ``i``."""
-        X = self.rows(self.raw(layer.inp))
-        E = {key: self.rows(self.raw(other)) for key, other in layer.extra.items()}
-        P = {role: self.raw(name) for role, name in layer.params.items()}
+        """The raw index form of ``layer``'s output at example ``e``, feature ``i`` (its stages expanded)."""
+        X, P, E, _ = self._inputs(layer, self.raw)
         return layer.op.index(X, P, E, layer.cfg, e, i, self.width[layer.inp])
+
+    def _inputs(self, layer, read):
+        """``(X, P, E, stages)`` of ``layer`` in the rows orientation, ``read`` giving the entries of its
+        input and extra inputs; ``E`` also holds each internal stage's index form by its key (the op's
+        ``index_stages``, which read the earlier stages from ``E`` when an entry is taken)."""
+        X = self.rows(read(layer.inp))
+        E = {key: self.rows(read(other)) for key, other in layer.extra.items()}
+        P = {role: self.raw(name) for role, name in layer.params.items()}
+        if not layer.stages:
+            return X, P, E, {}
+        if layer.op.index_stages is None:
+            raise Undecided(f"{layer.label} has no index form of its stages")
+        forms = layer.op.index_stages(X, P, E, layer.cfg, self.width[layer.inp], self.N or sp.Integer(1))
+        if set(forms) != set(layer.stages) or set(forms) & set(E):
+            raise Undecided(f"{layer.label}: its stages' index forms do not match its stages")
+        E.update({key: entry for key, (_, entry) in forms.items()})
+        return X, P, E, forms
 
     def _examples(self, body, e):
         return sp.Sum(body, (e, 1, self.N)) if self.batch else body.xreplace({e: sp.Integer(1)})
