@@ -17,7 +17,11 @@ How it works
     dimension of 1, ``sum(axis)``, ``mean`` as a sum over the symbolic count, ``ones``, sizes by name);
     a shape that does not agree for every size (``n2`` against ``n3``, ``N`` against 1) leaves the
     claim undecided. The outputs of parameter-free layers (``a_l = f(z_l)``, softmax) are replaced by
-    their definitions on both sides.
+    their definitions on both sides. An op with internal stages (a norm's mean and variance) gives
+    each stage's index form too (the row's ``index_stages``: ``mu[n] = Sum(x[n, k], (k, 1, D)) / D``,
+    ``var[n] = Sum((x[n, k] - mu[n])**2, (k, 1, D)) / D``, batch norm's over the examples, ``1/N``); the
+    output's form reads them, so the truth differentiates through them, and a claim's stage
+    (``ln2mean``) is replaced by its definition, exactly as the op's forward defines it.
 
     The normal form of ``claim - truth``: every ``Sum`` pulled to the top (each bound index renamed
     fresh, so products of sums never capture), products distributed, each Kronecker delta
@@ -31,7 +35,8 @@ How it works
     and function applications frozen to indeterminates, then ``cancel(together(...))``).
 
 Soundness (no false "holds")
-    Every rewriting step is an identity valid for all positive whole sizes: distributing a product over
+    Every rewriting step is an identity valid for all positive whole sizes: a parameter-free output or
+    an internal stage replaced by its definition (the op's own index form), distributing a product over
     sums, renaming bound indices, ``sum_k f(k) delta(k, v) = f(v)`` for ``v`` in ``1..hi`` (checked
     symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition. A group whose
     integrand is zero as a rational function of indeterminates is zero whatever the entries are, and a
