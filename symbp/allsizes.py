@@ -145,14 +145,20 @@ class World:
         self.definitions = {layer.name: layer for layer in self.layers
                             if layer.op.index is not None and not layer.params and not layer.stages}
         self.bases = {}
-        self.stage_of, self.stage_shape = {}, {}  # a stage's name: (its layer, key); its symbolic shape
+        # a stage's name: (its layer, key); its symbolic shape; the stages read as variables of their own
+        self.stage_of, self.stage_shape, self.nodes = {}, {}, set()
         for layer in self.layers:
             if layer.op.index is not None and layer.stages:
+                claimed = set(layer.op.backward(layer.context(net)))
+                self.nodes |= {name for name in layer.stages.values() if name in claimed}
                 forms = self._inputs(layer, self.raw)[3]
+                params = [self.base(name) for name in layer.params.values()]
                 for key, name in layer.stages.items():
                     rows, cols = (sp.sympify(d) for d in forms[key][0])
                     self.stage_of[name] = (layer, key)
                     self.stage_shape[name] = (rows, cols) if self.batch else (cols, rows)
+                    if name in self.nodes and not forms[key][1](_index("e"), _index("i")).has(*params):
+                        self.definitions[name] = layer  # a parameter-free stage (scores, weights)
         fused = net.fused
         self.side_condition = fused.side_condition if fused is not None and fused.side_condition else None
         self.loss_unit, self.loss_scale = _loss_form(net.loss_row)
@@ -187,10 +193,12 @@ class World:
     def value(self, name):
         """Entries of ``name`` with the outputs of parameter-free layers and the internal stages (a norm's
         mean) replaced by their definitions."""
-        if name in self.stage_of:
+        if name in self.stage_of and (name not in self.nodes or name in self.definitions):
             layer, key = self.stage_of[name]
-            entry = self._inputs(layer, self.value)[2][key]
+            entry = self._inputs(layer, self.value)[3][key][1]
             return lambda r, c: entry(r, c) if self.batch else entry(c, r)
+        if name in self.stage_of:
+            return self.raw(name)
         layer = self.definitions.get(name)
         if layer is None:
             return self.raw(name)
@@ -209,8 +217,18 @@ class World:
 
     def _local(self, layer, e, i):
         """The raw index form of ``layer``'s output at example ``e``, feature ``i`` (its stages expanded)."""
-        X, P, E, _ = self._inputs(layer, self.raw)
-        return layer.op.index(X, P, E, layer.cfg, e, i, self.width[layer.inp])
+        X, P, E, forms = self._inputs(layer, self.raw)
+        if not forms:
+            return layer.op.index(X, P, E, layer.cfg, e, i, self.width[layer.inp])
+        return layer.op.index(X, P, E, self._cfg(layer), e, i, self.width[layer.inp], self.N or sp.Integer(1))
+
+    def _cfg(self, layer):
+        """The layer's configuration with a whole-number field that sets its new width (attention's
+        ``dk``) as the width's symbol, as :func:`_twin` varies it."""
+        if self.width[layer.name] == self.width[layer.inp]:
+            return layer.cfg
+        return {key: (self.width[layer.name] if type(value) is int and value == layer.n_out
+                      and key in layer.op.fields else value) for key, value in layer.cfg.items()}
 
     def _inputs(self, layer, read):
         """``(X, P, E, stages)`` of ``layer`` in the rows orientation, ``read`` giving the entries of its
@@ -223,10 +241,14 @@ class World:
             return X, P, E, {}
         if layer.op.index_stages is None:
             raise Undecided(f"{layer.label} has no index form of its stages")
-        forms = layer.op.index_stages(X, P, E, layer.cfg, self.width[layer.inp], self.N or sp.Integer(1))
+        forms = layer.op.index_stages(X, P, E, self._cfg(layer), self.width[layer.inp], self.N or sp.Integer(1))
         if set(forms) != set(layer.stages) or set(forms) & set(E):
             raise Undecided(f"{layer.label}: its stages' index forms do not match its stages")
-        E.update({key: entry for key, (_, entry) in forms.items()})
+        def lazy(name):  # a stage read as a variable, its entries taken when asked (value reads itself)
+            return self.rows(lambda r, c: read(name)(r, c))
+
+        E.update({key: (lazy(layer.stages[key]) if layer.stages[key] in getattr(self, "nodes", ()) else entry)
+                  for key, (_, entry) in forms.items()})
         return X, P, E, forms
 
     def _examples(self, body, e):
@@ -260,7 +282,18 @@ class World:
         entry = self.raw(target)(r, c)
         total = sp.Integer(0)
         readers = [layer for layer in self.layers
-                   if layer.inp == target or target in layer.extra.values() or target in layer.params.values()]
+                   if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
+                   or target in self.nodes and target in layer.stages.values()]
+        staged = False
+        for name in self.nodes:  # an internal stage read as a variable, with its own upstream d<stage>
+            layer, key = self.stage_of[name]
+            (rows, cols), form = self._inputs(layer, self.raw)[3][key]
+            e, i = _index("e"), _index("i")
+            at = form(e, i)
+            if at.has(self.base(target)):
+                staged = True
+                up = self.rows(self.raw(f"d{name}"))(e, i)
+                total += sp.Sum(sp.Sum(up * self.substitute(sp.diff(at, entry)), (i, 1, cols)), (e, 1, rows))
         for layer in readers:
             if layer.op.index is None:
                 raise Undecided(f"{layer.label} has no index form")
@@ -270,7 +303,7 @@ class World:
             total += self._examples(sp.Sum(up * self.substitute(local), (i, 1, self.width[layer.name])), e)
         if target == self.last.name:
             total += self.loss_gradient(r, c)
-        if not readers and target != self.last.name:
+        if not readers and not staged and target != self.last.name:
             raise Undecided(f"no layer reads {target}")
         return total
 
@@ -302,7 +335,7 @@ def translate(node, world):
         name = node.value
         if name == "N":
             return (sp.Integer(1), sp.Integer(1)), lambda r, c: world.N
-        if name.startswith("d") and name[1:] in world.width | world.param_shape:
+        if name.startswith("d") and (name[1:] in world.width | world.param_shape or name[1:] in world.nodes):
             return world.shape(name[1:]), world.upstream(name[1:])
         return world.shape(name), world.value(name)
     if op == "number":

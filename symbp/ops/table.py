@@ -265,7 +265,7 @@ def _layernorm_index_stages(X, P, E, cfg, n_in, N):
     return {"mean": ((N, 1), mean), "var": ((N, 1), var)}
 
 
-def _layernorm_index(X, P, E, cfg, e, i, n_in):
+def _layernorm_index(X, P, E, cfg, e, i, n_in, N):
     h = (X(e, i) - E["mean"](e, 1)) / sp.sqrt(E["var"](e, 1) + _exact(cfg["eps"]))
     return h * P["gamma"](i, 1) + P["beta"](i, 1) if "gamma" in P else h
 
@@ -364,7 +364,7 @@ def _rmsnorm_index_stages(X, P, E, cfg, n_in, N):
     return {"ms": ((N, 1), ms)}
 
 
-def _rmsnorm_index(X, P, E, cfg, e, i, n_in):
+def _rmsnorm_index(X, P, E, cfg, e, i, n_in, N):
     return X(e, i) / sp.sqrt(E["ms"](e, 1) + _exact(cfg["eps"])) * P["gamma"](i, 1)
 
 
@@ -428,7 +428,7 @@ def _batchnorm_index_stages(X, P, E, cfg, n_in, N):
     return {"mean": ((1, n_in), mean), "var": ((1, n_in), var)}
 
 
-def _batchnorm_index(X, P, E, cfg, e, i, n_in):
+def _batchnorm_index(X, P, E, cfg, e, i, n_in, N):
     h = (X(e, i) - E["mean"](1, i)) / sp.sqrt(E["var"](1, i) + _exact(cfg["eps"]))
     return h * P["gamma"](i, 1) + P["beta"](i, 1) if "gamma" in P else h
 
@@ -574,6 +574,39 @@ def _attention_torch(X, P, E, cfg, stage):
     return A @ V
 
 
+def _attention_index_stages(X, P, E, cfg, n_in, N):
+    """Q, K, V, the scores and the weights in index form (as ``_attention_forward``); causal attention
+    keeps token ``m`` for token ``n`` when ``m <= n``: ``step(n - m + 1/2)`` is that 0/1 mask."""
+    from ..functions import step
+
+    dk, causal = cfg["dk"], cfg["causal"]
+
+    def keep(n, m):
+        return step(n - m + sp.Rational(1, 2)) if causal else sp.Integer(1)
+
+    def project(w):
+        def entry(n, d):
+            j = _bound()
+            return sp.Sum(P[w](d, j) * X(n, j), (j, 1, n_in))
+        return (N, dk), entry
+
+    def score(n, m):
+        d = _bound()
+        return keep(n, m) * sp.Sum(E["Q"](n, d) * E["K"](m, d), (d, 1, dk)) / sp.sqrt(dk)
+
+    def weight(n, m):
+        k = _bound()
+        return keep(n, m) * sp.exp(E["S"](n, m)) / sp.Sum(keep(n, k) * sp.exp(E["S"](n, k)), (k, 1, N))
+
+    return {"Q": project("Wq"), "K": project("Wk"), "V": project("Wv"), "S": ((N, N), score),
+            "P": ((N, N), weight)}
+
+
+def _attention_index(X, P, E, cfg, e, i, n_in, N):
+    m = _bound()
+    return sp.Sum(E["P"](e, m) * E["V"](m, i), (m, 1, N))
+
+
 def _attention_code(c: Context):
     s, p = c.stages, c.params
     lines = [f"{s[key]} = {c.inp} @ {p[w]}.T" for key, w in (("Q", "Wq"), ("K", "Wk"), ("V", "Wv"))]
@@ -589,7 +622,7 @@ def _attention_code(c: Context):
 
 def _attention_backward(c: Context):
     s = c.stages
-    root = f"sqrt({c.cfg['dk']})"
+    root = f"sqrt(n_{c.out})"  # the head's width dk, by its size name (a proof for all sizes reads it so)
     return {
         s["P"]: f"d{c.out} @ {s['V']}.T",
         s["V"]: f"{s['P']}.T @ d{c.out}",
@@ -617,7 +650,7 @@ ATTENTION = Op(
     prefix="att", width=lambda cfg, n_in: cfg["dk"], param_shape=_attention_shape, check=_check_attention,
     torch=_attention_torch, mistakes=_attention_mistakes,
     note=r"one head; rows are tokens; causal attention gives the entries above the diagonal weight 0",
-    code=lambda c, show: _attention_code(c),
+    code=lambda c, show: _attention_code(c), index=_attention_index, index_stages=_attention_index_stages,
 )
 
 
