@@ -21,7 +21,12 @@ How it works
     each stage's index form too (the row's ``index_stages``: ``mu[n] = Sum(x[n, k], (k, 1, D)) / D``,
     ``var[n] = Sum((x[n, k] - mu[n])**2, (k, 1, D)) / D``, batch norm's over the examples, ``1/N``); the
     output's form reads them, so the truth differentiates through them, and a claim's stage
-    (``ln2mean``) is replaced by its definition, exactly as the op's forward defines it.
+    (``ln2mean``) is replaced by its definition, exactly as the op's forward defines it. A stage that
+    the row's backward gives a claim for (attention's ``Q``, ``K``, ``V``, scores ``S``, weights ``P``)
+    is instead a variable of its own: the forms that read it see its entries, the truth sums over its
+    readers too with its own true upstream ``d<stage>``, and a parameter-free one (``S``, ``P``) is
+    replaced by its definition on both sides. A configuration field that sets a new width (attention's
+    ``dk``, also its scale ``1/sqrt(dk)``) is that width's symbol, as :func:`_twin` varies it.
 
     The normal form of ``claim - truth``: every ``Sum`` pulled to the top (each bound index renamed
     fresh, so products of sums never capture), products distributed, each Kronecker delta
@@ -38,7 +43,9 @@ Soundness (no false "holds")
     Every rewriting step is an identity valid for all positive whole sizes: a parameter-free output or
     an internal stage replaced by its definition (the op's own index form), distributing a product over
     sums, renaming bound indices, ``sum_k f(k) delta(k, v) = f(v)`` for ``v`` in ``1..hi`` (checked
-    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition. A group whose
+    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition; causal attention's mask
+    ``step(n - m + 1/2)`` is 0 or 1 at whole indices (never at the kink), so ``step ** k = step`` of
+    :func:`_zero` holds for it. A group whose
     integrand is zero as a rational function of indeterminates is zero whatever the entries are, and a
     sum of zero groups is zero. So when every group vanishes the claim equals the truth for every
     width, every batch and every value of the entries: ``"all-sizes"``, ``"sizes": "all"``. The converse
