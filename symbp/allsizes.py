@@ -43,11 +43,11 @@ Soundness (no false "holds")
     Every rewriting step is an identity valid for all positive whole sizes: a parameter-free output or
     an internal stage replaced by its definition (the op's own index form), distributing a product over
     sums, renaming bound indices, ``sum_k f(k) delta(k, v) = f(v)`` for ``v`` in ``1..hi`` (checked
-    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition; causal attention's mask
-    ``step(n - m + 1/2)`` is 0 or 1 at whole indices (never at the kink), so ``step ** k = step`` of
-    :func:`_zero` holds for it. A group whose
-    integrand is zero as a rational function of indeterminates is zero whatever the entries are, and a
-    sum of zero groups is zero. So when every group vanishes the claim equals the truth for every
+    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition; causal
+    attention's mask ``step(n - m + 1/2)`` is 0 or 1 at whole indices (never at the kink), so the
+    ``step ** k = step`` of :func:`_zero` holds for it. A group whose integrand is zero as a rational
+    function of indeterminates is zero whatever the entries are, and a sum of zero groups is zero.
+    So when every group vanishes the claim equals the truth for every
     width, every batch and every value of the entries: ``"all-sizes"``, ``"sizes": "all"``. The converse
     is not claimed: a group that does not vanish proves nothing, and the claim goes to the concrete
     tiers of :mod:`symbp.verify`, at the given sizes (and, to catch a claim true only at those sizes,
@@ -251,10 +251,11 @@ class World:
         forms = layer.op.index_stages(X, P, E, self._cfg(layer), self.width[layer.inp], self.N or sp.Integer(1))
         if set(forms) != set(layer.stages) or set(forms) & set(E):
             raise Undecided(f"{layer.label}: its stages' index forms do not match its stages")
+
         def lazy(name):  # a stage read as a variable, its entries taken when asked (value reads itself)
             return self.rows(lambda r, c: read(name)(r, c))
 
-        E.update({key: (lazy(layer.stages[key]) if layer.stages[key] in getattr(self, "nodes", ()) else entry)
+        E.update({key: (lazy(layer.stages[key]) if layer.stages[key] in self.nodes else entry)
                   for key, (_, entry) in forms.items()})
         return X, P, E, forms
 
