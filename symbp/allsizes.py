@@ -17,7 +17,16 @@ How it works
     dimension of 1, ``sum(axis)``, ``mean`` as a sum over the symbolic count, ``ones``, sizes by name);
     a shape that does not agree for every size (``n2`` against ``n3``, ``N`` against 1) leaves the
     claim undecided. The outputs of parameter-free layers (``a_l = f(z_l)``, softmax) are replaced by
-    their definitions on both sides.
+    their definitions on both sides. An op with internal stages (a norm's mean and variance) gives
+    each stage's index form too (the row's ``index_stages``: ``mu[n] = Sum(x[n, k], (k, 1, D)) / D``,
+    ``var[n] = Sum((x[n, k] - mu[n])**2, (k, 1, D)) / D``, batch norm's over the examples, ``1/N``); the
+    output's form reads them, so the truth differentiates through them, and a claim's stage
+    (``ln2mean``) is replaced by its definition, exactly as the op's forward defines it. A stage that
+    the row's backward gives a claim for (attention's ``Q``, ``K``, ``V``, scores ``S``, weights ``P``)
+    is instead a variable of its own: the forms that read it see its entries, the truth sums over its
+    readers too with its own true upstream ``d<stage>``, and a parameter-free one (``S``, ``P``) is
+    replaced by its definition on both sides. A configuration field that sets a new width (attention's
+    ``dk``, also its scale ``1/sqrt(dk)``) is that width's symbol, as :func:`_twin` varies it.
 
     The normal form of ``claim - truth``: every ``Sum`` pulled to the top (each bound index renamed
     fresh, so products of sums never capture), products distributed, each Kronecker delta
@@ -31,11 +40,14 @@ How it works
     and function applications frozen to indeterminates, then ``cancel(together(...))``).
 
 Soundness (no false "holds")
-    Every rewriting step is an identity valid for all positive whole sizes: distributing a product over
+    Every rewriting step is an identity valid for all positive whole sizes: a parameter-free output or
+    an internal stage replaced by its definition (the op's own index form), distributing a product over
     sums, renaming bound indices, ``sum_k f(k) delta(k, v) = f(v)`` for ``v`` in ``1..hi`` (checked
-    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition. A group whose
-    integrand is zero as a rational function of indeterminates is zero whatever the entries are, and a
-    sum of zero groups is zero. So when every group vanishes the claim equals the truth for every
+    symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition; causal
+    attention's mask ``step(n - m + 1/2)`` is 0 or 1 at whole indices (never at the kink), so the
+    ``step ** k = step`` of :func:`_zero` holds for it. A group whose integrand is zero as a rational
+    function of indeterminates is zero whatever the entries are, and a sum of zero groups is zero.
+    So when every group vanishes the claim equals the truth for every
     width, every batch and every value of the entries: ``"all-sizes"``, ``"sizes": "all"``. The converse
     is not claimed: a group that does not vanish proves nothing, and the claim goes to the concrete
     tiers of :mod:`symbp.verify`, at the given sizes (and, to catch a claim true only at those sizes,
@@ -140,12 +152,28 @@ class World:
         self.definitions = {layer.name: layer for layer in self.layers
                             if layer.op.index is not None and not layer.params and not layer.stages}
         self.bases = {}
+        # a stage's name: (its layer, key); its symbolic shape; the stages read as variables of their own
+        self.stage_of, self.stage_shape, self.nodes = {}, {}, set()
+        for layer in self.layers:
+            if layer.op.index is not None and layer.stages:
+                claimed = set(layer.op.backward(layer.context(net)))
+                self.nodes |= {name for name in layer.stages.values() if name in claimed}
+                forms = self._inputs(layer, self.raw)[3]
+                params = [self.base(name) for name in layer.params.values()]
+                for key, name in layer.stages.items():
+                    rows, cols = (sp.sympify(d) for d in forms[key][0])
+                    self.stage_of[name] = (layer, key)
+                    self.stage_shape[name] = (rows, cols) if self.batch else (cols, rows)
+                    if name in self.nodes and not forms[key][1](_index("e"), _index("i")).has(*params):
+                        self.definitions[name] = layer  # a parameter-free stage (scores, weights)
         fused = net.fused
         self.side_condition = fused.side_condition if fused is not None and fused.side_condition else None
         self.loss_unit, self.loss_scale = _loss_form(net.loss_row)
 
     # shapes and entries, in the network's orientation (columns for one example, rows for a batch)
     def shape(self, name):
+        if name in self.stage_shape:
+            return self.stage_shape[name]
         if name in self.param_shape:
             if self.param_shape[name] is None:
                 raise Undecided(f"no symbolic shape for {name}")
@@ -170,7 +198,14 @@ class World:
         return (lambda e, i: at(e, i)) if self.batch else (lambda e, i: at(i, sp.Integer(1)))
 
     def value(self, name):
-        """Entries of ``name`` with the outputs of parameter-free layers replaced by their definitions."""
+        """Entries of ``name`` with the outputs of parameter-free layers and the internal stages (a norm's
+        mean) replaced by their definitions."""
+        if name in self.stage_of and (name not in self.nodes or name in self.definitions):
+            layer, key = self.stage_of[name]
+            entry = self._inputs(layer, self.value)[3][key][1]
+            return lambda r, c: entry(r, c) if self.batch else entry(c, r)
+        if name in self.stage_of:
+            return self.raw(name)
         layer = self.definitions.get(name)
         if layer is None:
             return self.raw(name)
@@ -188,11 +223,41 @@ class World:
                             lambda u: self.value(str(u.base))(*u.indices))
 
     def _local(self, layer, e, i):
-        """The raw index form of ``layer``'s output at example ``e``, feature ``i``."""
-        X = self.rows(self.raw(layer.inp))
-        E = {key: self.rows(self.raw(other)) for key, other in layer.extra.items()}
+        """The raw index form of ``layer``'s output at example ``e``, feature ``i`` (its stages expanded)."""
+        X, P, E, forms = self._inputs(layer, self.raw)
+        if not forms:
+            return layer.op.index(X, P, E, layer.cfg, e, i, self.width[layer.inp])
+        return layer.op.index(X, P, E, self._cfg(layer), e, i, self.width[layer.inp], self.N or sp.Integer(1))
+
+    def _cfg(self, layer):
+        """The layer's configuration with a whole-number field that sets its new width (attention's
+        ``dk``) as the width's symbol, as :func:`_twin` varies it."""
+        if self.width[layer.name] == self.width[layer.inp]:
+            return layer.cfg
+        return {key: (self.width[layer.name] if type(value) is int and value == layer.n_out
+                      and key in layer.op.fields else value) for key, value in layer.cfg.items()}
+
+    def _inputs(self, layer, read):
+        """``(X, P, E, stages)`` of ``layer`` in the rows orientation, ``read`` giving the entries of its
+        input and extra inputs; ``E`` also holds each internal stage's index form by its key (the op's
+        ``index_stages``, which read the earlier stages from ``E`` when an entry is taken)."""
+        X = self.rows(read(layer.inp))
+        E = {key: self.rows(read(other)) for key, other in layer.extra.items()}
         P = {role: self.raw(name) for role, name in layer.params.items()}
-        return layer.op.index(X, P, E, layer.cfg, e, i, self.width[layer.inp])
+        if not layer.stages:
+            return X, P, E, {}
+        if layer.op.index_stages is None:
+            raise Undecided(f"{layer.label} has no index form of its stages")
+        forms = layer.op.index_stages(X, P, E, self._cfg(layer), self.width[layer.inp], self.N or sp.Integer(1))
+        if set(forms) != set(layer.stages) or set(forms) & set(E):
+            raise Undecided(f"{layer.label}: its stages' index forms do not match its stages")
+
+        def lazy(name):  # a stage read as a variable, its entries taken when asked (value reads itself)
+            return self.rows(lambda r, c: read(name)(r, c))
+
+        E.update({key: (lazy(layer.stages[key]) if layer.stages[key] in self.nodes else entry)
+                  for key, (_, entry) in forms.items()})
+        return X, P, E, forms
 
     def _examples(self, body, e):
         return sp.Sum(body, (e, 1, self.N)) if self.batch else body.xreplace({e: sp.Integer(1)})
@@ -225,7 +290,18 @@ class World:
         entry = self.raw(target)(r, c)
         total = sp.Integer(0)
         readers = [layer for layer in self.layers
-                   if layer.inp == target or target in layer.extra.values() or target in layer.params.values()]
+                   if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
+                   or target in self.nodes and target in layer.stages.values()]
+        staged = False
+        for name in self.nodes:  # an internal stage read as a variable, with its own upstream d<stage>
+            layer, key = self.stage_of[name]
+            (rows, cols), form = self._inputs(layer, self.raw)[3][key]
+            e, i = _index("e"), _index("i")
+            at = form(e, i)
+            if at.has(self.base(target)):
+                staged = True
+                up = self.rows(self.raw(f"d{name}"))(e, i)
+                total += sp.Sum(sp.Sum(up * self.substitute(sp.diff(at, entry)), (i, 1, cols)), (e, 1, rows))
         for layer in readers:
             if layer.op.index is None:
                 raise Undecided(f"{layer.label} has no index form")
@@ -235,7 +311,7 @@ class World:
             total += self._examples(sp.Sum(up * self.substitute(local), (i, 1, self.width[layer.name])), e)
         if target == self.last.name:
             total += self.loss_gradient(r, c)
-        if not readers and target != self.last.name:
+        if not readers and not staged and target != self.last.name:
             raise Undecided(f"no layer reads {target}")
         return total
 
@@ -267,7 +343,7 @@ def translate(node, world):
         name = node.value
         if name == "N":
             return (sp.Integer(1), sp.Integer(1)), lambda r, c: world.N
-        if name.startswith("d") and name[1:] in world.width | world.param_shape:
+        if name.startswith("d") and (name[1:] in world.width | world.param_shape or name[1:] in world.nodes):
             return world.shape(name[1:]), world.upstream(name[1:])
         return world.shape(name), world.value(name)
     if op == "number":

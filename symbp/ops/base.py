@@ -99,6 +99,14 @@ class Op:
     #: extra inputs, ``P[role](r, c)`` entries of the parameters, and ``n_in`` is the input's width (a
     #: symbol); sums are ``sympy.Sum`` over ``(k, 1, n_in)``. None: the op is judged at the given sizes.
     index: Callable | None = None
+    #: The internal stages in index notation, for an op whose ``index`` reads them: ``(X, P, E, cfg,
+    #: n_in, N) -> {key: ((rows, cols), entry)}`` in the order of ``stages``, each shape in the rows
+    #: orientation (``N`` the batch symbol, 1 for one example; ``n_in`` the input's width) and
+    #: ``entry(e, i)`` its entry; ``index`` and each later stage read stage ``key`` as ``E[key](e, i)``,
+    #: and ``index`` takes ``N`` as an eighth argument. A stage that ``backward`` gives a claim for
+    #: (attention's ``Q``, ``S``, ``P``) is read as a variable of its own, with its own upstream
+    #: gradient; the others (a norm's mean) are folded into the forms that read them.
+    index_stages: Callable | None = None
     #: For the output op of an MLP document: ``(expr, z rows, a rows) -> expr`` with the op's functions of
     #: the logits written in its outputs (None when that does not simplify). None: an entry-wise op's
     #: ``f(z_k)`` becomes ``a_k`` (see :func:`symbp.document.in_outputs`).

@@ -248,6 +248,28 @@ def _layernorm_forward(X, P, E, cfg, stage):
     return sp.Matrix(X.rows, n, entry)
 
 
+def _bound():
+    return sp.Dummy("k", integer=True, positive=True)
+
+
+def _layernorm_index_stages(X, P, E, cfg, n_in, N):
+    """The mean and biased variance of each example's features (as ``_layernorm_forward``'s stages)."""
+    def mean(e, _):
+        k = _bound()
+        return sp.Sum(X(e, k), (k, 1, n_in)) / n_in
+
+    def var(e, _):
+        k = _bound()
+        return sp.Sum((X(e, k) - E["mean"](e, 1)) ** 2, (k, 1, n_in)) / n_in
+
+    return {"mean": ((N, 1), mean), "var": ((N, 1), var)}
+
+
+def _layernorm_index(X, P, E, cfg, e, i, n_in, N):
+    h = (X(e, i) - E["mean"](e, 1)) / sp.sqrt(E["var"](e, 1) + _exact(cfg["eps"]))
+    return h * P["gamma"](i, 1) + P["beta"](i, 1) if "gamma" in P else h
+
+
 def _layernorm_numpy(X, P, E, cfg, stage):
     mean = stage("mean", X.mean(axis=1, keepdims=True))
     var = stage("var", ((X - mean) ** 2).mean(axis=1, keepdims=True))
@@ -323,7 +345,8 @@ LAYERNORM = Op(
     param_shape=_gamma_beta_shape, check=_check_eps, torch=_layernorm_torch,
     mistakes=lambda c: _norm_mistakes(c, c.features, "layernorm"),
     note=r"over the features of each example, with the biased variance (as PyTorch)",
-    code=lambda c, show: _norm_code(c, c.features),
+    code=lambda c, show: _norm_code(c, c.features), index=_layernorm_index,
+    index_stages=_layernorm_index_stages,
 )
 
 
@@ -331,6 +354,18 @@ def _rmsnorm_forward(X, P, E, cfg, stage):
     n, eps = X.cols, _exact(cfg["eps"])
     ms = stage("ms", sp.Matrix(X.rows, 1, lambda r, _: sp.Add(*[X[r, j] ** 2 for j in range(n)]) / n))
     return sp.Matrix(X.rows, n, lambda r, i: X[r, i] / sp.sqrt(ms[r, 0] + eps) * P["gamma"][i, 0])
+
+
+def _rmsnorm_index_stages(X, P, E, cfg, n_in, N):
+    def ms(e, _):
+        k = _bound()
+        return sp.Sum(X(e, k) ** 2, (k, 1, n_in)) / n_in
+
+    return {"ms": ((N, 1), ms)}
+
+
+def _rmsnorm_index(X, P, E, cfg, e, i, n_in, N):
+    return X(e, i) / sp.sqrt(E["ms"](e, 1) + _exact(cfg["eps"])) * P["gamma"](i, 1)
 
 
 def _rmsnorm_numpy(X, P, E, cfg, stage):
@@ -363,6 +398,7 @@ RMSNORM = Op(
     code=lambda c, show: [
         f"{c.stages['ms']} = np.mean({c.inp} ** 2, axis={c.features}, keepdims=True)",
         f"{c.out} = {c.inp} / np.sqrt({c.stages['ms']} + {_float(c.cfg['eps'])}) * {c.as_feature(c.params['gamma'])}"],
+    index=_rmsnorm_index, index_stages=_rmsnorm_index_stages,
 )
 
 
@@ -377,6 +413,24 @@ def _batchnorm_forward(X, P, E, cfg, stage):
         return h * P["gamma"][j, 0] + P["beta"][j, 0] if "gamma" in P else h
 
     return sp.Matrix(N, X.cols, entry)
+
+
+def _batchnorm_index_stages(X, P, E, cfg, n_in, N):
+    """The mean and biased variance of each feature over the batch (as ``_batchnorm_forward``'s stages)."""
+    def mean(_, i):
+        n = _bound()
+        return sp.Sum(X(n, i), (n, 1, N)) / N
+
+    def var(_, i):
+        n = _bound()
+        return sp.Sum((X(n, i) - E["mean"](1, i)) ** 2, (n, 1, N)) / N
+
+    return {"mean": ((1, n_in), mean), "var": ((1, n_in), var)}
+
+
+def _batchnorm_index(X, P, E, cfg, e, i, n_in, N):
+    h = (X(e, i) - E["mean"](1, i)) / sp.sqrt(E["var"](1, i) + _exact(cfg["eps"]))
+    return h * P["gamma"](i, 1) + P["beta"](i, 1) if "gamma" in P else h
 
 
 def _batchnorm_numpy(X, P, E, cfg, stage):
@@ -409,7 +463,7 @@ BATCHNORM = Op(
     param_shape=_gamma_beta_shape, check=_check_batchnorm, torch=_batchnorm_torch,
     mistakes=lambda c: _norm_mistakes(c, 0, "batchnorm"),
     note=r"training mode: the mean and biased variance of each feature over the batch (as PyTorch)",
-    code=lambda c, show: _norm_code(c, 0),
+    code=lambda c, show: _norm_code(c, 0), index=_batchnorm_index, index_stages=_batchnorm_index_stages,
 )
 
 
@@ -520,6 +574,39 @@ def _attention_torch(X, P, E, cfg, stage):
     return A @ V
 
 
+def _attention_index_stages(X, P, E, cfg, n_in, N):
+    """Q, K, V, the scores and the weights in index form (as ``_attention_forward``); causal attention
+    keeps token ``m`` for token ``n`` when ``m <= n``: ``step(n - m + 1/2)`` is that 0/1 mask."""
+    from ..functions import step
+
+    dk, causal = cfg["dk"], cfg["causal"]
+
+    def keep(n, m):
+        return step(n - m + sp.Rational(1, 2)) if causal else sp.Integer(1)
+
+    def project(w):
+        def entry(n, d):
+            j = _bound()
+            return sp.Sum(P[w](d, j) * X(n, j), (j, 1, n_in))
+        return (N, dk), entry
+
+    def score(n, m):
+        d = _bound()
+        return keep(n, m) * sp.Sum(E["Q"](n, d) * E["K"](m, d), (d, 1, dk)) / sp.sqrt(dk)
+
+    def weight(n, m):
+        k = _bound()
+        return keep(n, m) * sp.exp(E["S"](n, m)) / sp.Sum(keep(n, k) * sp.exp(E["S"](n, k)), (k, 1, N))
+
+    return {"Q": project("Wq"), "K": project("Wk"), "V": project("Wv"), "S": ((N, N), score),
+            "P": ((N, N), weight)}
+
+
+def _attention_index(X, P, E, cfg, e, i, n_in, N):
+    m = _bound()
+    return sp.Sum(E["P"](e, m) * E["V"](m, i), (m, 1, N))
+
+
 def _attention_code(c: Context):
     s, p = c.stages, c.params
     lines = [f"{s[key]} = {c.inp} @ {p[w]}.T" for key, w in (("Q", "Wq"), ("K", "Wk"), ("V", "Wv"))]
@@ -535,7 +622,7 @@ def _attention_code(c: Context):
 
 def _attention_backward(c: Context):
     s = c.stages
-    root = f"sqrt({c.cfg['dk']})"
+    root = f"sqrt(n_{c.out})"  # the head's width dk, by its size name (a proof for all sizes reads it so)
     return {
         s["P"]: f"d{c.out} @ {s['V']}.T",
         s["V"]: f"{s['P']}.T @ d{c.out}",
@@ -563,7 +650,7 @@ ATTENTION = Op(
     prefix="att", width=lambda cfg, n_in: cfg["dk"], param_shape=_attention_shape, check=_check_attention,
     torch=_attention_torch, mistakes=_attention_mistakes,
     note=r"one head; rows are tokens; causal attention gives the entries above the diagonal weight 0",
-    code=lambda c, show: _attention_code(c),
+    code=lambda c, show: _attention_code(c), index=_attention_index, index_stages=_attention_index_stages,
 )
 
 
