@@ -119,8 +119,8 @@ class IndexPrinter(SymbpLatexPrinter):
     ``KroneckerDelta(k, i)`` as the Iverson bracket ``[k = i]``, one summation sign per index, indices
     by their display names, and in an MLP ``x`` as ``a^{(0)}`` (so that layer 1 reads as every layer)."""
 
-    def __init__(self, world, names, *, a0=False):
-        super().__init__()
+    def __init__(self, world, names, *, a0=False, printed=None):
+        super().__init__(names=printed)
         self.world = world
         self.index_names = names
         self.a0 = a0
@@ -137,7 +137,8 @@ class IndexPrinter(SymbpLatexPrinter):
 
     def _print_Indexed(self, expr):
         name = str(expr.base)
-        grad = name.startswith("d") and (name[1:] in self.world.width or name[1:] in self.world.param_shape)
+        grad = name.startswith("d") and any(name[1:] in table for table in
+                                            (self.world.width, self.world.param_shape, self.world.stage_shape))
         var = name[1:] if grad else name
         try:
             shape = self.world.shape(var)
@@ -147,6 +148,17 @@ class IndexPrinter(SymbpLatexPrinter):
         sub = ",".join(self._print(i) for i in indices)
         head = self.grad_base(var) if grad else self.base(var)
         return f"{head}_{{{sub}}}"
+
+    def count(self, node):
+        """The count of a ``mean``/``var`` claim node, by name (``n_{z1}``, ``N``)."""
+        shape, _ = allsizes.translate(allsizes.sugar_summed(node), self.world)
+        axis = node.sugar[1]
+        return self._print(shape[0] * shape[1] if axis is None else shape[axis])
+
+    def _print_Pow(self, expr):
+        if isinstance(expr.base, sp.Indexed) and expr.exp.is_Integer and expr.exp > 0:
+            return f"{{{self._print(expr.base)}}}^{{{self._print(expr.exp)}}}"  # no double superscript
+        return super()._print_Pow(expr)
 
     def _print_KroneckerDelta(self, expr, exp=None):
         i, j = expr.args
@@ -286,8 +298,9 @@ def _equal(world, left, right, ranges):
 
 
 def _readers(world, target):
-    return [layer for layer in world.layers
-            if layer.inp == target or target in layer.extra.values() or target in layer.params.values()]
+    return [layer for layer in world.layers  # as World.truth reads them
+            if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
+            or target in world.nodes and target in layer.stages.values()]
 
 
 def _loss(world):
@@ -331,8 +344,11 @@ def _derive_one(world, target, claim, printer_for):
     loss = _loss(world)
     assumptions = set()
     readers = _readers(world, target)
-    if not readers and target != world.last.name:
+    staged = _stage_readers(world, target)
+    if not readers and not staged and target != world.last.name:
         raise Undecided(f"no layer reads {target}")
+    if staged or target in world.stage_of or any(layer.stages for layer in readers):
+        return _derive_staged(world, target, claim, printer_for, readers, staged, (r, c, ranges, free))
     pieces, locals_, plugged = [], [], sp.Integer(0)
     for layer in readers:
         e = _index("e") if world.batch else sp.Integer(1)
@@ -415,6 +431,83 @@ def _derive_one(world, target, claim, printer_for):
     return Derivation(target, [target], claim, claim_tex, lhs, steps, sorted(assumptions), proved, p.base(target))
 
 
+def _raw_inputs(world, layer):
+    """``(X, P, E)`` of ``layer`` with its stages as entries of their own names (for display)."""
+    X = world.rows(world.raw(layer.inp))
+    E = {key: world.rows(world.raw(other)) for key, other in layer.extra.items()}
+    E.update({key: world.rows(world.raw(name)) for key, name in layer.stages.items()})
+    return X, {role: world.raw(name) for role, name in layer.params.items()}, E
+
+
+def _stage_lines(world, layer, e, i):
+    """``[(stage entry, its index form)]`` of ``layer``'s internal stages, each reading the earlier
+    stages by name (a norm's ``mu[n] = sum_k x[n, k] / D``, then its variance)."""
+    X, P, E = _raw_inputs(world, layer)
+    forms = layer.op.index_stages(X, P, E, world._cfg(layer), world.width[layer.inp], world.N or sp.Integer(1))
+    lines = []
+    for key, ((rows, cols), form) in forms.items():
+        r = e if rows != 1 else sp.Integer(1)
+        c = i if cols != 1 else sp.Integer(1)
+        lines.append((E[key](r, c), form(r, c)))
+    return lines
+
+
+def _stage_readers(world, target):
+    """``[(stage name, rows, cols)]``: the internal stages read as variables (attention's Q, K, V, S, P)
+    whose index form reads ``target``."""
+    out = []
+    for name in sorted(world.nodes):
+        layer, key = world.stage_of[name]
+        (rows, cols), form = world._inputs(layer, world.raw)[3][key]
+        if form(_index("e"), _index("i")).has(world.base(target)):
+            out.append((name, sp.sympify(rows), sp.sympify(cols)))
+    return out
+
+
+def _derive_staged(world, target, claim, printer_for, readers, staged, at):
+    """An op with internal stages (a norm's mean and variance, attention's scores): its entry-by-entry
+    lines run through the stages and are too long to teach from, so the derivation is the chain rule
+    over the entries that read the target (the stages included) and the closed form, proved for all
+    sizes by :func:`symbp.allsizes.prove` against ``sympy.diff`` of the op's index form (which expands
+    the stages): every line shown is checked."""
+    from .formula import parse
+
+    r, c, ranges, free = at
+    entry = world.raw(target)(r, c)
+    pieces = []
+    for layer in readers:
+        e = _index("e") if world.batch else sp.Integer(1)
+        k = _index("k")
+        limits = [(k, 1, world.width[layer.name])] + ([(e, 1, world.N)] if world.batch else [])
+        pieces.append((world.rows(world.raw(layer.name))(e, k), world.rows(world.raw(f"d{layer.name}"))(e, k), limits))
+    for name, rows, cols in staged:
+        e, k = _index("e"), _index("k")
+        view = world.rows(world.raw(name))
+        grad = world.rows(world.raw(f"d{name}"))
+        limits = [(k, 1, cols), (e, 1, rows)] if world.batch else [(k, 1, cols)]
+        pieces.append((view(e, k) if world.batch else view(k, e), grad(e, k) if world.batch else grad(k, e), limits))
+    names = _display_names([sp.Add(*[sp.Sum(sp.Integer(1), *lim) for _, _, lim in pieces])], free, world)
+    p = printer_for(names)
+    terms = []
+    for out, up, limits in pieces:
+        sums = "".join(rf"\sum_{{{p.doprint(k)}=1}}^{{{p.doprint(hi)}}} " for k, _, hi in reversed(limits))
+        terms.append(rf"{sums}{p.doprint(up)} \frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}")
+    node = parse(claim, world.net)
+    try:
+        proof, _ = allsizes.prove(world.net, target, node, world)
+        proved = True
+    except Undecided:
+        proof, proved = [], False
+    claim_tex = formula_latex(node, printer=p)
+    index = ",".join(free.values())
+    closed = claim_tex if node.op == "name" else rf"\left({claim_tex}\right)"
+    steps = [Step(" + ".join(terms), "chain rule", None),
+             Step(f"{closed}_{{{index}}}" if index else claim_tex,
+                  "closed form, all sizes" if proved else "closed form: NOT proved", proved)]
+    lhs = rf"\frac{{\partial L}}{{\partial {p.doprint(entry)}}}"
+    return Derivation(target, [target], claim, claim_tex, lhs, steps, sorted(proof), proved, p.base(target))
+
+
 def _order(world, claims):
     """The targets in backprop order: the last layer first, each layer's output before its parameters."""
     out = []
@@ -490,17 +583,28 @@ def derive_index(net) -> IndexDerivation:
 
     from .network import MLP
 
+    from .document import network_names
+
+    printed = network_names(net) if not isinstance(net, MLP) else None  # att1Q as Q^{(1)}, ln2mean as mu^{(2)}
+
     def printer_for(names):
-        return IndexPrinter(world, names, a0=isinstance(net, MLP))
+        return IndexPrinter(world, names, a0=isinstance(net, MLP), printed=printed)
 
     forward = []
     for layer in world.layers:
         e = _index("e") if world.batch else sp.Integer(1)
         i = _index("i")
         out = world.rows(world.raw(layer.name))(e, i)
-        body = world._local(layer, e, i)
-        names = _display_names([body], {i: "i", **({e: "n"} if world.batch else {})}, world)
-        p = printer_for(names)
+        free = {i: "i", **({e: "n"} if world.batch else {})}
+        if layer.stages:  # each stage on a line of its own, the output reading them by name
+            for lhs, rhs in _stage_lines(world, layer, e, i):
+                p = printer_for(_display_names([rhs], free, world))
+                forward.append((p.doprint(lhs), p.doprint(rhs), ""))
+            X, P, E = _raw_inputs(world, layer)
+            body = layer.op.index(X, P, E, world._cfg(layer), e, i, world.width[layer.inp], world.N or sp.Integer(1))
+        else:
+            body = world._local(layer, e, i)
+        p = printer_for(_display_names([body], free, world))
         forward.append((p.doprint(out), p.doprint(body), layer.name))
     grouped = []
     for lhs, rhs, name in forward:

@@ -329,6 +329,8 @@ def _formula(node, printer) -> str:
     if op == "mul":
         return _wrap(args[0], op, printer) + r" \odot " + _wrap(args[1], op, printer, right=True)
     if op == "div":
+        if getattr(node, "sugar", None) and node.sugar[0] in ("mean", "var") and hasattr(printer, "count"):
+            return rf"\frac{{{_formula(args[0], printer)}}}{{{printer.count(node)}}}"  # the count by name
         if tuple(args[1].shape) == (1, 1):
             return rf"\frac{{{_formula(args[0], printer)}}}{{{_formula(args[1], printer)}}}"
         return _wrap(args[0], op, printer) + r" \oslash " + _wrap(args[1], op, printer, right=True)

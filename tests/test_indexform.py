@@ -180,3 +180,37 @@ def test_the_pdf_compiles_without_overfull_lines(tmp_path):
     assert "Overfull \\hbox" not in text, re.findall(r"Overfull \\hbox.*", text)
     written = deriv.write(out, pdf=True, title="All sizes")
     assert written["pdf"].stat().st_size > 10000 and out.read_text().count(r"\title{All sizes}") == 1
+
+
+@pytest.mark.parametrize("name", ["layernorm", "batchnorm", "attention"])
+def test_the_norms_and_attention_are_derived_for_all_sizes_through_their_stages(name):
+    from symbp import document
+
+    entry = next(e for e in document.GALLERY if e.name == name)
+    net = entry.network()
+    deriv = symbp.derive(net, sizes="symbolic")
+    assert deriv.checked, deriv.unchecked()
+    staged = [layer for layer in net.layers if layer.stages]
+    assert staged
+    for layer in staged:
+        for stage in layer.stages.values():
+            lhs = [f[0] for f in deriv.forward]
+            assert any(L.SymbpLatexPrinter(names=document.network_names(net)).base(stage) in t for t in lhs), stage
+        for param in layer.params.values():  # through the stages: the chain rule, then the closed form proved
+            d = deriv[param]
+            assert [s.why for s in d.steps] == ["chain rule", "closed form, all sizes"]
+            assert d.steps[-1].checked is True and d.proved
+    tex = L.render("index.tex.j2", **document.index_context(deriv))
+    body = tex.split(r"\begin{document}")[1].split(r"\section{How it was checked}")[0]
+    assert not re.search(r"(?<![\\{a-zA-Z_^(])\d{2,}(?!\d*\})", body.replace("100000", "")), "a concrete size"
+
+
+def test_layer_norm_writes_its_mean_and_variance_as_lines_of_their_own():
+    from symbp import document
+
+    net = next(e for e in document.GALLERY if e.name == "layernorm").network()
+    forward = [(lhs, rhs) for lhs, rhs, _ in symbp.derive(net, sizes="symbolic").forward]
+    assert (r"\mu^{(2)}_{n}", r"\frac{\sum_{k=1}^{n_{z1}} z^{(1)}_{n,k}}{n_{z1}}") in forward
+    assert (r"v^{(2)}_{n}", r"\frac{\sum_{k=1}^{n_{z1}} \left(- \mu^{(2)}_{n} + z^{(1)}_{n,k}\right)^{2}}{n_{z1}}") in forward
+    ln = next(rhs for lhs, rhs in forward if lhs.startswith(r"\mathrm{ln}^{(2)}"))
+    assert r"\mu^{(2)}_{n}" in ln and r"v^{(2)}_{n}" in ln
