@@ -234,16 +234,18 @@ class TorchContext:
         self.materialize_grads = value
 
 
-def _grads_answer(grads, inputs, params, who):
+def _grads_answer(grads, inputs, params, who, layer=False):
     """``{name: gradient}`` from the gradients returned for ``inputs`` (``x, y, *params``, or ``x,
-    *params`` for a layer; ``None`` left out), or the reason they cannot be read (a string)."""
+    *params`` for a layer, whose ``dx`` is judged too; ``None`` left out), or the reason they cannot
+    be read (a string)."""
     if not isinstance(grads, (tuple, list)):
         grads = (grads,)
     if len(grads) != len(inputs):
         data = [n for n in inputs if n not in params]
         return Refusal(f"{who} returned {len(grads)} gradient{'s' if len(grads) != 1 else ''}; expected "
                        f"{len(inputs)}, one per input ({', '.join(inputs)}; None for {' and '.join(data)})")
-    return {name: g for name, g in zip(inputs, grads) if g is not None and name in params}
+    keep = set(params) | ({"x"} if layer else set())  # a layer on its own: its input gradient is its own
+    return {name: g for name, g in zip(inputs, grads) if g is not None and name in keep}
 
 
 def _positional(function) -> int:
@@ -290,7 +292,7 @@ def framework_backward(kind, obj, params, dtype="float64", upstream=False):
                 else:
                     seed = torch.ones_like(out) if isinstance(out, torch.Tensor) else 1.0
                     loss = out
-                answer = _grads_answer(obj.backward(ctx, seed), order, params, "backward")
+                answer = _grads_answer(obj.backward(ctx, seed), order, params, "backward", layer)
             return answer if isinstance(answer, str) else dict(answer, L=loss)
 
         return backward
@@ -313,7 +315,7 @@ def framework_backward(kind, obj, params, dtype="float64", upstream=False):
             primal, loss = scalar(primal), scalar(out)
         else:
             seed, loss = jnp.ones_like(out), out
-        answer = _grads_answer(obj.bwd(residuals, seed), order, params, "bwd")
+        answer = _grads_answer(obj.bwd(residuals, seed), order, params, "bwd", layer)
         return answer if isinstance(answer, str) else dict(answer, **{"L": primal, "L.fwd": loss})
 
     return backward

@@ -354,7 +354,8 @@ def test_a_layer_on_its_own_with_the_upstream_gradient_as_input(tmp_path, kind):
     path.write_text(template.format(dg="(grad * xhat).sum(0, keepdim=True).T" if kind == "torch"
                                     else "(grad * xhat).sum(0, keepdims=True).T"))
     results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
-    assert [(t, r.verdict) for t, r in results.items()] == [("g", "holds"), ("c", "holds"), ("L", "holds")]
+    judged = [("x", "holds")] if kind == "torch" else []  # the torch layer returns its dx: judged; JAX's None
+    assert [(t, r.verdict) for t, r in results.items()] == judged + [("g", "holds"), ("c", "holds"), ("L", "holds")]
     path.write_text(template.format(dg="(grad * xhat).sum(0)" if kind == "torch" else "(grad * xhat).sum(0)[None, :]"))
     results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
     expected = ("holds", None) if kind == "torch" else ("fails", "transposed")  # a 1-D column is read as a column
@@ -363,6 +364,21 @@ def test_a_layer_on_its_own_with_the_upstream_gradient_as_input(tmp_path, kind):
                                     else "(xhat).sum(0, keepdims=True).T"))
     results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, function, kind=kind)).results}
     assert results["g"].verdict == "fails" and results["c"].verdict == "holds"
+
+
+def test_a_torch_layers_own_input_gradient_is_judged(tmp_path):
+    """backward's dx of a layer judged on its own is judged against dL/dx: a dx without the variance
+    term fails, named as the layer norm row's own mistake (or by the element that differs)."""
+    path = tmp_path / "layer.py"
+    wrong = TORCH_LAYER.format(dg="(grad * xhat).sum(0, keepdim=True).T").replace(
+        " - xhat * (dxhat * xhat).mean(1, keepdim=True)", "")
+    assert wrong != TORCH_LAYER.format(dg="(grad * xhat).sum(0, keepdim=True).T")
+    path.write_text(wrong)
+    results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, "LayerNorm", kind="torch")).results}
+    assert results["x"].verdict == "fails" and results["g"].verdict == "holds"
+    path.write_text(TORCH_LAYER.format(dg="(grad * xhat).sum(0, keepdim=True).T").replace("return dx,", "return -dx,"))
+    results = {r.target: r for r in symbp.verify(LAYER, CodeFile(path, "LayerNorm", kind="torch")).results}
+    assert (results["x"].verdict, results["x"].diagnosis) == ("fails", "sign")
 
 
 def test_layer_code_needs_a_layer_network(tmp_path):
