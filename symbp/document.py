@@ -977,17 +977,28 @@ def _exact(expr):
 
 
 def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
-    """A number as the worked example prints it: integers as they are, else ``digits`` decimals,
-    rounded half to even, trailing zeros dropped (unless ``strip`` is false: a fixed column).
+    """A number as the worked example prints it: integers and short decimals as they are, else
+    ``digits`` significant digits (never ``0`` for a small nonzero number, never an exponent); a fixed
+    column (``strip`` false) has ``digits`` decimals, rounded half to even.
 
     >>> number_tex(sp.Integer(-3)), number_tex(sp.Rational(1, 3)), number_tex(sp.Float("0.5"))
     ('-3', '0.3333', '0.5')
+    >>> number_tex(sp.Rational(27, 10**6)), number_tex(sp.Rational(-123456, 1000)), number_tex(sp.exp(-3))
+    ('0.000027', '-123.5', '0.04979')
     >>> number_tex(sp.Float("0.19"), 3, strip=False)
     '0.190'
     """
     value = sp.sympify(value)
     if value.is_Integer and strip:
         return str(int(value))
+    if strip and value != 0:
+        from .example import significant
+
+        exact = (Decimal(int(value.p)) / Decimal(int(value.q)) if value.is_Rational else
+                 Decimal(str(value)) if value.is_Float else None)
+        if exact is not None and len(format(exact.normalize(), "f").lstrip("-").replace(".", "").strip("0")) <= digits:
+            return format(exact.normalize(), "f")  # a short decimal as it is: 0.5, -0.05, 0.001
+        return significant(sp.N(value, 30), digits)
     rounded = Decimal(str(sp.N(value, 30))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_EVEN)
     if rounded == 0:
         rounded = abs(rounded)  # never "-0"
