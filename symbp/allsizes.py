@@ -777,13 +777,15 @@ MAX_CORRECTIONS = 80  # candidates proved at most, per failed claim
 class Diagnosis:
     """A usual mistake named in general form: ``name`` (verify's vocabulary), the corrected ``claim``
     (formula text, sizes by name: ``(a3 - y) / N``), a ``detail`` line, the proof's ``assumptions``
-    and, for ``scaled``, the ``factor`` truth / claim as a SymPy expression in the size symbols."""
+    and, for ``scaled``, the ``factor`` truth / claim as a SymPy expression in the size symbols and
+    its ``value`` at the given sizes."""
 
     name: str
     claim: str
     detail: str
     assumptions: tuple = ()
     factor: sp.Expr | None = None
+    value: float | None = None
 
 
 def diagnose(net, target, node, world=None, *, ratio=None):
@@ -831,7 +833,10 @@ def diagnose(net, target, node, world=None, *, ratio=None):
         used, _ = try_prove(net, target, fixed, world)
         if used is not None:
             detail = f"{detail} (assuming {'; '.join(used)})" if used else detail
-            return Diagnosis(name, text, detail, tuple(used), factor)
+            value = None
+            if factor is not None:
+                value = float(factor.xreplace({symbol: v for _, v, symbol in _size_list(net, world)}))
+            return Diagnosis(name, text, detail, tuple(used), factor, value)
     return None
 
 
