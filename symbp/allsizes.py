@@ -794,7 +794,8 @@ def diagnose(net, target, node, world=None, *, ratio=None):
 
     Tried, cheapest first, at most :data:`MAX_CORRECTIONS`: the whole claim transposed, each named
     operand transposed (``W3`` for ``W3.T`` and back), the sign, a factor of sizes (``N``, ``1/N``, 2,
-    1/2, each width and its inverse, ``2/n``, each width times ``N`` or ``1/N``), an activation
+    1/2, each width and its inverse, ``2/n``, each width times ``N`` or ``1/N``; then ``ratio`` itself,
+    a number the claim got wrong), an activation
     derivative (the rows' ``f'``, as verify's variants take them) multiplied in at an operand, and one
     removed. ``ratio``, truth / claim at the given sizes when the caller knows it (0 when it is not
     one number there), keeps only the factors of that value. This never refutes anything: the claim's
@@ -921,8 +922,8 @@ def _simple(text):
 
 
 def _size_factors(net, world, ratio):
-    """``(factor, text)``: ``N^{+-1}``, ``2^{+-1}``, each width ``n^{+-1}``, ``2/n``, ``n^{+-1} N^{+-1}``; only
-    those equal to ``ratio`` at the given sizes when it is known."""
+    """``(factor, text)``: ``N^{+-1}``, ``2^{+-1}``, each width ``n^{+-1}``, ``2/n``, ``n^{+-1} N^{+-1}`` and
+    the number ``ratio`` itself; only those equal to ``ratio`` at the given sizes when it is known."""
     sizes = _size_list(net, world)
     widths = [(symbol, value) for _, value, symbol in sizes if symbol != world.N]
     given = {symbol: value for _, value, symbol in sizes}
@@ -934,7 +935,11 @@ def _size_factors(net, world, ratio):
     if world.N is not None:
         for w, _ in widths:
             out += [w / world.N, 1 / (w * world.N), w * world.N, world.N / w]
-    for factor in out:
+    if ratio:  # the number itself last: "X / 4" times 4 holds for all sizes when the 4 was written
+        number = Fraction(ratio).limit_denominator(10 ** 6)
+        if abs(float(number) - float(ratio)) <= 1e-12 * abs(float(ratio)) and number not in (1, -1):
+            out.append(sp.Rational(number.numerator, number.denominator))
+    for factor in dict.fromkeys(out):
         value = float(factor.xreplace(given))
         if ratio is not None and abs(value - float(ratio)) > 1e-12 * abs(value):
             continue
