@@ -1390,8 +1390,11 @@ def _general_diagnosis(net, judge, result, node):
     """A refuted claim (the concrete tiers' counterexample) whose usual mistake has a correction
     proved for all sizes (:func:`symbp.allsizes.diagnose`): the diagnosis, detail and ``expected`` in
     general form (``(a3 - y) / N``, not a factor 0.25), the concrete ``factor`` and location kept.
-    Nothing changes when none is found."""
+    Nothing changes when none is found, nor for a row's own mistake (``dropout-without-the-scale``),
+    which names more than a generic diagnosis would."""
     target = result.target
+    if result.diagnosis not in DIAGNOSES:
+        return
     if node.shape != net.shape(target):
         ratio = 0  # no factor gives the right shape
     else:
