@@ -31,6 +31,11 @@ def test_a_missing_mean_over_the_batch_is_one_over_N_not_a_quarter():
                                     f"is missing) (assuming {SIDE}); at dL/dz3[1,1]: expected ")
     assert result.assumptions == (SIDE,)
     assert "multiplied by 1/4 it holds" in symbp.verify(net, {"z3": "a3 - y"}, sizes="given").results[0].detail
+    from symbp.grade import words
+
+    assert words(result.to_json()).endswith(" the right answer is 1/4 times yours (a missing or doubled 1/N of the "
+                                            "mean over the batch is the usual cause). For all sizes, the right "
+                                            "answer is (a3 - y) / N.")
 
 
 def test_a_width_of_the_same_value_as_another_is_named_by_the_proof():
