@@ -815,7 +815,7 @@ def diagnose(net, target, node, world=None, *, ratio=None):
     except (Undecided, SymbpError):
         return None
     seen = {str(node)}
-    for count, (name, text, detail, factor) in enumerate(_corrections(net, world, node, ratio)):
+    for count, (name, text, detail, factor) in enumerate(_corrections(net, world, target, node, ratio)):
         if count >= MAX_CORRECTIONS:
             break
         if text is None or text in seen:
@@ -841,13 +841,15 @@ def diagnose(net, target, node, world=None, *, ratio=None):
     return None
 
 
-def _corrections(net, world, node, ratio):
+def _corrections(net, world, target, node, ratio):
     """``(diagnosis, corrected text, detail, factor)``, cheapest first (see :func:`diagnose`)."""
     from .verify import _looks_like_mask, _masks, _subtrees
 
     source = str(node)
     whole = str(node.args[0]) if node.op == "transpose" else f"{_atom(node)}.T"
-    yield "transposed", whole, "the transpose holds for all sizes", None
+    shape = net.shape(target)
+    swapped = f": claim has shape {node.shape}, dL/d{target} has {shape}" if node.shape != shape else ""
+    yield "transposed", whole, f"the transpose holds for all sizes{swapped}", None
     subtrees = list(_subtrees(node))
     for path, sub in subtrees:
         if sub.op == "transpose" and sub.args[0].op == "name":

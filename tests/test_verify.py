@@ -278,7 +278,8 @@ def test_cli_verify_text_and_exit_codes(tmp_path, capsys):
     assert lines[1].startswith("dL/dz3  holds  all-sizes     proved for all sizes (N, n0, n1, n2, n3 symbolic), "
                                "assuming every target row sums to 1")
     assert lines[2].startswith("dL/dW3  holds  all-sizes     proved for all sizes")
-    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds: claim has shape (6, 5), dL/dW2 has (5, 6)"
+    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds for all sizes: claim has shape (6, 5), " \
+        "dL/dW2 has (5, 6)"
     assert lines[4] == "2 of 3 claims hold (assuming every target row sums to 1)"
     spec.write_text(SPEC.replace('W2 = "a1.T @ dz2"', 'W2 = "dz2.T @ a1"'))
     assert main(["verify", str(spec)]) == 0
