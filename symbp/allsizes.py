@@ -64,6 +64,7 @@ Why one layer is enough
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from fractions import Fraction
 
 import sympy as sp
@@ -859,3 +860,225 @@ def prove_all(net, parsed):
         if isinstance(node, Node):
             out[target, text] = try_prove(net, target, node, world)
     return out
+
+
+# --------------------------------------------------------------------------- diagnosis in general form
+
+MAX_CORRECTIONS = 80  # candidates proved at most, per failed claim
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A usual mistake named in general form: ``name`` (verify's vocabulary), the corrected ``claim``
+    (formula text, sizes by name: ``(a3 - y) / N``), a ``detail`` line, the proof's ``assumptions``
+    and, for ``scaled``, the ``factor`` truth / claim as a SymPy expression in the size symbols and
+    its ``value`` at the given sizes."""
+
+    name: str
+    claim: str
+    detail: str
+    assumptions: tuple = ()
+    factor: sp.Expr | None = None
+    value: float | None = None
+
+
+def diagnose(net, target, node, world=None, *, ratio=None):
+    """A corrected claim *proved for all sizes* (:func:`prove`) for the failed claim ``node`` for
+    ``dL/d target``, as a :class:`Diagnosis`, or None when no usual mistake explains it.
+
+    Tried, cheapest first, at most :data:`MAX_CORRECTIONS`: the whole claim transposed, each named
+    operand transposed (``W3`` for ``W3.T`` and back), the sign, a factor of sizes (``N``, ``1/N``, 2,
+    1/2, each width and its inverse, ``2/n``, each width times ``N`` or ``1/N``; then ``ratio`` itself,
+    a number the claim got wrong), an activation
+    derivative (the rows' ``f'``, as verify's variants take them) multiplied in at an operand, and one
+    removed. ``ratio``, truth / claim at the given sizes when the caller knows it (0 when it is not
+    one number there), keeps only the factors of that value. This never refutes anything: the claim's
+    ``fails`` needs its own counterexample; only the correction's ``holds`` is proved here.
+
+    >>> import symbp
+    >>> from symbp.formula import parse
+    >>> net = symbp.MLP([4, 5, 3, 3], batch=4)
+    >>> found = diagnose(net, "W3", parse("dz3.T @ a2 / N", net))
+    >>> found.name, found.claim, found.detail
+    ('scaled', 'dz3.T @ a2', 'multiplied by N it holds for all sizes (1/N applied twice)')
+    """
+    from .formula import FormulaError, Node, parse
+
+    try:
+        world = world or World(net)
+    except (Undecided, SymbpError):
+        return None
+    seen = {str(node)}
+    for count, (name, text, detail, factor) in enumerate(_corrections(net, world, target, node, ratio)):
+        if count >= MAX_CORRECTIONS:
+            break
+        if text is None or text in seen:
+            continue
+        seen.add(text)
+        fixed = None
+        try:
+            fixed = parse(text, net)
+            while text.startswith("(") and text.endswith(")") and parse(text[1:-1], net) == fixed:
+                text = text[1:-1]  # "(dz2 @ W2)" is "dz2 @ W2"
+        except FormulaError:
+            if not isinstance(fixed, Node):
+                continue
+        if fixed.shape != net.shape(target):
+            continue
+        used, _ = try_prove(net, target, fixed, world)
+        if used is not None:
+            detail = f"{detail} (assuming {'; '.join(used)})" if used else detail
+            value = None
+            if factor is not None:
+                value = float(factor.xreplace({symbol: v for _, v, symbol in _size_list(net, world)}))
+            return Diagnosis(name, text, detail, tuple(used), factor, value)
+    return None
+
+
+def _corrections(net, world, target, node, ratio):
+    """``(diagnosis, corrected text, detail, factor)``, cheapest first (see :func:`diagnose`)."""
+    from .verify import _looks_like_mask, _masks, _subtrees
+
+    source = str(node)
+    whole = str(node.args[0]) if node.op == "transpose" else f"{_atom(node)}.T"
+    shape = net.shape(target)
+    swapped = f": claim has shape {node.shape}, dL/d{target} has {shape}" if node.shape != shape else ""
+    yield "transposed", whole, f"the transpose holds for all sizes{swapped}", None
+    subtrees = list(_subtrees(node))
+    for path, sub in subtrees:
+        if sub.op == "transpose" and sub.args[0].op == "name":
+            yield "transposed", _splice(node, sub, str(sub.args[0])), \
+                f"with {sub.args[0]} in place of {sub} it holds for all sizes", None
+        elif sub.op == "name" and sub.shape != (1, 1) and not (path and _parent(node, path).op == "transpose"):
+            yield "transposed", _splice(node, sub, f"{sub}.T"), \
+                f"with {sub}.T in place of {sub} it holds for all sizes", None
+    for path, sub in subtrees:
+        if sub.op == "neg":
+            yield "sign", _splice(node, sub, _atom(sub.args[0])), f"without the sign of '{sub}' it holds for all sizes", None
+    yield "sign", f"-{_atom(node)}", "the negative holds for all sizes (sign flipped)", None
+    for factor, text in _size_factors(net, world, ratio):
+        detail = f"multiplied by {text} it holds for all sizes"
+        if net.batch and net.reduction == "mean" and factor in (1 / world.N, world.N):
+            detail += " (the 1/N of the mean over the batch is missing)" if factor != world.N else " (1/N applied twice)"
+        yield "scaled", _scaled(node, factor, world), detail, factor
+    masks = _masks(net)
+    for path, sub in subtrees:
+        if sub.op in ("number", "size", "const", "ones"):
+            continue
+        for where, (mask, text) in masks.items():
+            if mask.shape == sub.shape:
+                yield "missing-activation-derivative", _splice(node, sub, f"{_atom(sub)} * {text}"), \
+                    f"multiplied by {text} (f'({where})) at '{sub}' it holds for all sizes", None
+    for path, sub in subtrees:
+        if sub.op != "mul":
+            continue
+        for k in (0, 1):
+            part, other = sub.args[k], sub.args[1 - k]
+            if _looks_like_mask(part) and other.shape == sub.shape:
+                yield "extra-activation-derivative", _splice(node, sub, _atom(other)), \
+                    f"without the factor '{part}' it holds for all sizes", None
+        for mask, text in masks.values():  # a derivative of two factors: X * a1 * (1 - a1) is (X * a1) * (1 - a1)
+            if sub.text.endswith(f" * {text}") and mask.op == "mul":
+                yield "extra-activation-derivative", _splice(node, sub, sub.text[:-len(f" * {text}")]), \
+                    f"without the factor '{text}' it holds for all sizes", None
+
+
+def _parent(node, path):
+    for k in path[:-1]:
+        node = node.args[k]
+    return node
+
+
+_ATOMS = ("name", "number", "size", "const", "func", "softmax", "sum", "ones", "diag", "outer", "transpose")
+
+
+def _atom(node):
+    """The text of ``node``, parenthesized unless it binds tighter than any operator around it."""
+    text = str(node)
+    return text if node.op in _ATOMS or node.sugar else f"({text})"
+
+
+def _splice(root, sub, new):
+    """The source of ``root`` with the source of its subtree ``sub`` replaced by ``new`` (in brackets
+    unless an atom or the whole claim)."""
+    if sub is root or sub.text == root.text:
+        return new
+    start = sub.column - root.column
+    source = str(root)
+    if not root.text or not sub.text or source[start:start + len(sub.text)] != sub.text:
+        return None
+    if not (new.startswith("(") and new.endswith(")")) and not _simple(new):
+        new = f"({new})"
+    return source[:start] + new + source[start + len(sub.text):]
+
+
+def _simple(text):
+    """A name, a name's transpose or a number: safe in any context."""
+    return text.replace(".T", "").replace("_", "").replace(".", "").isalnum()
+
+
+def _size_factors(net, world, ratio):
+    """``(factor, text)``: ``N^{+-1}``, ``2^{+-1}``, each width ``n^{+-1}``, ``2/n``, ``n^{+-1} N^{+-1}`` and
+    the number ``ratio`` itself; only those equal to ``ratio`` at the given sizes when it is known."""
+    sizes = _size_list(net, world)
+    widths = [(symbol, value) for _, value, symbol in sizes if symbol != world.N]
+    given = {symbol: value for _, value, symbol in sizes}
+    two = sp.Integer(2)
+    out = [world.N, 1 / world.N] if world.N is not None else []
+    out += [two, 1 / two]
+    for w, _ in widths:
+        out += [1 / w, w, two / w]
+    if world.N is not None:
+        for w, _ in widths:
+            out += [w / world.N, 1 / (w * world.N), w * world.N, world.N / w]
+    if ratio:  # the number itself last: "X / 4" times 4 holds for all sizes when the 4 was written
+        number = Fraction(ratio).limit_denominator(10 ** 6)
+        if abs(float(number) - float(ratio)) <= 1e-12 * abs(float(ratio)) and number not in (1, -1):
+            out.append(sp.Rational(number.numerator, number.denominator))
+    for factor in dict.fromkeys(out):
+        value = float(factor.xreplace(given))
+        if ratio is not None and abs(value - float(ratio)) > 1e-12 * abs(value):
+            continue
+        yield factor, _factor_text(factor)
+
+
+def _factor_text(factor):
+    numerator, denominator = factor.as_numer_denom()
+    top = "*".join(str(f) for f in sp.Mul.make_args(numerator))
+    bottom = [str(f) for f in sp.Mul.make_args(denominator)]
+    if denominator == 1:
+        return top
+    below = bottom[0] if len(bottom) == 1 else f"({'*'.join(bottom)})"
+    return f"{top}/{below}"
+
+
+def _scaled(node, factor, world):
+    """The claim times ``factor`` as text: ``X / N`` times ``N`` is ``X`` (``2 * X`` times 1/2 is ``X``),
+    else ``X * n3 / N``."""
+    numerator, denominator = factor.as_numer_denom()
+    kept = None
+    if node.op == "div" and not node.sugar and denominator == 1 and _size_value(node.args[1], world) == numerator:
+        kept = node.args[0]
+    elif node.op == "mul" and numerator == 1:
+        for k in (0, 1):
+            if _size_value(node.args[k], world) == denominator and kept is None:
+                kept = node.args[1 - k]
+    if kept is not None:
+        return str(kept) if kept.op in _ATOMS + ("mul", "div", "matmul") else _atom(kept)
+    text = _atom(node) if node.op not in ("mul", "div", "matmul", "neg") else str(node)
+    for f in sp.Mul.make_args(numerator):
+        if f != 1:
+            text += f" * {f}"
+    for f in sp.Mul.make_args(denominator):
+        if f != 1:
+            text += f" / {f}"
+    return text
+
+
+def _size_value(node, world):
+    """The value of a size, number or ``N`` node as a SymPy expression (None for anything else)."""
+    if node.op == "number":
+        return sp.Rational(node.value.numerator, node.value.denominator)
+    if node.op == "size":
+        return world.sizes.get(node.value[0])
+    return world.N if node.op == "name" and node.value == "N" else None

@@ -490,7 +490,9 @@ def words(result: dict) -> str:
     factor = result.get("factor")
     text = text.format(factor=_fraction(factor) if factor else "a constant", detail=result.get("detail", ""),
                        diagnosis=diagnosis)
-    if result.get("element") is not None and result.get("expected") is not None:
+    if result.get("expected") is not None and result.get("got") == result.get("claim"):
+        text += f" For all sizes, the right answer is {result['expected']}."  # verify's general form
+    elif result.get("element") is not None and result.get("expected") is not None:
         i, j = result["element"]
         text += f" At entry ({i + 1}, {j + 1}) the gradient is {result['expected']}, your answer gives {result['got']}."
     return text

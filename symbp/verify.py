@@ -1386,6 +1386,34 @@ class _Printer(TextPrinter):
         return super()._print_Function(expr)
 
 
+def _general_diagnosis(net, judge, result, node):
+    """A refuted claim (the concrete tiers' counterexample) whose usual mistake has a correction
+    proved for all sizes (:func:`symbp.allsizes.diagnose`): the diagnosis, detail and ``expected`` in
+    general form (``(a3 - y) / N``, not a factor 0.25), the concrete ``factor`` and location kept.
+    Nothing changes when none is found, nor for a row's own mistake (``dropout-without-the-scale``),
+    which names more than a generic diagnosis would."""
+    target = result.target
+    if result.diagnosis not in DIAGNOSES:
+        return
+    if node.shape != net.shape(target):
+        ratio = 0  # no factor gives the right shape
+    else:
+        try:
+            ratio = result.factor if result.factor is not None else judge.ratio(node, target)
+        except _Overgrown:
+            ratio = None
+    found = allsizes.diagnose(net, target, node, ratio=0 if ratio is None else ratio)
+    if found is None:
+        return
+    start = result.detail.find("at dL/d") if result.element is not None else -1
+    where = result.detail[start:] if start >= 0 else ""
+    result.diagnosis, result.expected, result.got = found.name, found.claim, result.claim
+    result.detail = f"{found.detail}; {where}" if where else found.detail
+    result.assumptions = found.assumptions
+    if found.name == "scaled" and result.factor is None:
+        result.factor = found.value
+
+
 def _transposed_texts(error):
     """The claim texts with one or both operands of a shape error transposed (``X`` -> ``X.T``,
     ``X.T`` -> ``X``), from the offsets the parser gives."""
@@ -2026,6 +2054,8 @@ def verify(net: MLP | Network, claims, *, grads: Gradients | None = None, seed: 
                 result = judge.judge(target, text, node)
             if result.verdict == "holds" and _general and sizes == "all":
                 result = allsizes.general(net, target, text, result, seed) or result
+            elif result.verdict == "fails" and sizes == "all" and isinstance(node, Node):
+                _general_diagnosis(net, judge, result, node)
             if result.sizes == "given" and result.verdict == "holds" and sizes == "all":
                 why = proofs.get((target, text), (None, ""))[1]
                 note = "judged at the given sizes only" + (f" (not proved for all sizes: {why})" if why else "")

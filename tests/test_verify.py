@@ -278,7 +278,8 @@ def test_cli_verify_text_and_exit_codes(tmp_path, capsys):
     assert lines[1].startswith("dL/dz3  holds  all-sizes     proved for all sizes (N, n0, n1, n2, n3 symbolic), "
                                "assuming every target row sums to 1")
     assert lines[2].startswith("dL/dW3  holds  all-sizes     proved for all sizes")
-    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds: claim has shape (6, 5), dL/dW2 has (5, 6)"
+    assert lines[3] == "dL/dW2  fails  exact-random  transposed  the transpose holds for all sizes: claim has shape (6, 5), " \
+        "dL/dW2 has (5, 6)"
     assert lines[4] == "2 of 3 claims hold (assuming every target row sums to 1)"
     spec.write_text(SPEC.replace('W2 = "a1.T @ dz2"', 'W2 = "dz2.T @ a1"'))
     assert main(["verify", str(spec)]) == 0
@@ -483,7 +484,9 @@ def test_a_diagnosis_true_only_under_the_side_condition_says_so():
     result = report.results[0]
     assert (result.diagnosis, result.factor) == ("scaled", 0.5)
     assert result.assumptions == (SIDE,) and report.assumptions == [SIDE]
-    assert f"multiplied by 1/2 it holds (assuming {SIDE})" in result.detail
+    assert f"multiplied by 1/2 it holds for all sizes (assuming {SIDE})" in result.detail  # general form
+    given = verify(net, {"z1": "2 * (a1 - y)"}, sizes="given").results[0]
+    assert f"multiplied by 1/2 it holds (assuming {SIDE})" in given.detail and given.assumptions == (SIDE,)
     plain = verify(net, {"W1": "2 * dz1 @ x.T"})
     assert plain.results[0].diagnosis == "scaled" and plain.assumptions == [] and plain.results[0].assumptions == ()
 
@@ -540,11 +543,14 @@ def test_an_extra_activation_derivative_is_named():
 
 def test_the_mean_applied_twice_is_said_in_words():
     net = symbp.MLP([2, 3, 2], batch=4)
-    twice = verify(net, {"W2": "dz2.T @ a1 / 4"}).results[0]
+    twice = verify(net, {"W2": "dz2.T @ a1 / 4"}, sizes="given").results[0]  # at the given sizes, N = 4
     assert (twice.diagnosis, twice.factor) == ("scaled", 4.0)
     assert "multiplied by 4 it holds (1/N applied twice)" in twice.detail
-    missing = verify(net, {"W2": "4 * dz2.T @ a1"}).results[0]
+    missing = verify(net, {"W2": "4 * dz2.T @ a1"}, sizes="given").results[0]
     assert "multiplied by 1/4 it holds (the 1/N of the mean over the batch is missing)" in missing.detail
+    twice = verify(net, {"W2": "dz2.T @ a1 / N"}).results[0]  # for all sizes: only a written N is the batch
+    assert (twice.diagnosis, twice.factor, twice.expected) == ("scaled", 4.0, "dz2.T @ a1")
+    assert twice.detail.startswith("multiplied by N it holds for all sizes (1/N applied twice)")
 
 
 # --------------------------------------------------------------------------- the element key (10.11)
