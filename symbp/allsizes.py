@@ -939,7 +939,6 @@ def _corrections(net, world, target, node, ratio):
     """``(diagnosis, corrected text, detail, factor)``, cheapest first (see :func:`diagnose`)."""
     from .verify import _looks_like_mask, _masks, _subtrees
 
-    source = str(node)
     whole = str(node.args[0]) if node.op == "transpose" else f"{_atom(node)}.T"
     shape = net.shape(target)
     swapped = f": claim has shape {node.shape}, dL/d{target} has {shape}" if node.shape != shape else ""
