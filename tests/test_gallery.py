@@ -159,3 +159,10 @@ def test_residual_document_explains_the_identity_path(gallery_pdfs):
     assert re.search(r"skip connections a\(l\) = a\(l−1\) \+ f \(z ?\(l\) ?\) in layers 1, 2\.", flat)
     # the generic layer says once that a skip connection adds the identity path to the upstream gradient
     assert flat.count("gains the term") == 1 and flat.count("(the +1 of the identity)") == 1
+
+
+def test_the_readme_shows_a_page_of_the_gallery():
+    readme = (ROOT / "README.md").read_text()
+    pages = re.findall(r"!\[[^\]]+\]\((derivations/[^)]+\.png)\)", readme)
+    assert pages == ["derivations/allsizes-mlp-page2.png"]
+    assert (ROOT / pages[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
