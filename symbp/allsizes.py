@@ -45,7 +45,9 @@ Soundness (no false "holds")
     sums, renaming bound indices, ``sum_k f(k) delta(k, v) = f(v)`` for ``v`` in ``1..hi`` (checked
     symbolically, not assumed), ``sum_k c = hi * c``, and the stated side condition; causal
     attention's mask ``step(n - m + 1/2)`` is 0 or 1 at whole indices (never at the kink), so the
-    ``step ** k = step`` of :func:`_zero` holds for it. A group whose integrand is zero as a rational
+    ``step ** k = step`` of :func:`_zero` holds for it; and when that does not show it, each entry of a
+    stage's upstream ``d<stage>`` replaced by that stage's own truth (both stand for the same true
+    gradient), which is how causal attention's ``dS``, zero above the diagonal, is seen to be so. A group whose integrand is zero as a rational
     function of indeterminates is zero whatever the entries are, and a sum of zero groups is zero.
     So when every group vanishes the claim equals the truth for every
     width, every batch and every value of the entries: ``"all-sizes"``, ``"sizes": "all"``. The converse
@@ -629,6 +631,9 @@ def normal_form(expr, ranges, world, used):
 
 
 def _add(groups, bounds, body):
+    if body.has(sp.Heaviside):  # step(u)**k = step(u) (a 0/1 value) before the canonical renaming, so
+        body = body.replace(lambda u: u.is_Pow and isinstance(u.base, sp.Heaviside)  # that terms equal
+                            and u.exp.is_Integer and u.exp > 0, lambda u: u.base)   # up to it group alike
     signature, body = _canonical(bounds, body)
     groups[signature] = groups.get(signature, sp.Integer(0)) + body
 
@@ -670,12 +675,39 @@ def prove(net, target, node, world=None):
     ranges = {s: d for s, d in ((r, shape[0]), (c, shape[1])) if s != 1}
     used = set()
     truth = world.truth(target, r, c)
-    groups = normal_form(sp.expand(claim(r, c) - truth, deep=False, power_exp=False, power_base=False,
-                                   log=False), ranges, world, used)
-    for body in groups.values():
-        if not _zero(body):
+    difference = claim(r, c) - truth
+    if not _vanishes(difference, ranges, world, used):
+        # a stage's upstream (causal attention's dS, zero above the diagonal) replaced by its own
+        # truth in terms of the gradients above it: the same true gradient, so the same difference
+        opened = _open_upstreams(difference, world)
+        used = set()
+        if opened is None or not _vanishes(opened, ranges, world, used):
             raise Undecided("the normal form does not show claim = truth")
     return sorted(used), _detail(world, truth, sorted(used))
+
+
+def _vanishes(expr, ranges, world, used) -> bool:
+    groups = normal_form(sp.expand(expr, deep=False, power_exp=False, power_base=False, log=False), ranges,
+                         world, used)
+    return all(_zero(body) for body in groups.values())
+
+
+def _open_upstreams(expr, world):
+    """``expr`` with each entry of a stage's true upstream ``d<stage>[a, b]`` (a stage read as a
+    variable: attention's ``dS``) replaced by ``World.truth(stage, a, b)``, or None when it has none."""
+    names = {f"d{name}": name for name in world.nodes}
+    found = [u for u in expr.atoms(sp.Indexed) if str(u.base) in names]
+    if not found:
+        return None
+    p, q = sp.Symbol("_up_r", **POSITIVE), sp.Symbol("_up_c", **POSITIVE)
+    forms = {}
+    for u in found:
+        name = names[str(u.base)]
+        if name not in forms:
+            shape = world.shape(name)
+            forms[name] = (world.truth(name, p if shape[0] != 1 else sp.Integer(1),
+                                       q if shape[1] != 1 else sp.Integer(1)))
+    return expr.xreplace({u: forms[names[str(u.base)]].xreplace({p: u.indices[0], q: u.indices[1]}) for u in found})
 
 
 def _shape_text(shape):

@@ -113,7 +113,7 @@ def test_a_sum_hidden_by_a_batch_of_one_fails():
     assert r.expected == "sum(dz1, axis=0).T"
 
 
-def test_a_layernorm_network_is_proved_and_a_causal_score_claim_falls_to_the_given_sizes():
+def test_a_layernorm_network_is_proved_and_a_claim_the_normal_form_cannot_show_falls_to_the_given_sizes():
     net = symbp.network([{"op": "affine", "out": 4, "name": "z1"}, {"op": "layernorm", "name": "h1"},
                          {"op": "relu", "name": "a1"}, {"op": "affine", "out": 3, "name": "z2"},
                          {"op": "softmax", "name": "a2"}], input=3, batch=2)
@@ -121,11 +121,13 @@ def test_a_layernorm_network_is_proved_and_a_causal_score_claim_falls_to_the_giv
     net = symbp.network([{"op": "attention", "dk": 2, "name": "h1", "causal": True},
                          {"op": "affine", "out": 3, "name": "z2"}, {"op": "softmax", "name": "a2"}],
                         input=3, batch=3)
-    report = symbp.verify(net, symbp.textbook(net))
+    claims = dict(symbp.textbook(net), z2="(sqrt(a2 ** 2) - y) / N")  # true (a2 > 0), not shown by the normal form
+    report = symbp.verify(net, claims)
     assert report.ok
     by = {r.target: r for r in report.results}
-    assert by["h1K"].sizes == "given" and by["h1K"].method != "all-sizes"
-    assert "judged at the given sizes only" in by["h1K"].detail
+    assert by["z2"].sizes == "given" and by["z2"].method != "all-sizes"
+    assert "judged at the given sizes only" in by["z2"].detail
+    assert by["h1K"].sizes == "all" and by["h1K"].method == "all-sizes"  # causal: dS opened to its truth
     assert by["W1"].sizes == "all" and by["W1"].method == "all-sizes"
     data = json.loads(json.dumps(report.to_json()))
     assert all(r["sizes"] in ("all", "given") for r in data["results"])

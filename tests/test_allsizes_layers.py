@@ -201,15 +201,20 @@ def test_textbook_claims_of_attention_are_proved_for_all_sizes(config):
     assert "the true upstream datt1S" in report["att1Q"].detail
 
 
-def test_causal_attention_proves_all_but_the_scores_and_keeps_those_at_the_given_sizes():
-    # the claim dS @ K / sqrt(dk) reads the upstream dS above the diagonal, where the true one is 0:
-    # with dS a free symbol the normal form cannot see that, so those two claims are judged concretely
+def test_causal_attention_proves_every_claim_its_score_upstream_opened_to_its_own_truth():
+    # the claim dS @ K / sqrt(dk) reads the upstream dS above the diagonal, where the true one is 0: with
+    # dS a free symbol the normal form cannot see that; with dS replaced by its own truth (in dP) it can
     net = make("attention-causal")
     report = symbp.verify(net, symbp.textbook(net))
     assert report.ok
-    given = {r.target for r in report.results if r.method != "all-sizes"}
-    assert given == {"att1Q", "att1K"}
-    assert all(r.sizes == "all" for r in report.results if r.target not in given)
+    assert {(r.method, r.sizes) for r in report.results} == {("all-sizes", "all")}
+    world = allsizes.World(net)
+    for target, wrong in (("att1Q", "datt1S @ att1K"), ("att1Q", "datt1S.T @ att1K / sqrt(n_att1)"),
+                          ("att1K", "datt1S @ att1Q / sqrt(n_att1)"), ("att1Q", "-datt1S @ att1K / sqrt(n_att1)"),
+                          ("att1K", "datt1S.T @ att1Q / 2")):
+        assert allsizes.try_prove(net, target, parse(wrong, net), world)[0] is None, wrong
+        result = symbp.verify(net, {target: wrong}).results[0]
+        assert result.verdict == "fails", (wrong, result)
 
 
 WRONG_ATTENTION = [
