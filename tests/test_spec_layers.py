@@ -348,8 +348,12 @@ def test_derive_names_the_jax_engine_and_its_agreement(tmp_path, capsys, monkeyp
             return grads
 
         monkeypatch.setattr(numeric, "jax_gradients", off)
-        assert main(["derive", str(path), "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["checks"]["jax_max_abs_error"] == pytest.approx(0.5)
+        assert main(["derive", str(path), "--json"]) == 1  # an engine that disagrees is a failed check
+        checks = json.loads(capsys.readouterr().out)["checks"]
+        assert checks["jax_max_abs_error"] == pytest.approx(0.5) and checks["ok"] is False
+        assert main(["derive", str(path)]) == 1
+        assert "DISAGREES: max abs error 5.0e-01 vs jax autodiff (float64, parameters only) (at least 1e-08)" \
+            in capsys.readouterr().out
 
 
 def test_derive_text_of_a_layers_spec(tmp_path, capsys):
