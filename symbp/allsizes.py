@@ -274,14 +274,24 @@ class World:
         p, q, value = self.bases["loss"]
         return value.xreplace({p: r, q: c} if self.batch else {p: r})
 
-    def _loss_gradient(self, r, c):
+    def loss(self):
+        """The loss in index form, over the raw entries of the last output (nothing substituted)."""
         out, width = self.last.name, self.width[self.last.name]
         e, k = _index("e"), _index("k")
         a, y = self.rows(self.raw(out)), self.rows(self.raw("y"))
         unit = self.loss_unit(a(e, k), y(e, k))
         scale = self.loss_scale(width) / (self.N if self.batch and self.net.reduction == "mean" else 1)
-        loss = scale * self._examples(sp.Sum(unit, (k, 1, width)), e)
-        return self.substitute(sp.diff(loss, self.raw(out)(r, c)))
+        return scale * self._examples(sp.Sum(unit, (k, 1, width)), e)
+
+    def _loss_gradient(self, r, c):
+        return self.substitute(sp.diff(self.loss(), self.raw(self.last.name)(r, c)))
+
+    def readers(self, target):
+        """The layers whose index form reads ``target`` (as input, extra input, parameter or a stage
+        read as a variable of its own)."""
+        return [layer for layer in self.layers
+                if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
+                or target in self.nodes and target in layer.stages.values()]
 
     def upstream(self, name):
         if name == self.last.name:
@@ -292,9 +302,7 @@ class World:
         """``dL/d target[r, c]``: the chain rule over the layers that read ``target``, in index form."""
         entry = self.raw(target)(r, c)
         total = sp.Integer(0)
-        readers = [layer for layer in self.layers
-                   if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
-                   or target in self.nodes and target in layer.stages.values()]
+        readers = self.readers(target)
         staged = False
         for name in self.nodes:  # an internal stage read as a variable, with its own upstream d<stage>
             layer, key = self.stage_of[name]

@@ -297,21 +297,6 @@ def _equal(world, left, right, ranges):
         return False, []
 
 
-def _readers(world, target):
-    return [layer for layer in world.layers  # as World.truth reads them
-            if layer.inp == target or target in layer.extra.values() or target in layer.params.values()
-            or target in world.nodes and target in layer.stages.values()]
-
-
-def _loss(world):
-    """``(L as an index expression, dL/d out[r, c] without definitions substituted)``."""
-    out, width = world.last.name, world.width[world.last.name]
-    e, k = _index("e"), _index("k")
-    a, y = world.rows(world.raw(out)), world.rows(world.raw("y"))
-    scale = world.loss_scale(width) / (world.N if world.batch and world.net.reduction == "mean" else 1)
-    return scale * world._examples(sp.Sum(world.loss_unit(a(e, k), y(e, k)), (k, 1, width)), e)
-
-
 def _entry_indices(world, target):
     shape = world.shape(target)
     r = sp.Symbol("r", **POSITIVE) if shape[0] != 1 else sp.Integer(1)
@@ -335,15 +320,47 @@ def _pull(expr):
     return expr.func(*[_pull(a) for a in expr.args])
 
 
+def _chain_tex(p, pieces, entry):
+    """The chain rule line: for each ``(upstream, output entry, limits)`` the sums over the limits of
+    the upstream times the output's partial (``(up, None, [])`` is a term of its own: the loss's)."""
+    terms = []
+    for up, out, limits in pieces:
+        if out is None:
+            terms.append(p.doprint(up))
+            continue
+        sums = "".join(rf"\sum_{{{p.doprint(k)}=1}}^{{{p.doprint(hi)}}} " for k, _, hi in reversed(limits))
+        up_tex = p.doprint(up)
+        if up.is_Add:
+            up_tex = rf"\left({up_tex}\right)"
+        terms.append(rf"{sums}{up_tex} \frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}")
+    return " + ".join(terms)
+
+
+def _closed_step(world, target, node, p, free):
+    """``(step, proved, assumptions, claim's LaTeX)``: the closed form, proved by
+    :func:`symbp.allsizes.prove` (or marked not proved)."""
+    try:
+        proof, _ = allsizes.prove(world.net, target, node, world)
+        proved = True
+    except Undecided:
+        proof, proved = [], False
+    claim_tex = formula_latex(node, printer=p)
+    index = ",".join(free.values())
+    closed = claim_tex if node.op == "name" else rf"\left({claim_tex}\right)"
+    step = Step(f"{closed}_{{{index}}}" if index else claim_tex,
+                "closed form, all sizes" if proved else "closed form: NOT proved", proved)
+    return step, proved, proof, claim_tex
+
+
 def _derive_one(world, target, claim, printer_for):
     """The derivation of ``dL/d target`` (see the module docstring)."""
     from .formula import parse
 
     r, c, ranges, free = _entry_indices(world, target)
     entry = world.raw(target)(r, c)
-    loss = _loss(world)
+    loss = world.loss()
     assumptions = set()
-    readers = _readers(world, target)
+    readers = world.readers(target)
     staged = _stage_readers(world, target)
     if not readers and not staged and target != world.last.name:
         raise Undecided(f"no layer reads {target}")
@@ -380,25 +397,12 @@ def _derive_one(world, target, claim, printer_for):
     p = printer_for(names)
     q = printer_for(_display_names([_pull(collapsed)], free, world))  # a line of its own: its own names
 
-    def chain_tex():
-        terms = []
-        for up, out, limits in pieces:
-            if out is None:
-                terms.append(p.doprint(up))
-                continue
-            sums = "".join(rf"\sum_{{{p.doprint(k)}=1}}^{{{p.doprint(hi)}}} " for k, _, hi in reversed(limits))
-            up_tex = p.doprint(up)
-            if up.is_Add:
-                up_tex = rf"\left({up_tex}\right)"
-            terms.append(rf"{sums}{up_tex} \frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}")
-        return " + ".join(terms)
-
     if locals_:
-        steps = [Step(chain_tex(), "chain rule", None)]
+        steps = [Step(_chain_tex(p, pieces, entry), "chain rule", None)]
     else:  # the last output: dL/da is the loss's own derivative
         ok, used0 = _equal(world, plugged, truth, ranges)
         assumptions.update(used0)
-        steps = [Step(chain_tex(), r"\texttt{sympy.diff} of $L$", ok)]
+        steps = [Step(_chain_tex(p, pieces, entry), r"\texttt{sympy.diff} of $L$", ok)]
     for out, shown, ok in locals_:
         steps.append(Step(p.doprint(shown), r"\texttt{sympy.diff}", ok,
                           lhs=rf"\frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}"))
@@ -416,17 +420,9 @@ def _derive_one(world, target, claim, printer_for):
             why += ", assumption below"
         assumptions.update(used2)
         steps.append(Step(q.doprint(_pull(collapsed)), why, ok))
-    try:
-        proof, _ = allsizes.prove(world.net, target, node, world)
-        proved = True
-        assumptions.update(proof)
-    except Undecided:
-        proved = False
-    claim_tex = formula_latex(node, printer=p)
-    index = ",".join(free.values())
-    closed = claim_tex if node.op == "name" else rf"\left({claim_tex}\right)"
-    steps.append(Step(f"{closed}_{{{index}}}" if index else claim_tex,
-                      "closed form, all sizes" if proved else "closed form: NOT proved", proved))
+    closed, proved, proof, claim_tex = _closed_step(world, target, node, p, free)
+    steps.append(closed)
+    assumptions.update(proof)
     lhs = rf"\frac{{\partial L}}{{\partial {p.doprint(entry)}}}"
     return Derivation(target, [target], claim, claim_tex, lhs, steps, sorted(assumptions), proved, p.base(target))
 
@@ -479,31 +475,17 @@ def _derive_staged(world, target, claim, printer_for, readers, staged, at):
         e = _index("e") if world.batch else sp.Integer(1)
         k = _index("k")
         limits = [(k, 1, world.width[layer.name])] + ([(e, 1, world.N)] if world.batch else [])
-        pieces.append((world.rows(world.raw(layer.name))(e, k), world.rows(world.raw(f"d{layer.name}"))(e, k), limits))
+        pieces.append((world.rows(world.raw(f"d{layer.name}"))(e, k), world.rows(world.raw(layer.name))(e, k), limits))
     for name, rows, cols in staged:
         e, k = _index("e"), _index("k")
         view = world.rows(world.raw(name))
         grad = world.rows(world.raw(f"d{name}"))
         limits = [(k, 1, cols), (e, 1, rows)] if world.batch else [(k, 1, cols)]
-        pieces.append((view(e, k) if world.batch else view(k, e), grad(e, k) if world.batch else grad(k, e), limits))
+        pieces.append((grad(e, k) if world.batch else grad(k, e), view(e, k) if world.batch else view(k, e), limits))
     names = _display_names([sp.Add(*[sp.Sum(sp.Integer(1), *lim) for _, _, lim in pieces])], free, world)
     p = printer_for(names)
-    terms = []
-    for out, up, limits in pieces:
-        sums = "".join(rf"\sum_{{{p.doprint(k)}=1}}^{{{p.doprint(hi)}}} " for k, _, hi in reversed(limits))
-        terms.append(rf"{sums}{p.doprint(up)} \frac{{\partial {p.doprint(out)}}}{{\partial {p.doprint(entry)}}}")
-    node = parse(claim, world.net)
-    try:
-        proof, _ = allsizes.prove(world.net, target, node, world)
-        proved = True
-    except Undecided:
-        proof, proved = [], False
-    claim_tex = formula_latex(node, printer=p)
-    index = ",".join(free.values())
-    closed = claim_tex if node.op == "name" else rf"\left({claim_tex}\right)"
-    steps = [Step(" + ".join(terms), "chain rule", None),
-             Step(f"{closed}_{{{index}}}" if index else claim_tex,
-                  "closed form, all sizes" if proved else "closed form: NOT proved", proved)]
+    closed, proved, proof, claim_tex = _closed_step(world, target, parse(claim, world.net), p, free)
+    steps = [Step(_chain_tex(p, pieces, entry), "chain rule", None), closed]
     lhs = rf"\frac{{\partial L}}{{\partial {p.doprint(entry)}}}"
     return Derivation(target, [target], claim, claim_tex, lhs, steps, sorted(proof), proved, p.base(target))
 
@@ -606,19 +588,18 @@ def derive_index(net) -> IndexDerivation:
             body = world._local(layer, e, i)
         p = printer_for(_display_names([body], free, world))
         forward.append((p.doprint(out), p.doprint(body), layer.name))
-    grouped = []
+    grouped = []  # [relative line, its layers, the first line as written]
     for lhs, rhs, name in forward:
         l = _layer_of(name)
-        key = (_relative(lhs, l), _relative(rhs, l)) if l is not None else (lhs, rhs)
-        for entry in grouped:
-            if entry[0] == key and l is not None:
-                entry[1].append(l)
-                break
+        key = (_relative(lhs, l), _relative(rhs, l)) if l is not None else None
+        same = next((g for g in grouped if key is not None and g[0] == key), None)
+        if same is not None:
+            same[1].append(l)
         else:
-            grouped.append((key, [l] if l is not None else []))
-    forward = [(k[0], k[1], ("l = " + ", ".join(map(str, ls))) if len(ls) > 1 else "") if len(ls) > 1
-               else (*_absolute(k, ls), "") for k, ls in grouped]
-    loss = _loss(world)
+            grouped.append((key, [l], (lhs, rhs)))
+    forward = [(*key, "l = " + ", ".join(map(str, layers))) if len(layers) > 1 else (*line, "")
+               for key, layers, line in grouped]
+    loss = world.loss()
     p = printer_for(_display_names([loss], {}, world))
     deriv = IndexDerivation(net, sizes, forward, ("L", p.doprint(_pull(loss))), side_condition=world.side_condition)
     derivations = []
@@ -645,15 +626,3 @@ def _description(net, world):
                       batch, text)
     parts = ", ".join(f"{layer.op.name} {layer.name} ({world.width[layer.name]})" for layer in world.layers)
     return f"network of {len(world.layers)} layers: {parts}; input n0; loss {net.loss_row.name}; {batch}"
-
-
-def _absolute(key, layers):
-    """A forward line of one layer: its relative superscripts back to that layer's number."""
-    if not layers:
-        return key
-    l = layers[0]
-
-    def back(text):
-        text = re.sub(r"\^\{\(l([+-]\d+)?\)", lambda m: "^{(" + str(l + int(m.group(1) or 0)) + ")", text)
-        return re.sub(r"n_\{l([+-]\d+)?\}", lambda m: "n_{" + str(l + int(m.group(1) or 0)) + "}", text)
-    return back(key[0]), back(key[1])
