@@ -48,6 +48,14 @@ LINE_WIDTH = 46
 #: A closed form wider than this (characters, see :func:`symbp.latex.visible_width`) is displayed
 #: under its layer's table rather than in it.
 CLOSED_WIDTH = 18
+#: A network's derived entry wider than this in all (characters, over its lines) is not displayed:
+#: one sentence says so, and the table's closed form stands for it.
+ENTRY_WIDTH = 60
+#: ... or holding more fractions than this (each a tall line): a forward entry, a gradient's entry.
+ENTRY_FRACTIONS = 4
+GRADIENT_FRACTIONS = 3
+#: A network's closed form wider than this (characters) is displayed under its layer's table.
+NETWORK_CLOSED_WIDTH = 24
 #: The widest matrix of symbols shown, in characters (see :func:`symbp.latex.visible_width`).
 MATRIX_WIDTH = 50
 
@@ -1180,8 +1188,19 @@ def _layer_view(net, layer, printer) -> dict:
     for name in [*layer.stages.values(), layer.name]:
         local, symbols = net.local(name), net.symbols(name)
         entries.append(_entry(net, local, symbols, printer))
-    view["entries"] = entries
+    view["entries"] = [e for e in entries if not _tall([e])]
+    view["tall"] = [e["lhs"] for e in entries if _tall([e])]
     return view
+
+
+def _tall(entries, fractions: int | None = None) -> int:
+    """How many printed lines the longest of ``entries`` takes when they are too long to teach from
+    (wider in all than :data:`ENTRY_WIDTH`, or with more than ``fractions`` fractions, by default
+    :data:`ENTRY_FRACTIONS`); else 0."""
+    widest = max(sum(map(tex.visible_width, e["lines"])) for e in entries)
+    most = max(sum(line.count(r"\frac") for line in e["lines"]) for e in entries)
+    tall = widest > ENTRY_WIDTH or most > (ENTRY_FRACTIONS if fractions is None else fractions)
+    return max(len(e["lines"]) for e in entries) if tall else 0
 
 
 def _consumers(net) -> dict:
@@ -1202,6 +1221,8 @@ def _network_target(net, grads, name, printer, checks, consumers) -> dict:
     M = grads[name]
     rows = tex.elided(M, printer=printer, width=MATRIX_WIDTH)
     fits = tex.matrix_width(rows) <= MATRIX_WIDTH
+    entries = [_entry(net, M, net.symbols(name), printer, i, j) for i, j in _samples(M.shape)]
+    long = _tall(entries, GRADIENT_FRACTIONS)  # one sentence, no display
     layer = net.layer_of(name)
     kind = ("param" if name in net.params else "output" if name in net.outputs else "stage")
     return {
@@ -1214,12 +1235,44 @@ def _network_target(net, grads, name, printer, checks, consumers) -> dict:
         "shape": _shape(net.shape(name)),
         "consumers": [printer.base(u) for u in consumers.get(name, []) if u in grads],  # on a path to L
         "loss": name == net.loss_stage or (name == net.output_name and not net.fused),
-        "entries": [_entry(net, M, net.symbols(name), printer, i, j) for i, j in _samples(M.shape)],
-        "matrix": rows if fits else None,
+        "entries": entries,
+        "matrix": rows if fits and not long else None,
         "elided": M.rows > len(rows) or M.cols > len(rows[0]),
+        "long": long,
         "closed": checks["closed"].get(name),
         "mark": checks["marks"].get(name),
     }
+
+
+def _packed(targets) -> list[list[dict]]:
+    """A layer's assembled matrices, packed in order onto display lines while they fit
+    (:data:`DISPLAY_WIDTH` characters, each with its fraction ``dL/dV``)."""
+    lines, width = [], 0
+    for t in targets:
+        if t["matrix"] is None:
+            continue
+        w = tex.matrix_width(t["matrix"]) + 8
+        if lines and width + w <= DISPLAY_WIDTH:
+            lines[-1].append(t)
+            width += w
+        else:
+            lines.append([t])
+            width = w
+    return lines
+
+
+def _where(targets) -> list:
+    """The abbreviations of a layer's closed forms as ``[(for, [(name, definition)])]``: one group
+    (``for`` None) when every name means the same in every row, else one group per row that has any,
+    ``for`` being that row's gradient."""
+    rows = [(t["grad"], list((t["closed"] or {}).get("where", ()))) for t in targets]
+    rows = [(grad, where) for grad, where in rows if where]
+    merged = {}
+    for _, where in rows:
+        for name, definition in where:
+            if merged.setdefault(name, definition) != definition:
+                return rows
+    return [(None, list(merged.items()))] if merged else []
 
 
 def _backward_targets(net, layer, grads) -> list[str]:
@@ -1277,7 +1330,7 @@ def network_checks(net, grads, printer, *, report=None, numeric_error=None) -> d
             continue  # a claim the document cannot typeset (its verdict still shows)
         main, where = tex.abbreviated(node, printer=printer)
         closed[target] = {"claim": claim, "tex": main, "where": where, "products": tex.products(node),
-                          "shape": tuple(node.shape)}
+                          "shape": tuple(node.shape), "wide": tex.visible_width(main) > NETWORK_CLOSED_WIDTH}
     results = {r.target: r for r in report.results} if report is not None else {}
     for name in net.params + net.intermediates:
         result = results.get(name)
@@ -1350,7 +1403,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
     target = lambda name: _network_target(net, grads, name, printer, checks, consumers)
     backward = []
     for layer, view in zip(reversed(net.layers), reversed(layers)):
-        backward.append({"layer": view, "targets": [target(n) for n in _backward_targets(net, layer, grads)]})
+        targets = [target(n) for n in _backward_targets(net, layer, grads)]
+        backward.append({"layer": view, "targets": targets, "where": _where(targets), "lines": _packed(targets)})
     out = target(net.output_name) if net.output_name in grads.keys() else None
     allsizes = allsizes_once([out] + [t for b in backward for t in b["targets"]])
     symbols = [{"tex": "x", "shape": _shape(net.shape("x")), "kind": "input", "layer": None},
@@ -1386,6 +1440,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
         },
         "symbols": symbols,
         "output": out,
+        "output_where": _where([out]) if out else [],
+        "output_lines": _packed([out]) if out else [],
         "backward": backward,
         "allsizes": allsizes,
         "checks": checks["summary"],

@@ -186,8 +186,12 @@ def test_the_document_takes_a_report_and_a_numeric_error():
     report = Report([Result("h2", "dh2 * m1 / (3/4)", "holds", "symbolic"),
                      Result("z1", "dz1 @ W1", "fails", "exact-random", diagnosis="transposed")])
     source = document.render(net, report=report, numeric_error=3e-13)
-    assert r"Closed form (\texttt{dh2 * m1 / (3/4)}):" in source
-    assert r"\holds{symbolic}:" in source and r"\fails{exact random points}:" in source
+    # one table row per gradient: the closed form typeset, its shape check, its mark
+    assert (r"\bar{h}^{(2)} & \frac{\bar{h}^{(2)} \odot m^{(1)}}{\frac{3}{4}} & $2 \times 3$ (entry-wise) & "
+            r"\holds{symbolic} \\") in source
+    assert (r"\delta^{(1)} & \delta^{(1)} W^{(1)} & $( 2 \times 3 )( 3 \times 2 ) = 2 \times 2$, \fails{not} the "
+            r"shape of $z^{(1)}$ ($2 \times 3$) & \fails{random}$^{\ddagger}$ \\") in source
+    assert r"$^{\ddagger}$ $\delta^{(1)}$: \fails{exact random points}:" in source  # the failure said under the table
     assert "different from the derived entries (transposed)" in source
     assert "agree with an independent engine at a random point: max abs error $< 10^{-12}$ over every gradient." in source
     assert "Numeric check:" not in source  # stated once, not after every gradient
