@@ -623,19 +623,29 @@ def _display_lines(net: MLP, l: int, targets: dict) -> list[list[str]]:
     of ``targets``), packed in order while they fit; the output's error term is shown in its own
     section when the loss is fused and simplified, and one example's bias gradient (the error term
     itself) only in the table."""
-    lines, width = [], 0
+    shown = []
     for key in ("z", "b", "W", "a"):
         t = targets.get(key)
         if t is None or t["matrix"] is None or (l == net.L and net.fused and net.fused.simplified and key == "z"):
             continue
         if key == "b" and not net.batch:  # dL/db = delta entry for entry: the table's row says so
             continue
-        w = tex.matrix_width(t["matrix"]) + 8  # the fraction dL/dV beside it
+        shown.append((key, t["matrix"]))
+    return _packed(shown)
+
+
+def _packed(items) -> list[list]:
+    """``items``, ``(value, matrix rows)`` pairs in order, packed onto display lines while their
+    matrices fit (:data:`DISPLAY_WIDTH` characters, each with its fraction ``dL/dV`` beside it):
+    ``[[value, ...], ...]``."""
+    lines, width = [], 0
+    for value, rows in items:
+        w = tex.matrix_width(rows) + 8
         if lines and width + w <= DISPLAY_WIDTH:
-            lines[-1].append(key)
+            lines[-1].append(value)
             width += w
         else:
-            lines.append([key])
+            lines.append([value])
             width = w
     return lines
 
@@ -1244,21 +1254,9 @@ def _network_target(net, grads, name, printer, checks, consumers) -> dict:
     }
 
 
-def _packed(targets) -> list[list[dict]]:
-    """A layer's assembled matrices, packed in order onto display lines while they fit
-    (:data:`DISPLAY_WIDTH` characters, each with its fraction ``dL/dV``)."""
-    lines, width = [], 0
-    for t in targets:
-        if t["matrix"] is None:
-            continue
-        w = tex.matrix_width(t["matrix"]) + 8
-        if lines and width + w <= DISPLAY_WIDTH:
-            lines[-1].append(t)
-            width += w
-        else:
-            lines.append([t])
-            width = w
-    return lines
+def _matrix_lines(targets) -> list[list[dict]]:
+    """A network layer's assembled matrices (the targets that have one) on their display lines."""
+    return _packed([(t, t["matrix"]) for t in targets if t["matrix"] is not None])
 
 
 def _where(targets) -> list:
@@ -1404,7 +1402,7 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
     backward = []
     for layer, view in zip(reversed(net.layers), reversed(layers)):
         targets = [target(n) for n in _backward_targets(net, layer, grads)]
-        backward.append({"layer": view, "targets": targets, "where": _where(targets), "lines": _packed(targets)})
+        backward.append({"layer": view, "targets": targets, "where": _where(targets), "lines": _matrix_lines(targets)})
     out = target(net.output_name) if net.output_name in grads.keys() else None
     allsizes = allsizes_once([out] + [t for b in backward for t in b["targets"]])
     symbols = [{"tex": "x", "shape": _shape(net.shape("x")), "kind": "input", "layer": None},
@@ -1441,7 +1439,7 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
         "symbols": symbols,
         "output": out,
         "output_where": _where([out]) if out else [],
-        "output_lines": _packed([out]) if out else [],
+        "output_lines": _matrix_lines([out]) if out else [],
         "backward": backward,
         "allsizes": allsizes,
         "checks": checks["summary"],

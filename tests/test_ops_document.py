@@ -204,3 +204,20 @@ def test_closed_forms_name_their_repeated_subformulas():
     assert r"\left(u_{1} - \frac{u_{1} \mathbf{1}_{3}}{3} - u_{2} \odot \frac{\left(u_{1} \odot u_{2}\right) " \
            r"\mathbf{1}_{3}}{3}\right) \oslash u_{3}" in source
     assert r"u_{3} &= \sqrt{v^{(2)} + \frac{1}{100000}}." in source
+
+
+def test_a_network_document_tabulates_its_gradients_and_says_what_it_leaves_out():
+    source = document.render(make("layernorm"))
+    lines = source.splitlines()
+    # the layer norm's stage gradients are too long to teach from: one sentence, no display of their entries
+    said = [line for line in lines if line.startswith("symbp's entries of ")]
+    assert len(said) == 1 and said[0].startswith(
+        r"symbp's entries of $\frac{\partial L}{\partial v^{(2)}}$, $\frac{\partial L}{\partial \mu^{(2)}}$")
+    assert said[0].endswith(r"are judged against every one of them.\par")
+    assert not any(line.startswith(r"\frac{\partial L}{\partial v^{(2)}_{1") for line in lines)
+    # the stages without a textbook claim are named once, together
+    assert (r"No textbook closed form is claimed for $\bar{v}^{(2)}$ and $\bar{\mu}^{(2)}$; the derived entries are "
+            r"the result.") in lines
+    # a row per gradient: the weight of the first affine layer, its shape check by sizes, its mark
+    assert any(line.startswith(r"\bar{W}^{(1)} & \delta^{(1)\top} x & $( 3 \times 2 )( 2 \times 2 ) = 3 \times 2$ & ")
+               for line in lines), [line for line in lines if line.startswith(r"\bar{W}^{(1)}")]
