@@ -308,3 +308,14 @@ def test_the_deep_tanh_document_fits_in_seven_pages(tmp_path):
     pages = int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
     assert pages <= 7, pages
     assert "Overfull \\hbox" not in log.read_text(errors="replace")
+
+
+def test_a_student_version_of_a_network_document_has_no_marks_and_no_tool_talk():
+    net = symbp.network([{"op": "affine", "out": 3}, {"op": "layernorm"}, {"op": "relu"}, {"op": "affine", "out": 2}],
+                        input=2, batch=2, loss="mse")
+    source = document.render(net, student=True)
+    body = source[source.index(r"\begin{document}"):]
+    assert r"\holds{" not in body and "How this was checked" not in body and "judged" not in body
+    assert "symbp" not in body and "SymPy" not in body
+    assert r"\text{gradient} & \text{closed form} & shape check \\" in body  # the table without its mark column
+    assert "The entries of " in body and "too long to teach from; the closed forms in the table below stand for them." in body
