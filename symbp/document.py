@@ -1198,18 +1198,18 @@ def _layer_view(net, layer, printer) -> dict:
     for name in [*layer.stages.values(), layer.name]:
         local, symbols = net.local(name), net.symbols(name)
         entries.append(_entry(net, local, symbols, printer))
-    view["entries"] = [e for e in entries if not _tall([e])]
-    view["tall"] = [e["lhs"] for e in entries if _tall([e])]
+    tall = [_tall([e]) > 0 for e in entries]
+    view["entries"] = [e for e, t in zip(entries, tall) if not t]
+    view["tall"] = [e["lhs"] for e, t in zip(entries, tall) if t]
     return view
 
 
-def _tall(entries, fractions: int | None = None) -> int:
+def _tall(entries, fractions: int = ENTRY_FRACTIONS) -> int:
     """How many printed lines the longest of ``entries`` takes when they are too long to teach from
-    (wider in all than :data:`ENTRY_WIDTH`, or with more than ``fractions`` fractions, by default
-    :data:`ENTRY_FRACTIONS`); else 0."""
+    (wider in all than :data:`ENTRY_WIDTH`, or with more than ``fractions`` fractions); else 0."""
     widest = max(sum(map(tex.visible_width, e["lines"])) for e in entries)
     most = max(sum(line.count(r"\frac") for line in e["lines"]) for e in entries)
-    tall = widest > ENTRY_WIDTH or most > (ENTRY_FRACTIONS if fractions is None else fractions)
+    tall = widest > ENTRY_WIDTH or most > fractions
     return max(len(e["lines"]) for e in entries) if tall else 0
 
 
