@@ -560,9 +560,7 @@ class _Writer:
         stages = [n for n in net.intermediates if n in used]
         lines = [f"def backward({', '.join(net.inputs + net.params)}):",
                  '    """dL/dV for every claimed V (denominator layout: shaped like V)."""']
-        if "N" in used or any(t.op == "ones" and "N" in t.value for tree in trees.values() for t in tree.walk()):
-            lines.append("    N = x.shape[0]")
-        lines += [f"    {name} = {n}" for name, n in sorted(_sizes(trees).items())]
+        lines += self.sizes(trees, used)
         if stages:
             lines.append(f"    v = forward({self.args})")
             lines.append(f"    {', '.join(stages)} = {', '.join(f'v[{n!r}]' for n in stages)}".replace("'", '"'))
@@ -572,6 +570,112 @@ class _Writer:
         lines += _wrap(" ".join(f'"{t}": d{t},' for t in trees), 92, indent=" " * 8)
         lines.append("    }")
         return "\n".join(lines) + "\n"
+
+
+    @staticmethod
+    def sizes(trees, used):
+        """The lines defining the sizes the claims use: ``N`` read from ``x``, the widths as numbers."""
+        lines = []
+        if "N" in used or any(t.op == "ones" and "N" in t.value for tree in trees.values() for t in tree.walk()):
+            lines.append("    N = x.shape[0]")
+        return lines + [f"    {name} = {n}" for name, n in sorted(_sizes(trees).items())]
+
+    def loop(self, trees):
+        """``backward(x, y, W, b)`` as one loop over the layers, written from the same statements as
+        :meth:`backward` with each layer's names as list entries relative to the layer (``W3`` in layer 2
+        is ``W[l + 1]``); None when the layers do not share their statements (different activations,
+        residual layers, a claim missing) or there is no layer to loop over."""
+        net = self.net
+        kinds = ("a", "z", "W", "b") if net.bias else ("a", "z", "W")
+        expected = {f"{k}{l}" for l in range(1, net.L + 1) for k in kinds}
+        if not isinstance(net, MLP) or net.L < 2 or net.residual_layers or set(trees) != expected:
+            return None
+        formula = _Formula(self)
+        code = {target: formula.code(tree) for target, tree in trees.items()}
+
+        def statements(l, names, at="l"):
+            return [f"d{k}[{at}] = {_relative(code[f'{k}{l}'], l, at)}" for k in names]
+
+        hidden = {tuple(statements(l, ("a", "z"))) for l in range(1, net.L)}
+        params = {tuple(statements(l, kinds[2:])) for l in range(1, net.L + 1)}
+        affine = "{a} @ W{l}.T" + (" + b{l}.T" if net.bias else "") if net.batch else \
+            "W{l} @ {a}" + (" + b{l}" if net.bias else "")
+        forward = {(_relative(affine.format(a=f"a{l - 1}", l=l), l), _relative(self.activation(l, f"z{l}"), l))
+                   for l in range(1, net.L)}
+        if len(hidden) != 1 or len(params) != 1 or len(forward) != 1:
+            return None
+        (z_line, a_line), = forward
+        output = _relative(self.output(f"z{net.L}"), net.L)
+        lists = ", ".join(f"d{k}" for k in kinds)
+        used = set().union(*(tree.names() for tree in trees.values()))
+        parameters = "W, b" if net.bias else "W"
+        lines = [f"def backward(x, y, {parameters}):",
+                 f'    """dL/d{parameters.replace(", ", "[l], dL/d")}[l] for l = 1, ..., L '
+                 '(the lists count layers from 1: entry 0 is None)."""',
+                 "    L = len(W) - 1", *self.sizes(trees, used),
+                 "    a, z = [x] + [None] * L, [None] * (L + 1)",
+                 "    for l in range(1, L + 1):  # the forward pass",
+                 f"        z[l] = {z_line}",
+                 f"        a[l] = {a_line}" + ("" if output == a_line else f" if l < L else {output}"),
+                 f"    {lists} = ([None] * (L + 1) for _ in range({len(kinds)}))",
+                 *("    " + s for s in statements(net.L, ("a", "z"), "L")),
+                 "    for l in range(L, 0, -1):  # the backward pass, from the output",
+                 "        if l < L:",
+                 *("            " + s for s in next(iter(hidden))),
+                 *("        " + s for s in next(iter(params))),
+                 f"    return {', '.join(f'd{k}' for k in kinds[2:])}"]
+        return "\n".join(lines) + "\n"
+
+
+_LAYER_NAME = re.compile(r"(?<![\w.])(d?)([azWb])(\d+)(?!\w)")
+
+
+def _relative(code: str, l: int, at: str = "l") -> str:
+    """``code`` with the layer names (``W3``, ``dz2``, ``x`` as ``a0``) as list entries relative to layer
+    ``l``, written ``at``: ``W3`` in layer 2 is ``W[l + 1]``."""
+    code = re.sub(r"(?<![\w.])x(?!\w)", "a0", code)
+
+    def entry(match):
+        offset = int(match.group(3)) - l
+        index = at if offset == 0 else f"{at} {'+' if offset > 0 else '-'} {abs(offset)}"
+        return f"{match.group(1)}{match.group(2)}[{index}]"
+
+    return _LAYER_NAME.sub(entry, code)
+
+
+def layer_loop(compiled: CompiledGradients) -> str | None:
+    """The backward pass of ``compiled`` as one loop over the layers (:meth:`_Writer.loop`), checked
+    against ``compiled``'s own backward at a random point: every ``dW[l]``, ``db[l]`` must agree to
+    1e-12. None when the layers do not share their formulas, or (never expected) the loop disagrees:
+    then the unrolled code stands.
+
+    >>> import symbp
+    >>> net = symbp.MLP([3, 3, 3, 2], hidden="tanh")
+    >>> print(layer_loop(symbp.compile(net, symbp.textbook(net))).splitlines()[-6:-1])  # doctest: +NORMALIZE_WHITESPACE
+    ['        if l < L:', '            da[l] = W[l + 1].T @ dz[l + 1]', '            dz[l] = da[l] * (1 - a[l] ** 2)',
+     '        dW[l] = dz[l] @ a[l - 1].T', '        db[l] = dz[l]']
+    """
+    net = compiled.net
+    if compiled.backend != "numpy" or not isinstance(net, MLP):
+        return None
+    trees = {t: parse(claim, net, what=f"claim for {t}") for t, claim in compiled.claims.items()}
+    source = _Writer(net).loop(trees)
+    if source is None:
+        return None
+    namespace = dict(compiled._namespace)
+    exec(builtins.compile(source, "<symbp.compile loop>", "exec"), namespace)  # written by us, from trees
+    rng = np.random.default_rng(0)
+    values = {n: rng.uniform(0.1, 0.9, net.shape(n)) for n in net.inputs + net.params}
+    expected = compiled(**values)
+    lists = [[None] + [values[f"{k}{l}"] for l in range(1, net.L + 1)] for k in ("W", "b")[:1 + net.bias]]
+    try:
+        got = namespace["backward"](values["x"], values["y"], *lists)
+        got = got if isinstance(got, tuple) else (got,)
+        agree = all(np.allclose(grads[l], expected[f"{kind}{l}"], rtol=1e-12, atol=1e-12)
+                    for kind, grads in zip(("W", "b"), got) for l in range(1, net.L + 1))
+    except (ArithmeticError, LookupError, TypeError, ValueError):  # shapes that do not meet: not the same code
+        return None
+    return source if agree else None
 
 
 class _NetworkWriter(_Writer):

@@ -391,20 +391,32 @@ def backward_code(net: MLP) -> dict | None:
     :func:`symbp.textbook`'s claims (the same writer, the same verified claims as the tables), and the
     parameters for the update. None when ``compile`` cannot take the claims (the document says so).
 
+    When the layers share their formulas and the loop is no longer than the unrolled code, the listing
+    is one loop over them (:func:`symbp.codegen.layer_loop`, checked against the unrolled code), else
+    the unrolled ``backward`` itself.
+
     >>> code = backward_code(MLP([2, 2]))
-    >>> code["source"].splitlines()[0], code["params"]
-    ('def backward(x, y, W1, b1):', ['W1', 'b1'])
+    >>> code["source"].splitlines()[0], code["params"], code["loop"]
+    ('def backward(x, y, W1, b1):', ['W1', 'b1'], False)
+    >>> backward_code(MLP([2, 3, 3, 2]))["source"].splitlines()[0]
+    'def backward(x, y, W, b):'
     """
     from .codegen import compile as compile_claims
+    from .codegen import layer_loop
     from .verify import textbook
 
     try:
-        source = compile_claims(net, textbook(net)).source
+        compiled = compile_claims(net, textbook(net))
     except SymbpError:
         return None
+    source = compiled.source
     start = source.index("def backward(")
     end = source.find("\n\n\n", start)
-    return {"source": source[start:end if end != -1 else len(source)].rstrip(), "params": list(net.params)}
+    unrolled = source[start:end if end != -1 else len(source)].rstrip()
+    loop = layer_loop(compiled)
+    if loop is not None and loop.count("\n") <= unrolled.count("\n"):  # the loop when it is not the longer
+        return {"source": loop.rstrip(), "params": list(net.params), "loop": True}
+    return {"source": unrolled, "params": list(net.params), "loop": False}
 
 
 def _shape(shape) -> dict:
@@ -517,7 +529,8 @@ def _forward(net: MLP, printer) -> list[dict]:
             "z_shape": _shape(net.shape(f"z{l}")),
             "z_entry": _entry(net, net.local(f"z{l}"), net.symbols(f"z{l}"), printer),
             "a_entry": _entry(net, net.local(f"a{l}"), net.symbols(f"a{l}"), printer),
-            "like": l - 1 if _same_as(net, l - 1) else None,  # built like layer l - 1, one index up
+            # built like layer l - 1, one index up (layer 1 reads x: shown)
+            "like": l - 1 if l > 2 and _same_as(net, l - 1) else None,
         })
     return layers
 
@@ -597,9 +610,10 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
 
 def _same_as(net: MLP, l: int) -> int | None:
     """``l + 1`` when hidden layer ``l``'s assembled matrices are layer ``l + 1``'s with every layer
-    index one lower (the same activation, the same shapes, both or neither a skip connection, and an
-    upstream gradient of its own: not layer 1), so that the document shows them once; else None."""
-    if not 1 < l < net.L - 1 or net.hidden[l - 1].name != net.hidden[l].name:
+    index one lower (the same activation, the same shapes, both or neither a skip connection; layer 1
+    reads ``x`` for ``a^(0)`` and has no upstream gradient of its own), so that the document shows them
+    once; else None."""
+    if not 1 <= l < net.L - 1 or net.hidden[l - 1].name != net.hidden[l].name:
         return None
     if len({net.sizes[l - 1], net.sizes[l], net.sizes[l + 1]}) != 1:
         return None
@@ -1227,7 +1241,7 @@ def _consumers(net) -> dict:
     return found
 
 
-def _network_target(net, grads, name, printer, checks, consumers) -> dict:
+def _network_target(net, grads, name, printer, checks, consumers, index=None) -> dict:
     M = grads[name]
     rows = tex.elided(M, printer=printer, width=MATRIX_WIDTH)
     fits = tex.matrix_width(rows) <= MATRIX_WIDTH
@@ -1251,7 +1265,71 @@ def _network_target(net, grads, name, printer, checks, consumers) -> dict:
         "long": long,
         "closed": checks["closed"].get(name),
         "mark": checks["marks"].get(name),
+        "generic": _generic(index, name),
     }
+
+
+#: How wide (visible characters) the index-form result of a gradient may be to follow its chain rule
+#: on the same line; a wider one is left to the table's closed form.
+GENERIC_WIDTH = 56
+#: A chain rule and its result wider together than this take a line each.
+GENERIC_LINE = 80
+
+
+def _index_form(net):
+    """``derive_index(net)`` (every gradient in index notation, for all sizes), or None when some
+    layer has no index form."""
+    from .indexform import derive_index
+
+    try:
+        return derive_index(net)
+    except SymbpError:
+        return None
+
+
+def _generic(index, name) -> dict | None:
+    """The all-sizes derivation of ``dL/d name`` in index notation, for a network document: the chain
+    rule, SymPy's local partials and the entry with the Kronecker brackets summed (when it is short),
+    from :func:`symbp.indexform.derive_index`. None when there is none or one of its steps was not
+    checked (the document then writes the chain rule at the given sizes)."""
+    if index is None:
+        return None
+    try:
+        derivation = index[name]
+    except KeyError:
+        return None
+    if not derivation.checked or derivation.target != name:
+        return None
+    steps = derivation.steps
+    chain = next((s.tex for s in steps if s.why == "chain rule"), None)
+    partials = [(s.lhs, s.tex) for s in steps if s.lhs]
+    summed = next((s.tex for s in reversed(steps)
+                   if s.why.startswith("brackets summed") or s.why.startswith(r"\texttt{sympy.diff} of")), None)
+    if summed is not None and tex.visible_width(summed) > GENERIC_WIDTH:
+        summed = None
+    if chain is None and summed is None:
+        return None
+    split = chain is not None and summed is not None and \
+        tex.visible_width(derivation.lhs + chain + summed) > GENERIC_LINE
+    return {"lhs": derivation.lhs, "chain": chain, "partials": partials, "summed": summed, "split": split}
+
+
+def _index_sizes(net, index) -> list:
+    """The size symbols of ``index`` with this network's values, ``[(tex, value)]``: ``n_{z1}`` is the
+    width of ``z1``, ``N`` the batch."""
+    from .allsizes import World
+
+    widths = {str(symbol): name for name, symbol in reversed(World(net).width.items())}
+    out = []
+    for size in index.sizes:
+        if size == "N":
+            value = net.batch
+        elif size in widths:
+            value = net.shape(widths[size])[1 if net.batch else 0]
+        else:
+            return []
+        out.append((tex.latex(sp.Symbol(size)), value))
+    return out
 
 
 def _matrix_lines(targets) -> list[list[dict]]:
@@ -1398,7 +1476,8 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
     checks = network_checks(net, grads, printer, report=report, numeric_error=numeric_error)
     layers = [_layer_view(net, layer, printer) for layer in net.layers]
     consumers = _consumers(net)
-    target = lambda name: _network_target(net, grads, name, printer, checks, consumers)
+    index = _index_form(net)
+    target = lambda name: _network_target(net, grads, name, printer, checks, consumers, index)
     backward = []
     for layer, view in zip(reversed(net.layers), reversed(layers)):
         targets = [target(n) for n in _backward_targets(net, layer, grads)]
@@ -1442,5 +1521,6 @@ def network_context(net, *, grads: Gradients | None = None, title: str | None = 
         "output_lines": _matrix_lines([out]) if out else [],
         "backward": backward,
         "allsizes": allsizes,
+        "index_sizes": _index_sizes(net, index) if index is not None else [],
         "checks": checks["summary"],
     }

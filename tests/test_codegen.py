@@ -503,3 +503,60 @@ def test_a_numpy_name_without_lowering_is_refused():
 
     with pytest.raises(SymbpError, match=r"^compile: backend 'torch' has no lowering of np.fft$"):
         codegen._lower("x = np.fft(z)", codegen.BACKENDS["torch"], set())
+
+
+# --------------------------------------------------------------------------- the loop over layers
+
+def _one_hot_values(net, seed=0):
+    """Values with one-hot targets (the side condition of dL/dz = a - y)."""
+    rng = np.random.default_rng(seed)
+    values = {n: rng.normal(size=net.shape(n)) for n in ("x", *net.params)}
+    rows, cols = net.shape("y")
+    if net.batch:  # a row per example
+        values["y"] = np.eye(cols)[rng.integers(0, cols, rows)]
+    else:  # one column
+        values["y"] = np.eye(rows)[:, [1]]
+    return values
+
+
+@pytest.mark.parametrize("config", [dict(sizes=[3, 3, 3, 3, 3, 2], hidden="tanh"), dict(sizes=[6, 5, 3, 2], batch=4),
+                                    dict(sizes=[3, 4, 2], hidden="sigmoid", output="sigmoid",
+                                         loss="binary_cross_entropy"),
+                                    dict(sizes=[3, 4, 4, 2], bias=False), dict(sizes=[3, 4, 4, 2], hidden="x*sigmoid(x)")])
+def test_the_loop_over_layers_computes_the_plain_numpy_backprop(config):
+    from symbp.codegen import layer_loop
+
+    net = symbp.MLP(**config)
+    compiled = symbp.compile(net, symbp.textbook(net))
+    source = layer_loop(compiled)
+    assert "for l in range(L, 0, -1):  # the backward pass, from the output\n" in source
+    namespace = dict(compiled._namespace)  # its helpers (softmax, step, f1), not its backward
+    exec(source, namespace)
+    values = _one_hot_values(net)
+    lists = [[None] + [values[f"{k}{l}"] for l in range(1, net.L + 1)] for k in ("W", "b")[:1 + net.bias]]
+    got = namespace["backward"](values["x"], values["y"], *lists)
+    got = got if isinstance(got, tuple) else (got,)
+    truth = numeric.reference_gradients(net, values)  # written from the conventions, matrix by matrix
+    for kind, grads in zip(("W", "b"), got):
+        assert len(grads) == net.L + 1 and grads[0] is None
+        for l in range(1, net.L + 1):
+            np.testing.assert_allclose(grads[l], truth[f"{kind}{l}"], rtol=1e-10, atol=1e-12)
+
+
+def test_layers_that_differ_keep_the_unrolled_code_and_a_wrong_loop_is_never_given(monkeypatch):
+    from symbp import codegen
+
+    for config in (dict(sizes=[3, 4, 4, 2], hidden=["tanh", "relu"]), dict(sizes=[3, 3, 3, 2], residual=True),
+                   dict(sizes=[3, 2])):
+        net = symbp.MLP(**config)
+        assert codegen.layer_loop(symbp.compile(net, symbp.textbook(net))) is None, config
+    net = symbp.MLP([3, 4, 4, 2], hidden="tanh")
+    claims = symbp.textbook(net)
+    compiled = symbp.compile(net, claims)
+    assert codegen.layer_loop(compiled).splitlines()[0] == "def backward(x, y, W, b):"
+    partial = symbp.compile(net, {k: v for k, v in claims.items() if k != "a1"} | {"z1": "(W2.T @ dz2) * (1 - a1 ** 2)"})
+    assert codegen.layer_loop(partial) is None  # a claim missing: the layers do not share their statements
+    # a writer that got the offsets wrong (W[l - 1] for W[l + 1]) is caught by the check, not printed
+    real = codegen._relative
+    monkeypatch.setattr(codegen, "_relative", lambda code, l, at="l": real(code, l, at).replace("+ 1]", "- 1]"))
+    assert codegen.layer_loop(compiled) is None

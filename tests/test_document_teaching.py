@@ -2,6 +2,7 @@
 by named sizes that say when they cannot tell W from W^T, the output layer's steps, one notation, and a
 teacher's controls. Each test asserts exact lines of the generated LaTeX."""
 
+import numpy as np
 import pytest
 import sympy as sp
 
@@ -170,16 +171,48 @@ def test_the_output_sections_read_the_op_and_loss_columns():
     assert out["partial"] == "activation" and out["fused_partial"] == "sigmoid_binary_cross_entropy"
 
 
-def test_the_backward_pass_as_code_is_compile_s(seed):
+def _listing(source):
+    listing = source[source.index(r"\section{The backward pass as code}"):]
+    return listing[listing.index("\\begin{verbatim}\n") + 17:listing.index("\\end{verbatim}")]
+
+
+def test_the_backward_pass_as_code_is_one_loop_over_the_layers(seed):
+    from symbp.codegen import layer_loop
+    from symbp.numeric import reference_gradients
+
     net = symbp.MLP([4, 5, 3, 3])
-    source = symbp.compile(net, symbp.textbook(net)).source
-    listing = seed[seed.index(r"\section{The backward pass as code}"):]
-    listing = listing[listing.index("\\begin{verbatim}\n") + 17:listing.index("\\end{verbatim}")]
+    compiled = symbp.compile(net, symbp.textbook(net))
+    listing = _listing(seed)
+    assert listing.rstrip() == layer_loop(compiled).rstrip()  # compile's statements, layer names as list entries
+    assert listing.startswith("def backward(x, y, W, b):\n")
+    assert "        z[l] = W[l] @ a[l - 1] + b[l]\n        a[l] = relu(z[l]) if l < L else softmax(z[l], axis=0)\n" in listing
+    assert "    dz[L] = a[L] - y\n" in listing
+    assert "            dz[l] = da[l] * step(z[l])\n        dW[l] = dz[l] @ a[l - 1].T\n" in listing
+    assert "W = [None, W1, W2, W3]\nb = [None, b1, b2, b3]\ndW, db = backward(x, y, W, b)\n" in seed
+    assert "    W[l] -= eta * dW[l]\n    b[l] -= eta * db[l]\n" in seed
+    assert "so one loop runs over the layers" in seed
+    # the printed listing itself runs and gives the plain NumPy backprop's gradients
+    namespace = dict(compiled._namespace)
+    exec(listing, namespace)
+    rng = np.random.default_rng(3)
+    values = {n: rng.normal(size=net.shape(n)) for n in ("x", *net.params)} | {"y": np.eye(3)[:, [2]]}
+    dW, db = namespace["backward"](values["x"], values["y"], [None, *(values[f"W{l}"] for l in (1, 2, 3))],
+                                   [None, *(values[f"b{l}"] for l in (1, 2, 3))])
+    truth = reference_gradients(net, values)
+    for l in (1, 2, 3):
+        np.testing.assert_allclose(dW[l], truth[f"W{l}"], rtol=1e-10)
+        np.testing.assert_allclose(db[l], truth[f"b{l}"], rtol=1e-10)
+
+
+def test_layers_that_differ_print_compile_s_unrolled_code():
+    net = symbp.MLP([3, 3, 3, 2], residual=True)  # layer 2 adds a skip connection, layer 1 does not
+    source = document.render(net)
+    listing = _listing(source)
     assert listing.startswith("def backward(x, y, W1, b1, W2, b2, W3, b3):\n")
-    assert listing.rstrip() in source  # the very function symbp.compile writes
-    assert "    dW3 = dz3 @ a2.T\n" in listing and "    dz2 = da2 * step(z2)\n" in listing
-    assert 'params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}\n' in seed
-    assert "    params[name] -= eta * grads[name]\n" in seed
+    assert listing.rstrip() in symbp.compile(net, symbp.textbook(net)).source  # the very function compile writes
+    assert "    da1 = W2.T @ dz2 + da2\n" in listing and "one loop runs" not in source
+    assert 'params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2, "W3": W3, "b3": b3}\n' in source
+    assert "    params[name] -= eta * grads[name]\n" in source
 
 
 # --------------------------------------------------------------------------- issue 13 leftovers
@@ -229,13 +262,17 @@ def test_same_form_layers_are_shown_once(deep):
     layers = deep[deep.index(r"\section{The backward pass, layer by layer}"):deep.index(r"\section{The backward pass as code}")]
     assert r"\frac{\partial L}{\partial W^{(3)}} = \begin{bmatrix}" not in layers  # shown for layer 4 only
     assert r"\frac{\partial L}{\partial W^{(4)}} = \begin{bmatrix}" in layers
-    assert r"\frac{\partial L}{\partial W^{(1)}} = \begin{bmatrix}" in layers  # x, not a^(0): shown
-    # and the claim is true: layer 4's derived entries with every layer index one lower are layer 3's
+    assert r"\frac{\partial L}{\partial W^{(1)}} = \begin{bmatrix}" not in layers  # layer 2's, x for a^(0)
+    assert ("Its matrices are layer 2's, each layer index one lower and $x$ for $a^{(0)}$, without "
+            r"$\partial L / \partial a^{(0)}$; $^{\dagger}$ here $n_{0} = n_{1} = 3$.") in deep
+    # and the claims are true: layer l + 1's derived entries with every layer index one lower are layer l's
     grads = symbp.derive(symbp.MLP(**DEEP))
-    lower = lambda e: e.xreplace({s: sp.Symbol(re.sub(r"^([a-zA-Z]+)(\d+)", lambda m: m[1] + str(int(m[2]) - 1), s.name),
+    lower = lambda e: e.xreplace({s: sp.Symbol(re.sub(r"^a0_", "x_", re.sub(r"^([a-zA-Z]+)(\d+)",
+                                                                             lambda m: m[1] + str(int(m[2]) - 1), s.name)),
                                                **s.assumptions0) for s in e.free_symbols})
-    for kind in ("z", "W", "b"):
-        assert (grads[f"{kind}4"].applyfunc(lower) - grads[f"{kind}3"]).applyfunc(sp.simplify).is_zero_matrix
+    for upper in (4, 2):
+        for kind in ("z", "W", "b"):
+            assert (grads[f"{kind}{upper}"].applyfunc(lower) - grads[f"{kind}{upper - 1}"]).applyfunc(sp.simplify).is_zero_matrix
     assert (grads["a3"].applyfunc(lower) - grads["a2"]).is_zero_matrix
 
 

@@ -221,3 +221,27 @@ def test_a_network_document_tabulates_its_gradients_and_says_what_it_leaves_out(
     # a row per gradient: the weight of the first affine layer, its shape check by sizes, its mark
     assert any(line.startswith(r"\bar{W}^{(1)} & \delta^{(1)\top} x & $( 3 \times 2 )( 2 \times 2 ) = 3 \times 2$ & ")
                for line in lines), [line for line in lines if line.startswith(r"\bar{W}^{(1)}")]
+
+
+def test_a_network_document_derives_each_gradient_once_for_all_sizes(monkeypatch):
+    from symbp.layers import network
+
+    net = network([{"op": "affine", "out": 4}, {"op": "layernorm"}, {"op": "relu"}, {"op": "affine", "out": 3},
+                         {"op": "softmax"}], input=3, batch=2, loss="cross_entropy")
+    source = document.render(net)
+    assert ("in index notation with the sizes as symbols ($n_{0} = 3$, $n_{z1} = 4$, $n_{z2} = 3$, $N = 2$ here; "
+            "$[k = i]$ is 1 when $k = i$, else 0), every step checked by SymPy") in source
+    lines = source.splitlines()
+    assert (r"$W^{(2)}$ is read by $z^{(2)}$. For all sizes, the chain rule with $\frac{\partial z^{(2)}_{n,k}}"
+            r"{\partial W^{(2)}_{i,j}} = [k = i] a^{(1)}_{n,j}$ (SymPy) gives, with the brackets summed:") in lines
+    assert (r"\frac{\partial L}{\partial W^{(2)}_{i,j}} = \sum_{n=1}^{N} \sum_{k=1}^{n_{z2}} \delta^{(2)}_{n,k} "
+            r"\frac{\partial z^{(2)}_{n,k}}{\partial W^{(2)}_{i,j}} = \sum_{n=1}^{N} \delta^{(2)}_{n,i} a^{(1)}_{n,j}.") in lines
+    assert (r"$a^{(2)}$ is what the loss reads. For all sizes, the derivative of $L$ gives:") in lines
+    assert r"\frac{\partial L}{\partial a^{(2)}_{n,i}} = - \frac{y_{n,i}}{a^{(2)}_{n,i} N}." in lines
+    # the readers of a stage the index form does not derive alone keep the chain rule at the given sizes
+    assert source.count("the chain rule sums over every entry $k$ of each reader:") == 2  # the mean and the variance
+    # without an index form (a layer that has none), every gradient keeps the chain rule at the given sizes
+    monkeypatch.setattr(document, "_index_form", lambda net: None)
+    plain = document.render(net)
+    assert "For all sizes" not in plain and "sizes as symbols" not in plain
+    assert plain.count("the chain rule sums over every entry $k$ of each reader:") == 12
