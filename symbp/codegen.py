@@ -571,7 +571,6 @@ class _Writer:
         lines.append("    }")
         return "\n".join(lines) + "\n"
 
-
     @staticmethod
     def sizes(trees, used):
         """The lines defining the sizes the claims use: ``N`` read from ``x``, the widths as numbers."""
