@@ -499,11 +499,7 @@ class _Writer:
                  + ("rows are examples" if net.batch else "column vectors") + ')."""']
         previous = "x"
         for l in range(1, net.L + 1):
-            if net.batch:
-                z = f"{previous} @ W{l}.T" + (f" + b{l}.T" if net.bias else "")
-            else:
-                z = f"W{l} @ {previous}" + (f" + b{l}" if net.bias else "")
-            lines.append(f"    z{l} = {z}")
+            lines.append(f"    z{l} = {self.affine(l, previous)}")
             if l < net.L:
                 a = self.activation(l, f"z{l}")
                 if l in net.residual_layers:
@@ -516,6 +512,13 @@ class _Writer:
         lines += _wrap(" ".join(f'"{n}": {n},' for n in net.intermediates), 92, indent=" " * 8)
         lines.append("    }")
         return "\n".join(lines) + "\n"
+
+    def affine(self, l, previous):
+        """Code for layer ``l``'s pre-activation from ``previous`` (its input's name)."""
+        net = self.net
+        if net.batch:
+            return f"{previous} @ W{l}.T" + (f" + b{l}.T" if net.bias else "")
+        return f"W{l} @ {previous}" + (f" + b{l}" if net.bias else "")
 
     def note(self, line):
         """Record the helper functions a line of code calls."""
@@ -597,9 +600,7 @@ class _Writer:
 
         hidden = {tuple(statements(l, ("a", "z"))) for l in range(1, net.L)}
         params = {tuple(statements(l, kinds[2:])) for l in range(1, net.L + 1)}
-        affine = "{a} @ W{l}.T" + (" + b{l}.T" if net.bias else "") if net.batch else \
-            "W{l} @ {a}" + (" + b{l}" if net.bias else "")
-        forward = {(_relative(affine.format(a=f"a{l - 1}", l=l), l), _relative(self.activation(l, f"z{l}"), l))
+        forward = {(_relative(self.affine(l, f"a{l - 1}"), l), _relative(self.activation(l, f"z{l}"), l))
                    for l in range(1, net.L)}
         if len(hidden) != 1 or len(params) != 1 or len(forward) != 1:
             return None
