@@ -176,7 +176,8 @@ def refuse_if_too_big(sizes, *, batch=None, output="softmax", hidden="relu", ste
                    f"for numbers at a batch of {batch}")
     else:
         way_out = ("work per element on a smaller network (the same layers, smaller widths), and use "
-                   "symbp.compile for numbers at this size")
+                   "symbp.compile for numbers at this size; or derive every gradient for all sizes at once "
+                   "in index notation (derive --sizes symbolic, symbp.indexform.derive_index)")
     batch_text = f" with a batch of {batch}" if batch else ""
     raise SymbpError(f"{what or f'MLP {list(sizes)}'}{batch_text}: {e.entries:,} forward entries, {e.text()} "
                      f"(limit: {duration(LIMIT_SECONDS)}, {_size(LIMIT_BYTES)}); {way_out}")

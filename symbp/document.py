@@ -19,6 +19,7 @@ a power-of-ten bound.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
@@ -374,6 +375,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
                   "deltaL": printer.grad_base(f"z{net.L}")},
         "symbols": _symbols(net, printer),
         "forward": _forward(net, printer),
+        "notation_rows": _notation_rows(net),
         "backward": backward,
         "allsizes": allsizes_once([t for layer in backward for t in _rows(layer)]),
         "output": _output(net, grads, printer),
@@ -384,6 +386,19 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "flowsec": _flow_section(net),
         "code": backward_code(net),
     }
+
+
+def _notation_rows(net: MLP) -> list[tuple[int, int]]:
+    """The notation table's rows as runs of layers ``(first, last)``: consecutive layers with the same
+    width, activation and shapes share a row (``1--4`` in a deep network of equal widths)."""
+    key = lambda l: (net.sizes[l], net.sizes[l - 1], net.activation(l).name, net.shape(f"z{l}"))
+    runs: list[list[int]] = []
+    for l in range(1, net.L + 1):
+        if runs and key(runs[-1][-1]) == key(l):
+            runs[-1].append(l)
+        else:
+            runs.append([l])
+    return [(run[0], run[-1]) for run in runs]
 
 
 def backward_code(net: MLP) -> dict | None:
@@ -605,6 +620,18 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
             "display": _display_lines(net, l, targets),
             "same_as": _same_as(net, l),
         })
+        layers[-1]["rows"] = _rows(layers[-1])
+    # a run of layers each the layer above's, one index lower, shares one section and one table
+    for layer in layers:
+        layer["group"] = [layer]
+    for above, layer in zip(layers, layers[1:]):
+        if layer["same_as"] and above["same_as"]:
+            head = next(h for h in layers if h["group"] and above in h["group"])
+            head["group"].append(layer)
+            layer["group"] = None
+    for layer in layers:
+        if layer["group"] and len(layer["group"]) > 1:
+            layer["coincide"] = _coincidences(t for g in layer["group"] for t in g["targets"].values())
     return layers
 
 
@@ -665,14 +692,16 @@ def _packed(items) -> list[list]:
 
 
 def _coincidences(targets) -> list[tuple]:
-    """The size coincidences of a layer's shape checks, each once: ``[(name, name, value)]``."""
-    found = []
+    """The size coincidences of some shape checks, the names of one value together, each once:
+    ``[(name, name, ..., value)]``, the names in order of their layer index (``n_{0}`` before ``n_{3}``)."""
+    names: dict = {}
     for t in targets:
         named = t and t["closed"] and t["closed"]["named"]
-        for c in (named["coincide"] if named else ()):
-            if c not in found:
-                found.append(c)
-    return found
+        for *pair, value in (named["coincide"] if named else ()):
+            names.setdefault(value, [])
+            names[value] += [n for n in pair if n not in names[value]]
+    order = lambda name: ([int(d) for d in re.findall(r"\d+", name)], name)
+    return [(*sorted(found, key=order), value) for value, found in names.items()]
 
 
 def _derivative(activation, printer) -> str:
@@ -836,14 +865,17 @@ def verification(net: MLP, grads, printer=None) -> dict:
     compared with the NumPy reference backprop at a random point away from the kinks; that error is
     printed as a power-of-ten bound (so the document does not depend on floating-point noise).
     """
+    import numpy as np
+
     from . import numeric
     from .formula import parse
     from .verify import textbook, verify
 
     printer = printer or tex.SymbpLatexPrinter(columns=net.columns)
     values = numeric.random_values(net, 0)
-    got = numeric.lambdify(net, grads)(**values)
-    reference = numeric.reference_gradients(net, values)
+    with np.errstate(all="ignore"):  # gradients that are not finite here make the check undecidable
+        got = numeric.lambdify(net, grads)(**values)
+        reference = numeric.reference_gradients(net, values)
     errors = {name: numeric.max_abs_error({name: got[name]}, {name: reference[name]})
               for name in net.params + net.intermediates}
     claims = textbook(net)
@@ -1040,8 +1072,8 @@ def number_tex(value, digits: int = DIGITS, *, strip: bool = True) -> str:
     return out.rstrip("0").rstrip(".") if strip else out
 
 
-#: A worked example's backward layer shares one display line while its estimated width (as
-#: :func:`symbp.latex.matrix_width`, labels included) is at most this.
+#: A worked example's matrices share a display line, one layer and direction at a time, while their
+#: estimated widths (as :func:`symbp.latex.matrix_width`, labels included) add up to at most this.
 EXAMPLE_LINE_WIDTH = 60
 
 
@@ -1082,12 +1114,24 @@ def worked_example(net: MLP, grads, printer) -> dict:
             "W": cells(computed[f"W{l}"]),
             "b": cells(computed[f"b{l}"]) if net.bias else None,
         })
-    width = lambda rows: tex.matrix_width(rows) + 4  # a matrix and its label
-    x_inline = sum(width(forward[0][k]) for k in ("W", "b", "z", "a") if forward[0][k]) + width(cells(values["x"])) \
-        <= EXAMPLE_LINE_WIDTH - 4  # x beside the first layer's cells
-    for b in backward:  # one display line when the whole layer fits, else dL/dW on its own
-        parts = [(b["abar"], 4), (b["slope"], 9), (b["delta"], 10 if b["b"] else 4), (b["W"], 6)]
-        b["one_line"] = sum(tex.matrix_width(m) + label for m, label in parts if m) <= EXAMPLE_LINE_WIDTH
+    compact = not net.batch and max(net.sizes) <= COMPACT_WIDTH
+    forward_lines, backward_lines = [], []
+    for f in forward:  # per layer, in reading order: W, b, z, a (x before layer 1's when compact)
+        l = f["l"]
+        items = [("x", cells(values["x"]), 2)] if l == 1 and compact else []
+        items += [(printer.base(f"{k}{l}"), f[k], 4) for k in ("W", "b", "z", "a")]
+        forward_lines += _example_lines(items)
+    for b in backward:  # per layer: a-bar, f'(z), delta (= dL/db for one example), dL/db, dL/dW
+        l = b["l"]
+        delta = printer.grad_base(f"z{l}")
+        one = b["b"] is not None and not net.batch
+        items = [(printer.grad_base(f"a{l}"), b["abar"], 4),
+                 (rf"{net.activation(l).latex}'\left( {printer.base(f'z{l}')} \right)", b["slope"], 9),
+                 (rf"{delta} = \frac{{\partial L}}{{\partial {printer.base(f'b{l}')}}}" if one else delta,
+                  b["delta"], 10 if one else 4),
+                 (rf"\frac{{\partial L}}{{\partial {printer.base(f'b{l}')}}}", None if one else b["b"], 6),
+                 (rf"\frac{{\partial L}}{{\partial {printer.base(f'W{l}')}}}", b["W"], 6)]
+        backward_lines += _example_lines(items)
     flags = []
     for t in example_troubles(net, values):
         row = net.hidden[t["l"] - 1]
@@ -1096,10 +1140,28 @@ def worked_example(net: MLP, grads, printer) -> dict:
         flags.append({"cell": f"z^{{({t['l']})}}_{{{index}}}", "value": number_tex(z), "kind": t["kind"],
                       "f": row.latex, "slope": number_tex(_slope(row)(z))})
     return {"x": cells(values["x"]), "y": cells(values["y"]), "forward": forward, "backward": backward,
-            "flags": flags, "x_inline": x_inline,
-            "loss": number_tex(loss), "side_by_side": not net.batch,
-            # one display line per layer and direction when every width is small (COMPACT_WIDTH)
-            "compact": not net.batch and max(net.sizes) <= COMPACT_WIDTH}
+            "forward_lines": forward_lines, "backward_lines": backward_lines, "flags": flags,
+            "loss": number_tex(loss),
+            # x among layer 1's cells and y in the loss's line when every width is small (COMPACT_WIDTH)
+            "compact": compact}
+
+
+def _example_lines(items) -> list[list[dict]]:
+    """A layer's labelled matrices of the worked example, ``(label, cells, label width)`` in reading
+    order (those without cells left out), packed onto display lines while their estimated widths add
+    up to at most :data:`EXAMPLE_LINE_WIDTH`: ``[[{"label", "cells"}, ...], ...]``."""
+    lines, width = [], 0
+    for label, rows, extra in items:
+        if not rows:
+            continue
+        w = tex.matrix_width(rows) + extra
+        if lines and width + w <= EXAMPLE_LINE_WIDTH:
+            lines[-1].append({"label": label, "cells": rows})
+            width += w
+        else:
+            lines.append([{"label": label, "cells": rows}])
+            width = w
+    return lines
 
 
 def _slope(activation):
@@ -1258,6 +1320,7 @@ def _network_target(net, grads, name, printer, checks, consumers, index=None) ->
         "column": name in net.columns,
         "shape": _shape(net.shape(name)),
         "consumers": [printer.base(u) for u in consumers.get(name, []) if u in grads],  # on a path to L
+        "readers": [{"tex": printer.base(u), "column": u in net.columns} for u in consumers.get(name, []) if u in grads],
         "loss": name == net.loss_stage or (name == net.output_name and not net.fused),
         "entries": entries,
         "matrix": rows if fits and not long else None,

@@ -164,10 +164,13 @@ def decimal(v, digits: int = 4, approx=None) -> str:
 
 
 def say(v, approx=None) -> str:
-    """A number in a sentence: exact when rational (as a decimal if it is one), else five digits.
+    """A number in a sentence: exact when rational (as a decimal if it is one), else five significant
+    digits in plain decimals (never e-notation in typeset text).
 
     >>> say(sp.Rational(1, 2)), say(sp.Rational(-1, 3)), say(sp.exp(10) / (1 + 2 * sp.exp(10)))
     ('0.5', '-1/3', '0.49999')
+    >>> say(sp.exp(-10) / (1 + sp.exp(-10)) / 2)
+    '0.000022699'
     """
     v = sp.sympify(v)
     if v.is_Rational:
@@ -179,7 +182,9 @@ def say(v, approx=None) -> str:
         if q == 1 and v.q != 1:
             return str(Decimal(int(v.p)) / Decimal(int(v.q)))
         return sp.sstr(v)
-    return "%#.5g" % float(approx if approx is not None else sp.N(v, 30))
+    x = float(approx if approx is not None else sp.N(v, 30))
+    text = "%#.5g" % x
+    return format(Decimal(text), "f") if "e" in text and math.isfinite(x) else text
 
 
 # --------------------------------------------------------------------------- cells

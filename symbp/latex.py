@@ -627,6 +627,38 @@ def escape_latex(text, what: str = "text") -> str:
     return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], text)
 
 
+#: A cell as symbp's sentences name it: ``z2[2]``, ``dW3[3,1]`` (``d`` for dL/d), an MLP's names only.
+_CELL_RE = re.compile(r"(?<![\w\\])(d?)([zaWbxy])(\d*)\[(\d+)(?:,(\d+))?\]")
+_MINUS_RE = re.compile(r"(?<![\w.)\]])-(?=\d)")
+
+
+def cells_tex(text: str) -> str:
+    r"""One of symbp's sentences about cells (a verdict's reason, a flag) for text mode: escaped as
+    :func:`escape_latex`, each cell in math (``z2[2]`` as :math:`z^{(2)}_{2}`, ``dW3[3,1]`` as
+    :math:`\partial L / \partial W^{(3)}_{3,1}`), a minus sign before a number a minus, ``*`` a dot.
+
+    >>> cells_tex("z1[2] = -2 < 0: dz1[2] = 0, not -1 (-1 is da1[2]); dW2[1,3] = dz2[1] * a1[3]")
+    '$z^{(1)}_{2}$ = $-$2 \\textless{} 0: $\\partial L / \\partial z^{(1)}_{2}$ = 0, not $-$1 ($-$1 is $\\partial L / \\partial a^{(1)}_{2}$); $\\partial L / \\partial W^{(2)}_{1,3}$ = $\\partial L / \\partial z^{(2)}_{1}$ $\\cdot$ $a^{(1)}_{3}$'
+    """
+    def cell(match):
+        d, base, layer, i, j = match.groups()
+        entry = base + (f"^{{({layer})}}" if layer else "") + "_{" + i + (f",{j}" if j else "") + "}"
+        return f"$\\partial L / \\partial {entry}$" if d else f"${entry}$"
+
+    text = _CELL_RE.sub(cell, escape_latex(text))
+    return _MINUS_RE.sub("$-$", text).replace(" * ", r" $\cdot$ ")
+
+
+def cell_tex(label: str) -> str:
+    """A cell's label for a table: in math when it is an MLP's cell (:func:`cells_tex`), else as
+    written in typewriter (a network of layers' own names)."""
+    if _CELL_RE.fullmatch(label):
+        return cells_tex(label)
+    if label == "L":
+        return "$L$"
+    return r"\texttt{" + escape_latex(label) + "}"
+
+
 def template_dirs(user_dir=None) -> list[Path]:
     """Where templates are looked up, first match wins: the user's folder, then the package's."""
     dirs = []
@@ -661,6 +693,8 @@ def environment(user_dir=None) -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["escape_latex"] = escape_latex
+    env.filters["cells_tex"] = cells_tex
+    env.filters["cell_tex"] = cell_tex
     env.filters["latex"] = latex
     return env
 

@@ -91,7 +91,8 @@ def random_values(net: MLP, seed=0, *, margin: float = 0.05) -> RandomPoint:
     for l in range(1, net.L):
         kinks = np.asarray(net.hidden[l - 1].kinks, dtype=float)
         if kinks.size:
-            near += _clear_layer(net, values, l, kinks, margin, rng)
+            with np.errstate(all="ignore"):  # an activation such as log(relu(x)) is not finite everywhere
+                near += _clear_layer(net, values, l, kinks, margin, rng)
     return RandomPoint(values, near)
 
 

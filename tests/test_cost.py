@@ -46,6 +46,10 @@ def test_a_realistic_size_with_a_large_batch_is_refused_at_once(capsys):
                           "entries, about ")
     assert err.endswith("the derivation is the same for any batch size: use --batch 4, and symbp.compile for "
                         "numbers at a batch of 64\n")
+    # its document does not fit even at a batch of 4: the way out names the derivation for all sizes
+    err = _refused(["derive", "784,256,128,10", "--batch", "64", "--pdf", "-o", "never-written.tex"], capsys)
+    assert err.endswith("use symbp.compile for numbers at this size; or derive every gradient for all sizes at "
+                        "once in index notation (derive --sizes symbolic, symbp.indexform.derive_index)\n")
 
 
 @pytest.mark.parametrize("argv", [

@@ -12,8 +12,11 @@ from symbp.errors import SymbpError
 def test_a_nan_numeric_check_is_not_called_agreement():
     source = document.render(symbp.MLP([3, 4, 2], hidden="log(x)"))
     assert "agree with a plain NumPy backprop" not in source
-    assert (r"were compared with a plain NumPy backprop at a random point away from the kinks: \fails{undecidable}, "
+    assert (r"were compared with a plain NumPy backprop at a random point: \fails{undecidable}, "
             "the gradients are not finite there (nan or infinity in float64).") in source
+    # a network with a kink says the point keeps away from it
+    kinked = document.render(symbp.MLP([3, 4, 2], hidden="log(relu(x))"))
+    assert r"a plain NumPy backprop at a random point away from the kinks: \fails{undecidable}" in kinked
 
 
 @pytest.mark.parametrize("hidden, reason", [

@@ -257,23 +257,38 @@ def test_a_network_document_names_the_symbolic_sizes_once():
 def test_same_form_layers_are_shown_once(deep):
     assert "Layers 3, 4 are built like layer 2, with every layer index one up." in lines(deep)
     assert r"z^{(3)}_{1} &=" not in deep and r"z^{(2)}_{1} &=" in deep
-    assert r"$f_{3}'(z) = \tanh'(z) = 1 - \tanh^{2}{\left(z \right)}$." in deep
-    assert "Its matrices are layer 4's, each layer index one lower; $^{\\dagger}$ here $n_{2} = n_{3} = 3$." in deep
+    # layers 3, 2 and 1 are each the layer above's, one index lower: one section, one table
     layers = deep[deep.index(r"\section{The backward pass, layer by layer}"):deep.index(r"\section{The backward pass as code}")]
-    assert r"\frac{\partial L}{\partial W^{(3)}} = \begin{bmatrix}" not in layers  # shown for layer 4 only
+    assert re.findall(r"\\subsection\{(.*)\}", layers) == [r"Layer 5: output, $\operatorname{softmax}$",
+                                                        r"Layer 4: hidden, $\tanh$", r"Layers 3, 2, 1: hidden, $\tanh$"]
+    assert layers.count(r"\begin{tabular}") == 3 and layers.count(r"\addlinespace") == 2
+    assert r"$f_{l}'(z) = \tanh'(z) = 1 - \tanh^{2}{\left(z \right)}$ for $l = 3, 2, 1$." in deep
+    assert ("Each layer's matrices are the layer above's with every layer index one lower, so all are layer 4's; "
+            r"layer 1 reads $x$ for $a^{(0)}$ and has no $\partial L / \partial a^{(0)}$; $^{\dagger}$ here "
+            "$n_{0} = n_{1} = n_{2} = n_{3} = 3$.") in lines(deep)
+    for l in (3, 2, 1):  # shown for layer 4 only, and each row in the one table
+        assert rf"\frac{{\partial L}}{{\partial W^{{({l})}}}} = \begin{{bmatrix}}" not in layers
+        assert rf"\partial L / \partial W^{{({l})}} & \delta^{{({l})}}_{{i}}" in layers
     assert r"\frac{\partial L}{\partial W^{(4)}} = \begin{bmatrix}" in layers
-    assert r"\frac{\partial L}{\partial W^{(1)}} = \begin{bmatrix}" not in layers  # layer 2's, x for a^(0)
-    assert ("Its matrices are layer 2's, each layer index one lower and $x$ for $a^{(0)}$, without "
-            r"$\partial L / \partial a^{(0)}$; $^{\dagger}$ here $n_{0} = n_{1} = 3$.") in deep
     # and the claims are true: layer l + 1's derived entries with every layer index one lower are layer l's
     grads = symbp.derive(symbp.MLP(**DEEP))
     lower = lambda e: e.xreplace({s: sp.Symbol(re.sub(r"^a0_", "x_", re.sub(r"^([a-zA-Z]+)(\d+)",
                                                                              lambda m: m[1] + str(int(m[2]) - 1), s.name)),
                                                **s.assumptions0) for s in e.free_symbols})
-    for upper in (4, 2):
+    for upper in (4, 3, 2):
         for kind in ("z", "W", "b"):
             assert (grads[f"{kind}{upper}"].applyfunc(lower) - grads[f"{kind}{upper - 1}"]).applyfunc(sp.simplify).is_zero_matrix
     assert (grads["a3"].applyfunc(lower) - grads["a2"]).is_zero_matrix
+    assert (grads["a2"].applyfunc(lower) - grads["a1"]).is_zero_matrix
+
+
+def test_the_notation_table_gives_alike_layers_one_row(deep):
+    table = deep[deep.index(r"\section{Notation}"):deep.index(r"\section{Forward pass}")]
+    assert r"1--4 & 3 & $\tanh$ & 3 \times 3 & 3 \times 1 & 3 \times 1 \\" in lines(table)
+    assert r"5 & 2 & $\operatorname{softmax}$ & 2 \times 3 & 2 \times 1 & 2 \times 1 \\" in lines(table)
+    # distinct widths keep a row per layer; a run breaks where the activation changes
+    assert document._notation_rows(symbp.MLP([4, 5, 3, 3])) == [(1, 1), (2, 2), (3, 3)]
+    assert document._notation_rows(symbp.MLP([3, 3, 3, 3, 2], hidden=["tanh", "tanh", "relu"])) == [(1, 2), (3, 3), (4, 4)]
 
 
 def _exact_forward(net, values):
@@ -327,7 +342,7 @@ def test_a_left_out_example_is_said_in_one_sentence():
 
 def test_the_layout_names_the_numerator_transpose(seed):
     aside = (r"In numerator layout $\partial L / \partial W$ is the transposed matrix of the original, shaped like "
-             r"$W^{\top}$ with $\partial L / \partial W_{ij}$ at $(j, i)$: the same numbers, so its update is "
+             r"$W^{\top}$ with $\partial L / \partial W_{i,j}$ at $(j, i)$: the same numbers, so its update is "
              r"$W \leftarrow W - \eta\, (\partial L / \partial W)^{\top}$.")
     assert seed.count(aside) == 1
     assert "seed 002: a scalar-to-matrix gradient is ``a matrix the same shape as the original matrix''" in seed

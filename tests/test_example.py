@@ -2,6 +2,7 @@
 verdicts on claimed cells with deliberate mistakes; the spec file, JSON, CLI and the document."""
 
 import json
+import re
 import shutil
 import subprocess
 from decimal import Decimal
@@ -90,6 +91,8 @@ def test_seed000_settles_the_dispute(seed):
     # the hand-rounded dz3 = [0.5, -0.5, 0] is right to within the tolerance, not exactly
     assert seed.cell("dz3", 2, 0).correct and seed.cell("dz3", 2, 0).reason.startswith("agrees to within 0.005")
     assert seed.cell("dz1", 0, 0).reason == "exact"
+    # a true value in plain decimals, never e-notation
+    assert seed.cell("dz3", 2, 0).reason == "agrees to within 0.005 (true value 0.000022699)"
 
 
 # --------------------------------------------------------------------------- cross-check with NumPy
@@ -327,8 +330,16 @@ def test_example_document_compiles_and_settles_the_dispute(tmp_path):
     text = subprocess.run(["pdftotext", str(tmp_path / "e.pdf"), "-"], capture_output=True, text=True).stdout
     assert "Seed 000 settled" in text
     assert "3 of 17 claimed cells are wrong" in text
-    assert "z1[2] = -2 < 0, so ReLU blocks the gradient: dz1[2] = 0, not -2" in " ".join(text.split())
+    flat = " ".join(text.split())
+    assert "< 0, so ReLU blocks the gradient:" in flat and "= −2 < 0" in flat  # a minus sign, not a hyphen
     assert "Exact values" in text
+    # symbp's sentences name the cells in the documents' notation, and print no e-notation
+    source = (tmp_path / "e.tex").read_text()
+    assert (r"\par\quad $z^{(1)}_{2}$ = $-$2 \textless{} 0, so ReLU blocks the gradient: $\partial L / \partial "
+            r"z^{(1)}_{2}$ = 0, not $-$2 ($-$2 is $\partial L / \partial a^{(1)}_{2}$: the ReLU mask was forgotten).") in source
+    assert (r"$\partial L / \partial W^{(3)}_{3,1}$ & $0$ & $0.0000454$ & \holds{right} & agrees to within 0.005 "
+            "(true value 0.000045399)") in source
+    assert "z1[2]" not in source and not re.search(r"\de-0\d", source) and "^{T}" not in source
 
 
 def test_document_without_claims_has_no_claims_section(square_net):
@@ -485,7 +496,7 @@ def test_cells_on_a_kink_or_saturated_are_flagged():
     values = {"x": [[1], [1]], "y": [[0]], "W1": [[1, -1], [1, 1]], "b1": [[0], [0]], "W2": [[2, 3]], "b2": [[0]]}
     ex = worked_example(net, values)
     assert ex.value("z1")[0] == 0 and kink_flags(ex) == ["z1[1] = 0: ReLU'(0) = 0 by convention"]
-    assert "z1[1] = 0: ReLU'(0) = 0 by convention" in document(ex)
+    assert "Cells to watch.} $z^{(1)}_{1}$ = 0: ReLU'(0) = 0 by convention." in document(ex)  # the cell as typeset
     smooth = symbp.MLP([1, 1, 1], hidden="sigmoid", output="identity", loss="mse")
     ex = worked_example(smooth, {"x": [[10]], "y": [[0]], "W1": [[1]], "b1": [[0]], "W2": [[2]], "b2": [[0]]})
     assert kink_flags(ex) == ["z1[1] = 10: sigmoid saturates there (sigmoid' = 0.00004540)"]  # e^-10 / (1 + e^-10)^2

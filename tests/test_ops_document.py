@@ -239,9 +239,13 @@ def test_a_network_document_derives_each_gradient_once_for_all_sizes(monkeypatch
     assert (r"$a^{(2)}$ is what the loss reads. For all sizes, the derivative of $L$ gives:") in lines
     assert r"\frac{\partial L}{\partial a^{(2)}_{n,i}} = - \frac{y_{n,i}}{a^{(2)}_{n,i} N}." in lines
     # the readers of a stage the index form does not derive alone keep the chain rule at the given sizes
-    assert source.count("the chain rule sums over every entry $k$ of each reader:") == 2  # the mean and the variance
+    assert source.count("the chain rule sums over every entry of each reader:") == 2  # the mean and the variance
+    # each indexed as it is printed: the N x 1 variance with two indices, a matrix reader summed over both
+    assert (r"\frac{\partial L}{\partial v^{(2)}_{i,j}} = \sum_{m,k} \frac{\partial L}{\partial \mathrm{ln}^{(2)}_{m,k}} "
+            r"\frac{\partial \mathrm{ln}^{(2)}_{m,k}}{\partial v^{(2)}_{i,j}}.") in lines
+    assert r"\mu^{(2)}_{1,1} &= \frac{z^{(1)}_{1,1}}{4}" in source  # as the forward prints its entries
     # without an index form (a layer that has none), every gradient keeps the chain rule at the given sizes
     monkeypatch.setattr(document, "_index_form", lambda net: None)
     plain = document.render(net)
     assert "For all sizes" not in plain and "sizes as symbols" not in plain
-    assert plain.count("the chain rule sums over every entry $k$ of each reader:") == 12
+    assert plain.count("the chain rule sums over every entry of each reader:") == 12
