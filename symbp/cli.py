@@ -207,7 +207,7 @@ def _derive_spec_network(args, steps):
 
 
 def _run_derive(args):
-    from . import cost, numeric
+    from . import cost
     from .derive import derive
     from .layers import Network
 

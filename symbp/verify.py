@@ -95,7 +95,6 @@ from . import functions as F
 from .derive import Gradients, derive
 from .errors import SymbpError, closest
 from .exact import frozen_zero
-from .expression import MAX_DECIMAL_EXPONENT, MAX_POWER
 from .formula import FormulaError, Node, Semantics, evaluate, evaluate_array, parse
 from .names import TextPrinter
 from .layers import Network
