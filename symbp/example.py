@@ -783,7 +783,7 @@ def document(ex: Example, *, title: str | None = None, user_dir=None, blank: boo
     disputes = []
     for name, M in ({} if blank else ex.claimed).items():
         cells = [c for c in ex.cells if c.name == name]
-        disputes.append({"name": name, "claimed_rows": rows(M), "truth_rows": rows(ex.value(name), None, ex.num(name)),
+        disputes.append({"name": name, "symbol": _tex_name(name), "claimed_rows": rows(M), "truth_rows": rows(ex.value(name), None, ex.num(name)),
                          "right": all(c.correct for c in cells), "wrong": [c for c in cells if not c.correct]})
     return render("example.tex.j2", user_dir=user_dir, author="symbp example",
                   title=title or ex.title or "A worked example by hand", note=ex.note,

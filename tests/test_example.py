@@ -339,6 +339,7 @@ def test_example_document_compiles_and_settles_the_dispute(tmp_path):
             r"z^{(1)}_{2}$ = 0, not $-$2 ($-$2 is $\partial L / \partial a^{(1)}_{2}$: the ReLU mask was forgotten).") in source
     assert (r"$\partial L / \partial W^{(3)}_{3,1}$ & $0$ & $0.0000454$ & \holds{right} & agrees to within 0.005 "
             "(true value 0.000045399)") in source
+    assert r"\paragraph{$\partial L / \partial z^{( 1 )}$} claimed $\begin{bmatrix}1 \\ -2 \\ 2 \\ -1\end{bmatrix}$" in source
     assert "z1[2]" not in source and not re.search(r"\de-0\d", source) and "^{T}" not in source
 
 
