@@ -626,7 +626,7 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
         layer["group"] = [layer]
     for above, layer in zip(layers, layers[1:]):
         if layer["same_as"] and above["same_as"]:
-            head = next(h for h in layers if h["group"] and above in h["group"])
+            head = next(h for h in layers if h["group"] and any(g is above for g in h["group"]))
             head["group"].append(layer)
             layer["group"] = None
     for layer in layers:
