@@ -377,7 +377,7 @@ def context(net: MLP, *, grads: Gradients | None = None, title: str | None = Non
         "forward": _forward(net, printer),
         "notation_rows": _notation_rows(net),
         "backward": backward,
-        "allsizes": allsizes_once([t for layer in backward for t in _rows(layer)]),
+        "allsizes": allsizes_once([t for layer in backward for t in layer["rows"]]),
         "output": _output(net, grads, printer),
         "checks": checks["summary"],
         "example": worked,
@@ -622,16 +622,14 @@ def _backward(net: MLP, grads, printer, checks) -> list[dict]:
         })
         layers[-1]["rows"] = _rows(layers[-1])
     # a run of layers each the layer above's, one index lower, shares one section and one table
+    head = None
     for layer in layers:
-        layer["group"] = [layer]
-    for above, layer in zip(layers, layers[1:]):
-        if layer["same_as"] and above["same_as"]:
-            head = next(h for h in layers if h["group"] and any(g is above for g in h["group"]))
+        if head is not None and layer["same_as"] and head["group"][-1]["same_as"]:
             head["group"].append(layer)
+            head["coincide"] = _coincidences(t for g in head["group"] for t in g["targets"].values())
             layer["group"] = None
-    for layer in layers:
-        if layer["group"] and len(layer["group"]) > 1:
-            layer["coincide"] = _coincidences(t for g in layer["group"] for t in g["targets"].values())
+        else:
+            head, layer["group"] = layer, [layer]
     return layers
 
 
@@ -675,14 +673,14 @@ def _display_lines(net: MLP, l: int, targets: dict) -> list[list[str]]:
     return _packed(shown)
 
 
-def _packed(items) -> list[list]:
-    """``items``, ``(value, matrix rows)`` pairs in order, packed onto display lines while their
-    matrices fit (:data:`DISPLAY_WIDTH` characters, each with its fraction ``dL/dV`` beside it):
-    ``[[value, ...], ...]``."""
+def _packed(items, limit: int = DISPLAY_WIDTH, label: int = 8) -> list[list]:
+    """``items``, ``(value, matrix rows)`` pairs (or ``(value, rows, label width)``) in order, packed
+    onto display lines while their matrices fit (``limit`` characters, each with its label beside it,
+    by default the fraction ``dL/dV`` of :data:`DISPLAY_WIDTH`): ``[[value, ...], ...]``."""
     lines, width = [], 0
-    for value, rows in items:
-        w = tex.matrix_width(rows) + 8
-        if lines and width + w <= DISPLAY_WIDTH:
+    for value, rows, *extra in items:
+        w = tex.matrix_width(rows) + (extra[0] if extra else label)
+        if lines and width + w <= limit:
             lines[-1].append(value)
             width += w
         else:
@@ -1148,20 +1146,10 @@ def worked_example(net: MLP, grads, printer) -> dict:
 
 def _example_lines(items) -> list[list[dict]]:
     """A layer's labelled matrices of the worked example, ``(label, cells, label width)`` in reading
-    order (those without cells left out), packed onto display lines while their estimated widths add
+    order (those without cells left out), packed (:func:`_packed`) while their estimated widths add
     up to at most :data:`EXAMPLE_LINE_WIDTH`: ``[[{"label", "cells"}, ...], ...]``."""
-    lines, width = [], 0
-    for label, rows, extra in items:
-        if not rows:
-            continue
-        w = tex.matrix_width(rows) + extra
-        if lines and width + w <= EXAMPLE_LINE_WIDTH:
-            lines[-1].append({"label": label, "cells": rows})
-            width += w
-        else:
-            lines.append([{"label": label, "cells": rows}])
-            width = w
-    return lines
+    return _packed([({"label": label, "cells": rows}, rows, extra) for label, rows, extra in items if rows],
+                   EXAMPLE_LINE_WIDTH)
 
 
 def _slope(activation):
@@ -1319,7 +1307,7 @@ def _network_target(net, grads, name, printer, checks, consumers, index=None) ->
         "grad": printer.grad_base(name),
         "column": name in net.columns,
         "shape": _shape(net.shape(name)),
-        "consumers": [printer.base(u) for u in consumers.get(name, []) if u in grads],  # on a path to L
+        # the stages that read it on a path to L, each with its printed name and whether a column vector
         "readers": [{"tex": printer.base(u), "column": u in net.columns} for u in consumers.get(name, []) if u in grads],
         "loss": name == net.loss_stage or (name == net.output_name and not net.fused),
         "entries": entries,
